@@ -1,0 +1,859 @@
+"""Shared helpers for the NodePass benchmarks (``bench/*.py``).
+
+This module is both a library (imported by the benchmark scripts) and a small
+command-line tool that the benchmarks start as *separate processes*, so that
+neither the target server nor the load generator competes with the process
+under test or with the orchestrator for the same interpreter::
+
+    python bench/_common.py serve          # target: discard sink + echo, prints its ports
+    python bench/_common.py load SPEC_JSON # load generator, prints one JSON result
+
+Everything binds to 127.0.0.1 only.
+
+Target protocol (one port serves both roles, so a forwarder under test needs
+only one target):
+
+* the first byte a client sends decides the connection's role: ``E`` makes it
+  an echo connection (every byte, the first included, is sent back), anything
+  else makes it a discard sink (bytes are counted and dropped);
+* the sink keeps, for the connections closed since the last ``RESET``, their
+  count, total bytes and the monotonic time of the first and last byte
+  received; ``CLOCK_MONOTONIC`` is system-wide on Linux, so the orchestrator
+  can compare these times with its own and the load generator's.
+
+Control protocol (a second, direct port; one line in, one JSON line out):
+``RESET``, ``STATS``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+HOST = "127.0.0.1"
+COMMON_PATH = os.path.abspath(__file__)
+BENCH_DIR = os.path.dirname(COMMON_PATH)
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+
+ECHO_MAGIC = ord("E")
+
+
+def log(msg: str) -> None:
+    """Progress messages go to stderr so stdout stays clean for results."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------
+
+
+def ensure_commands(commands: dict[str, str], install: bool = True) -> dict[str, str | None]:
+    """Make sure each command exists; ``commands`` maps command -> Debian package.
+
+    Missing ones are installed with ``apt-get update && apt-get install -y``
+    unless ``install`` is false. Returns command -> absolute path (None when
+    still missing).
+    """
+    found = {cmd: shutil.which(cmd) for cmd in commands}
+    missing = sorted({commands[c] for c, p in found.items() if p is None})
+    if missing and install:
+        log(f"[setup] installing {' '.join(missing)} with apt-get ...")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            subprocess.run(
+                ["apt-get", "update", "-qq"],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                timeout=600,
+            )
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", *missing],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                timeout=900,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            log(f"[setup] apt-get failed: {exc}")
+        found = {cmd: shutil.which(cmd) for cmd in commands}
+    elif missing:
+        log(f"[setup] missing (not installing, --no-install): {' '.join(missing)}")
+    return found
+
+
+def command_version(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    text = (out.stdout or "") + (out.stderr or "")
+    for line in text.splitlines():
+        if "version" in line.lower():
+            return line.strip()
+    return text.strip().splitlines()[0] if text.strip() else "?"
+
+
+# --------------------------------------------------------------------------
+# Child processes: every one is tracked, every one is killed at the end
+# --------------------------------------------------------------------------
+
+
+class ProcessRegistry:
+    """Starts child processes in their own process group and kills them all.
+
+    Each child is a session leader (``start_new_session=True``): Ctrl-C in the
+    terminal reaches only the orchestrator, which then tears the children down
+    itself, and a forking child (socat) is killed together with its forks by
+    signalling its process group. The group leader is *not* reaped before the
+    group is SIGKILLed, so its id cannot have been reused by then.
+    """
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._lock = threading.Lock()
+
+    def spawn(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
+        with self._lock:
+            self._procs.append(proc)
+        return proc
+
+    @staticmethod
+    def _exited_unreaped(pid: int) -> bool:
+        try:
+            res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped
+        return res is not None
+
+    def kill(self, proc: subprocess.Popen[Any], grace: float = 2.0) -> None:
+        pgid = proc.pid
+        if proc.returncode is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and not self._exited_unreaped(proc.pid):
+                time.sleep(0.02)
+            # The leader is at most a zombie here: its pid (= pgid) is still ours.
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        with self._lock:
+            if proc in self._procs:
+                self._procs.remove(proc)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            procs = list(reversed(self._procs))
+        for proc in procs:
+            self.kill(proc, grace=1.0)
+
+
+REGISTRY = ProcessRegistry()
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP all raise KeyboardInterrupt in the main thread.
+
+    The benchmark catches it, kills every child and reports what it measured.
+    SIGINT is (re)installed too: a shell starts background jobs with SIGINT
+    ignored, and the benchmark should stop on it all the same.
+    """
+
+    def _handler(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _handler)
+
+
+# --------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """An ephemeral port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float, proc: subprocess.Popen[Any] | None = None) -> bool:
+    """Poll until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def echo_once(port: int, timeout: float = 3.0, size: int = 64) -> float:
+    """One connect + echo + close through ``port``; returns seconds. Raises on error."""
+    msg = b"E" + os.urandom(size - 1)
+    t = time.perf_counter()
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(msg)
+        got = _recv_exact(s, len(msg))
+    if got != msg:
+        raise OSError("echo mismatch")
+    return time.perf_counter() - t
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    parts = []
+    while n:
+        b = s.recv(n)
+        if not b:
+            raise ConnectionError("EOF before full echo")
+        parts.append(b)
+        n -= len(b)
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------
+# /proc: memory and CPU of a process tree
+# --------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_kb(pid: int, *fields: str) -> dict[str, int]:
+    """Selected ``kB`` fields of /proc/<pid>/status (missing ones are absent)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in fields:
+                    out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def proc_children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+def proc_descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = proc_children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(proc_children(p))
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """user+sys CPU of ``pid`` plus that of its children it has reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    # fields[0] is state (field 3); utime..cstime are fields 14..17
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / CLK_TCK
+
+
+class TreeMemorySampler(threading.Thread):
+    """Samples the memory of a process and all its descendants.
+
+    * ``main_hwm_kb``: VmHWM (kernel-tracked peak RSS) of the main process,
+      read at :meth:`stop` - exact.
+    * ``tree_peak_kb``: peak of the sum of VmRSS over the main process and
+      its live descendants, sampled every ``interval`` s (misses short peaks,
+      over-counts pages that forked children share copy-on-write). At least
+      ``main_hwm_kb``.
+    * ``child_hwm_max_kb``: largest VmHWM seen in any descendant.
+    * ``max_children``: most descendants seen alive at once.
+
+    If ``limit_kb`` is set and the tree grows past it, ``on_limit`` is called
+    once (the benchmark kills the forwarder: protection against a forwarder
+    that buffers without back-pressure).
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        interval: float = 0.1,
+        limit_kb: int | None = None,
+        on_limit: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.limit_kb = limit_kb
+        self.on_limit = on_limit
+        self.tree_peak_kb = 0
+        self.child_hwm_max_kb = 0
+        self.max_children = 0
+        self.main_hwm_kb = 0
+        self.limit_hit_kb: int | None = None
+        self._stop_evt = threading.Event()
+
+    def sample(self) -> None:
+        main = proc_status_kb(self.pid, "VmRSS", "VmHWM")
+        if not main:
+            return
+        self.main_hwm_kb = max(self.main_hwm_kb, main.get("VmHWM", 0))
+        total = main.get("VmRSS", 0)
+        kids = proc_descendants(self.pid)
+        self.max_children = max(self.max_children, len(kids))
+        for kid in kids:
+            st = proc_status_kb(kid, "VmRSS", "VmHWM")
+            total += st.get("VmRSS", 0)
+            self.child_hwm_max_kb = max(self.child_hwm_max_kb, st.get("VmHWM", 0))
+        self.tree_peak_kb = max(self.tree_peak_kb, total, self.main_hwm_kb)
+        if self.limit_kb is not None and self.limit_hit_kb is None and total > self.limit_kb:
+            self.limit_hit_kb = total
+            if self.on_limit is not None:
+                self.on_limit(total)
+
+    def run(self) -> None:
+        while not self._stop_evt.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict[str, int]:
+        self.sample()
+        self._stop_evt.set()
+        self.join(timeout=2)
+        return {
+            "main_hwm_kb": self.main_hwm_kb,
+            "tree_peak_kb": self.tree_peak_kb,
+            "child_hwm_max_kb": self.child_hwm_max_kb,
+            "max_children": self.max_children,
+        }
+
+
+# --------------------------------------------------------------------------
+# Statistics and formatting
+# --------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of an already sorted sequence."""
+    if not sorted_values:
+        return math.nan
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def summarize_latencies(values: list[float]) -> dict[str, float]:
+    values.sort()
+    n = len(values)
+    return {
+        "n": n,
+        "mean": (sum(values) / n) if n else math.nan,
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": values[-1] if n else math.nan,
+    }
+
+
+def fmt_num(v: float | None, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def render_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], markdown: bool = False
+) -> str:
+    rows = [list(r) for r in rows]
+    if markdown:
+        out = ["| " + " | ".join(header) + " |"]
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = str(cells[0]).ljust(widths[0])
+        rest = [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+# --------------------------------------------------------------------------
+# Target server (runs as its own process)
+# --------------------------------------------------------------------------
+
+
+class _Conn:
+    __slots__ = ("mode", "nbytes", "pending", "sock", "t_first", "t_last")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.mode = 0  # 0 undecided, 1 sink, 2 echo
+        self.nbytes = 0
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.pending = b""
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """Discard sink + echo on one port, control on another (selectors/epoll)."""
+    sel = selectors.DefaultSelector()
+    buf = bytearray(1 << 20)
+    mv = memoryview(buf)
+    stats: dict[str, Any] = {
+        "closed": 0,
+        "bytes": 0,
+        "t_first": None,
+        "t_last": None,
+        "echo_conns": 0,
+    }
+    open_sinks: set[_Conn] = set()
+    monotonic = time.monotonic
+
+    def listener() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((HOST, 0))
+        s.listen(4096)
+        s.setblocking(False)
+        return s
+
+    data_l = listener()
+    ctl_l = listener()
+
+    def close(c: _Conn) -> None:
+        try:
+            sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+        if c.mode == 1:
+            open_sinks.discard(c)
+            stats["closed"] += 1
+            stats["bytes"] += c.nbytes
+            if c.nbytes:
+                if stats["t_first"] is None or c.t_first < stats["t_first"]:
+                    stats["t_first"] = c.t_first
+                if stats["t_last"] is None or c.t_last > stats["t_last"]:
+                    stats["t_last"] = c.t_last
+
+    def on_write(c: _Conn) -> None:
+        try:
+            n = c.sock.send(c.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            close(c)
+            return
+        c.pending = c.pending[n:]
+        if not c.pending:
+            sel.modify(c.sock, selectors.EVENT_READ, (on_read, c))
+
+    def on_read(c: _Conn) -> None:
+        try:
+            n = c.sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            close(c)
+            return
+        if n == 0:
+            close(c)
+            return
+        if c.mode == 1:
+            c.nbytes += n
+            c.t_last = monotonic()
+            return
+        if c.mode == 0:
+            if buf[0] == ECHO_MAGIC:
+                c.mode = 2
+                stats["echo_conns"] += 1
+            else:
+                c.mode = 1
+                c.nbytes = n
+                c.t_first = c.t_last = monotonic()
+                open_sinks.add(c)
+                return
+        # echo
+        try:
+            sent = c.sock.send(mv[:n])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            close(c)
+            return
+        if sent < n:
+            c.pending = bytes(mv[sent:n])
+            sel.modify(c.sock, selectors.EVENT_WRITE, (on_write, c))
+
+    def on_accept(lsock: socket.socket) -> None:
+        for _ in range(256):
+            try:
+                s, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.01)
+                    return
+                continue
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = _Conn(s)
+            sel.register(s, selectors.EVENT_READ, (on_read, c))
+
+    def on_ctl_accept(lsock: socket.socket) -> None:
+        try:
+            s, _ = lsock.accept()
+        except OSError:
+            return
+        s.settimeout(2.0)
+        try:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = s.recv(256)
+                if not chunk:
+                    break
+                line += chunk
+            cmd = line.strip().upper()
+            if cmd == b"RESET":
+                stats.update(closed=0, bytes=0, t_first=None, t_last=None, echo_conns=0)
+                reply: dict[str, Any] = {"ok": True}
+            elif cmd == b"STATS":
+                reply = dict(stats)
+                reply["open"] = len(open_sinks)
+                reply["open_bytes"] = sum(c.nbytes for c in open_sinks)
+                reply["now"] = monotonic()
+            else:
+                reply = {"error": f"unknown command {cmd!r}"}
+            s.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    sel.register(data_l, selectors.EVENT_READ, (on_accept, data_l))
+    sel.register(ctl_l, selectors.EVENT_READ, (on_ctl_accept, ctl_l))
+    print(
+        json.dumps({"port": data_l.getsockname()[1], "control": ctl_l.getsockname()[1]}),
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        for key, _ev in sel.select():
+            cb, arg = key.data
+            cb(arg)
+
+
+@dataclass
+class TargetServer:
+    """Handle on a running ``serve`` process (started via REGISTRY)."""
+
+    proc: subprocess.Popen[Any]
+    port: int
+    control: int
+
+    @classmethod
+    def start(cls, timeout: float = 10.0) -> TargetServer:
+        proc = REGISTRY.spawn(
+            [sys.executable, COMMON_PATH, "serve"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        ready = threading.Event()
+        line_box: list[str] = []
+
+        def _read() -> None:
+            line_box.append(proc.stdout.readline())  # type: ignore[union-attr]
+            ready.set()
+
+        threading.Thread(target=_read, daemon=True).start()
+        if not ready.wait(timeout) or not line_box[0]:
+            REGISTRY.kill(proc)
+            raise RuntimeError("target server did not start")
+        info = json.loads(line_box[0])
+        return cls(proc, info["port"], info["control"])
+
+    def command(self, cmd: str) -> dict[str, Any]:
+        with socket.create_connection((HOST, self.control), timeout=5) as s:
+            s.sendall(cmd.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        reply: dict[str, Any] = json.loads(data)
+        return reply
+
+    def reset(self) -> None:
+        self.command("RESET")
+
+    def wait_sinks_closed(self, n: int, timeout: float) -> tuple[dict[str, Any], bool]:
+        """Wait until ``n`` sink connections closed since RESET; (stats, complete)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.command("STATS")
+            if st["closed"] >= n and st["open"] == 0:
+                return st, True
+            if time.monotonic() >= deadline:
+                return st, False
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        REGISTRY.kill(self.proc)
+
+
+# --------------------------------------------------------------------------
+# Load generator (runs as its own process)
+# --------------------------------------------------------------------------
+
+
+def _load_stream(spec: dict[str, Any]) -> dict[str, Any]:
+    """N parallel streams into the sink, for a duration or a fixed volume."""
+    port, streams = spec["port"], spec["streams"]
+    chunk = b"S" * spec.get("chunk", 256 * 1024)
+    duration = spec.get("duration")
+    per_stream = spec.get("bytes_per_stream")
+    max_time = spec.get("max_time", 60.0)
+    io_timeout = spec.get("io_timeout", 10.0)
+    socks = []
+    for _ in range(streams):
+        s = socket.create_connection((HOST, port), timeout=io_timeout)
+        socks.append(s)
+    sent = [0] * streams
+    errors: list[str] = []
+    t_done = [0.0] * streams
+    barrier = threading.Barrier(streams + 1)
+    box: dict[str, float] = {}
+
+    def worker(i: int) -> None:
+        s = socks[i]
+        barrier.wait()
+        t0 = box["t0"]
+        end = t0 + (duration if duration is not None else max_time)
+        limit = per_stream if per_stream is not None else math.inf
+        n = 0
+        view = memoryview(chunk)
+        try:
+            while n < limit and time.monotonic() < end:
+                if limit - n < len(chunk):
+                    s.sendall(view[: int(limit - n)])
+                    n = int(limit)
+                else:
+                    s.sendall(view)
+                    n += len(chunk)
+        except OSError as exc:
+            errors.append(f"stream {i}: {exc!r}")
+        sent[i] = n
+        t_done[i] = time.monotonic()
+        s.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    box["t0"] = time.monotonic()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return {
+        "t0": box["t0"],
+        "t_send_done": max(t_done),
+        "sent_bytes": sum(sent),
+        "per_stream_sent": sent,
+        "errors": errors,
+    }
+
+
+def _load_connrate(spec: dict[str, Any]) -> dict[str, Any]:
+    """W workers doing connect + 64-byte echo + close in a loop."""
+    port, workers, duration = spec["port"], spec["workers"], spec["duration"]
+    size = spec.get("size", 64)
+    io_timeout = spec.get("io_timeout", 5.0)
+    msg = b"E" + b"x" * (size - 1)
+    lat: list[list[float]] = [[] for _ in range(workers)]
+    errs: list[dict[str, int]] = [{} for _ in range(workers)]
+    barrier = threading.Barrier(workers + 1)
+    box: dict[str, float] = {}
+    perf = time.perf_counter
+    addr = (HOST, port)
+    AF, ST = socket.AF_INET, socket.SOCK_STREAM
+
+    def worker(i: int) -> None:
+        my_lat, my_err = lat[i], errs[i]
+        barrier.wait()
+        end = box["t0"] + duration
+        while perf() < end:
+            t = perf()
+            s = socket.socket(AF, ST)
+            try:
+                s.settimeout(io_timeout)
+                s.connect(addr)
+                s.sendall(msg)
+                got = 0
+                while got < size:
+                    b = s.recv(size - got)
+                    if not b:
+                        raise ConnectionError("EOF")
+                    got += len(b)
+                s.close()
+                my_lat.append(perf() - t)
+            except OSError as exc:
+                s.close()
+                key = type(exc).__name__
+                my_err[key] = my_err.get(key, 0) + 1
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    box["t0"] = perf()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = perf() - box["t0"]
+    all_lat = [x for part in lat for x in part]
+    errors: dict[str, int] = {}
+    for e in errs:
+        for k, v in e.items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "elapsed": elapsed,
+        "count": len(all_lat),
+        "rate": len(all_lat) / elapsed if elapsed > 0 else math.nan,
+        "latency_s": summarize_latencies(all_lat),
+        "errors": errors,
+    }
+
+
+def _load_rtt(spec: dict[str, Any]) -> dict[str, Any]:
+    """One persistent connection, 64-byte ping-pong."""
+    port, duration = spec["port"], spec["duration"]
+    size = spec.get("size", 64)
+    max_count = spec.get("max_count", 1_000_000)
+    warmup = spec.get("warmup", 200)
+    msg = b"E" + b"y" * (size - 1)
+    perf = time.perf_counter
+    s = socket.create_connection((HOST, port), timeout=spec.get("io_timeout", 5.0))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lat: list[float] = []
+
+    def one() -> float:
+        t = perf()
+        s.sendall(msg)
+        got = 0
+        while got < size:
+            b = s.recv(size - got)
+            if not b:
+                raise ConnectionError("EOF")
+            got += len(b)
+        return perf() - t
+
+    for _ in range(warmup):
+        one()
+    t0 = perf()
+    end = t0 + duration
+    while perf() < end and len(lat) < max_count:
+        lat.append(one())
+    elapsed = perf() - t0
+    s.close()
+    return {"elapsed": elapsed, "latency_s": summarize_latencies(lat)}
+
+
+LOAD_KINDS = {"stream": _load_stream, "connrate": _load_connrate, "rtt": _load_rtt}
+
+
+def load_main(argv: Sequence[str]) -> int:
+    spec = json.loads(argv[0])
+    try:
+        result = LOAD_KINDS[spec["kind"]](spec)
+    except Exception as exc:  # reported to the orchestrator, which records it
+        result = {"fatal": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def run_load(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run the load generator as a separate process; its JSON result or {'fatal':...}."""
+    proc = REGISTRY.spawn(
+        [sys.executable, COMMON_PATH, "load", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        REGISTRY.kill(proc)
+        return {"fatal": f"load generator timed out after {timeout:.0f}s"}
+    REGISTRY.kill(proc)
+    try:
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+    except (ValueError, IndexError):
+        return {"fatal": f"load generator failed: rc={proc.returncode} {err.strip()[-500:]}"}
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in ("serve", "load"):
+        print(__doc__)
+        return 2
+    if argv[0] == "serve":
+        return serve_main(argv[1:])
+    return load_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

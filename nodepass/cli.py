@@ -1,0 +1,54 @@
+"""The ``nodepass URL`` console script (also ``python -m nodepass URL``).
+
+It validates the URL before anything is bound, then runs the same service
+tree as ``twistd -n nodepass URL`` in the foreground and exits with status 0
+after SIGINT/SIGTERM, or 1 when the URL is invalid or start-up fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from twisted.python import usage
+
+from nodepass.service import USAGE, Options, buildService, versionText
+
+
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"Error: {message} [{os.getpid()}]\n")
+    sys.stderr.write("Run 'nodepass --help' for usage.\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE + "\n")
+        raise SystemExit(0 if args else 1)
+    if args[0] in ("-V", "--version", "version"):
+        sys.stdout.write(versionText() + "\n")
+        raise SystemExit(0)
+    if len(args) != 1:
+        _fail(f"expected exactly one URL argument, got {len(args)}")
+    options = Options()
+    try:
+        options.parseOptions(args)
+    except usage.UsageError as error:
+        _fail(str(error))
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    root = buildService(options["config"], reactor)
+    globalLogBeginner.beginLoggingTo(
+        [root.logObserver], discardBuffer=True, redirectStandardIO=False
+    )
+    root.privilegedStartService()
+    root.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    reactor.run()  # type: ignore[attr-defined]
+    raise SystemExit(0)

@@ -1,0 +1,247 @@
+"""Splice two stream connections together.
+
+A L{Relay} joins a I{local} connection (the user's socket on the entry side,
+or the target socket on the exit side: the one whose bytes are counted and
+rate-limited, dataplane spec §6.4 and §10.2) with a I{remote} one.  It adds,
+on top of plain forwarding:
+
+* backpressure both ways: each transport is registered as the streaming
+  producer of the other, so a slow reader pauses the fast writer instead of
+  growing a buffer;
+* half-close: end of input on one side shuts down only the write half of
+  the other (when that transport supports it), and both are closed once both
+  directions are finished;
+* byte counters, a shared rate limit and an idle timeout (``read=``).
+
+Several reasons can hold a transport paused at once (the peer's full write
+buffer, the rate limit, waiting for the outbound connection), so pausing
+goes through a small L{Gate} that resumes only when every reason is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from attrs import define
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nodepass.limits import RateLimiter
+
+
+@define
+class Counters:
+    """
+    Cumulative byte counters of one process (never reset while it runs).
+    """
+
+    tcprx: int = 0
+    tcptx: int = 0
+    udprx: int = 0
+    udptx: int = 0
+
+
+@implementer(IPushProducer)
+class Gate:
+    """
+    Pause a transport for any number of independent reasons; it reads again
+    only when no reason is left.  Registered with the peer transport as its
+    streaming producer (the C{"peer"} reason).
+    """
+
+    def __init__(self, transport: ITransport) -> None:
+        self.transport = transport
+        self.reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self.reasons:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.reasons:
+            return
+        self.reasons.discard(reason)
+        if not self.reasons:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def pauseProducing(self) -> None:
+        self.pause("peer")
+
+    def resumeProducing(self) -> None:
+        self.resume("peer")
+
+    def stopProducing(self) -> None:
+        self.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class RelayProtocol(Protocol):
+    """
+    One end of a relay.  Before L{Relay.join} it just buffers what arrives;
+    subclasses decide when to join (after a target connects, after sniffing).
+    """
+
+    relay: Relay | None = None
+    peer: RelayProtocol | None = None
+    gate: Gate
+    #: Whether this end's transport may be half-closed (plain TCP only).
+    halfClose = True
+    readDone = False
+    closed = False
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []
+        self.pendingEOF = False
+
+    def connectionMade(self) -> None:
+        self.gate = Gate(self.transport)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is None:
+            self.pending.append(data)
+        else:
+            self.relay.forward(self, data)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is None:
+            self.pendingEOF = True
+        else:
+            self.relay.endOfInput(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.closed = True
+        if self.relay is not None:
+            self.relay.lost(self)
+
+
+class Relay:
+    """
+    Move bytes between C{local} and C{remote} until both are done.
+
+    @param onEnd: called once, when both connections are gone.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        counters: Counters,
+        limiter: RateLimiter | None = None,
+        idleTimeout: float = 0.0,
+        onEnd: Callable[[Relay], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._counters = counters
+        self._limiter = limiter
+        self._idle = idleTimeout
+        self._onEnd = onEnd
+        self._timer: IDelayedCall | None = None
+        self._lastActive = 0.0
+        self.local: RelayProtocol | None = None
+        self.remote: RelayProtocol | None = None
+        self.ended = False
+
+    def join(self, local: RelayProtocol, remote: RelayProtocol) -> None:
+        """
+        Connect the two ends, flush what either buffered, and start reading.
+        """
+        self.local, self.remote = local, remote
+        local.peer, remote.peer = remote, local
+        local.relay = remote.relay = self
+        remote.transport.registerProducer(local.gate, True)  # type: ignore[union-attr]
+        local.transport.registerProducer(remote.gate, True)  # type: ignore[union-attr]
+        if self._idle > 0:
+            self._lastActive = self._clock.seconds()
+            self._timer = self._clock.callLater(self._idle, self._checkIdle)
+        for side in (local, remote):
+            data, side.pending = b"".join(side.pending), []
+            if data:
+                self.forward(side, data)
+        for side in (local, remote):
+            if side.closed:
+                self.lost(side)
+            elif side.pendingEOF:
+                self.endOfInput(side)
+
+    def forward(self, source: RelayProtocol, data: bytes) -> None:
+        peer = source.peer
+        assert peer is not None
+        size = len(data)
+        limiter = self._limiter
+        if source is self.local:
+            self._counters.tcprx += size
+            delay = limiter.read.take(size) if limiter is not None else 0.0
+        else:
+            self._counters.tcptx += size
+            delay = limiter.write.take(size) if limiter is not None else 0.0
+        if self._idle > 0:
+            self._lastActive = self._clock.seconds()
+        peer.transport.write(data)  # type: ignore[union-attr]
+        if delay > 0:
+            source.gate.pause("rate")
+            self._clock.callLater(delay, source.gate.resume, "rate")
+
+    def endOfInput(self, source: RelayProtocol) -> None:
+        source.readDone = True
+        peer = source.peer
+        assert peer is not None
+        if peer.readDone or peer.closed:
+            self.close()
+        elif peer.halfClose and source.halfClose:
+            peer.transport.loseWriteConnection()  # type: ignore[union-attr]
+        else:
+            self.close()
+
+    def lost(self, side: RelayProtocol) -> None:
+        peer = side.peer
+        if peer is not None and not peer.closed:
+            peer.transport.loseConnection()  # type: ignore[union-attr]
+        elif peer is not None:
+            self._finish()
+
+    def close(self) -> None:
+        """
+        Close both ends (buffered data is still flushed).
+        """
+        for side in (self.local, self.remote):
+            if side is not None and not side.closed:
+                side.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """
+        Drop both ends at once (shutdown after the grace period).
+        """
+        for side in (self.local, self.remote):
+            if side is not None and not side.closed:
+                side.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _checkIdle(self) -> None:
+        self._timer = None
+        if self.ended:
+            return
+        quiet = self._clock.seconds() - self._lastActive
+        if quiet >= self._idle:
+            self.close()
+        else:
+            self._timer = self._clock.callLater(self._idle - quiet, self._checkIdle)
+
+    def _finish(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._onEnd is not None:
+            self._onEnd(self)

@@ -1,0 +1,192 @@
+"""From a URL to a running service tree: the composition root.
+
+``twistd nodepass URL`` reaches this module through the ``nodepass`` service
+maker plugin; the ``nodepass URL`` console script calls L{buildService}
+directly.  Both run the same tree.  L{makeService} is the only place that
+fetches the global reactor; everything below takes it as an argument, so
+tests build the tree on a fake reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+from twisted.python.components import Componentized
+
+from nodepass import COMPATIBLE_VERSION, __version__
+from nodepass.errors import StartupError, URLError
+from nodepass.log import NodePassLogObserver, initLine
+from nodepass.relay import Counters
+from nodepass.resolve import Resolver, serverLookup, systemLookup
+from nodepass.settings import Settings, fromEnvironment
+from nodepass.tunnel.single import SingleEnd
+from nodepass.url import Config, describe, parse, unknownParams
+
+log = Logger()
+
+#: What ``twistd nodepass master`` (no URL) runs: loopback only.
+DEFAULT_MASTER_URL = "master://127.0.0.1:9090/api"
+
+USAGE = """\
+Usage: nodepass URL
+
+  server://KEY@HOST:PORT/TARGET[,TARGET...]?PARAMS   tunnel server
+  client://KEY@HOST:PORT/TARGET[,TARGET...]?PARAMS   tunnel client, or single-end
+                                                     forwarder when it can listen
+                                                     on HOST:PORT itself
+  master://HOST:PORT/PREFIX?PARAMS                   REST API + SSE control plane
+  master                                             the same on 127.0.0.1:9090/api
+
+Example: nodepass "client://127.0.0.1:8080/127.0.0.1:80"
+Parameters are described in docs/url.md."""
+
+
+def versionText() -> str:
+    return f"nodepass {__version__} (compatible with NodePass {COMPATIBLE_VERSION})"
+
+
+class Options(usage.Options):
+    synopsis = "URL"
+    longdesc = USAGE
+
+    def parseArgs(self, url: str | None = None) -> None:  # type: ignore[override]
+        if url is None:
+            raise usage.UsageError("a NodePass URL is required (server://, client:// or master://)")
+        self["url"] = DEFAULT_MASTER_URL if url == "master" else url
+
+    def postOptions(self) -> None:
+        try:
+            self["config"] = parse(self["url"])
+        except URLError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+class NodePassService(MultiService):
+    """
+    The root of one instance's service tree.
+
+    It prints the start-up lines, starts its children, and turns a
+    L{StartupError} (a port in use, say) into a clear error on stderr and
+    exit status 1 instead of a traceback.
+    """
+
+    def __init__(self, config: Config, settings: Settings, logObserver: ILogObserver) -> None:
+        super().__init__()
+        self.config = config
+        self.settings = settings
+        self.logObserver = logObserver
+        self.setName("nodepass")
+        self._twistdLogging = False
+
+    def useForTwistdLogging(self) -> None:
+        """
+        Make twistd log through L{logObserver} (used with ``twistd -n``).
+        """
+        self._twistdLogging = True
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd asks its application for an ILogObserver component before
+        # falling back to its own format; offering ours keeps the NodePass
+        # line format (which a master parses) under ``twistd -n``.
+        if self._twistdLogging and isinstance(parent, Componentized):
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.logObserver)
+
+    def startService(self) -> None:
+        config = self.config
+        initLine(log, config.log)
+        for name in unknownParams(config):
+            log.warn("Ignoring unknown parameter: {name}", name=name)
+        role = config.scheme.capitalize()
+        log.info("{role} started: {url}", role=role, url=describe(config))
+        try:
+            self._startChildren()
+        except StartupError as error:
+            log.error("{role} error: {error}", role=role, error=str(error))
+            sys.stderr.write(f"Error: {error} [{os.getpid()}]\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+
+    def _startChildren(self) -> None:
+        for child in self:
+            binder = getattr(child, "bind", None)
+            if binder is not None and getattr(child, "tcpPort", None) is None:
+                binder()
+        super().startService()
+
+
+def _resolver(config: Config, reactor: Any) -> Resolver:
+    if config.dnsServers:
+        return Resolver(reactor, config.dnsTTL, serverLookup(config.dnsServers))
+    return Resolver(reactor, config.dnsTTL, systemLookup(reactor))
+
+
+class _Unavailable:
+    """
+    A child that fails start-up with a clear message, for roles this version
+    cannot run yet.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def buildService(
+    config: Config,
+    reactor: Any,
+    environ: Mapping[str, str] | None = None,
+    out: Any = None,
+) -> NodePassService:
+    """
+    Build the service tree for C{config}.  Does no I/O: binding happens when
+    the service starts.
+    """
+    settings = fromEnvironment(os.environ if environ is None else environ)
+    observer = NodePassLogObserver(out if out is not None else sys.stdout, config.log)
+    root = NodePassService(config, settings, observer)
+    if config.scheme == "client":
+        forwarder = SingleEnd(config, reactor, settings, _resolver(config, reactor), Counters())
+        if config.mode == 2:
+            _unavailable(
+                root,
+                "dual-end client mode (mode=2) needs a NodePass server, which this version cannot connect to yet",
+            )
+        else:
+            forwarder.setServiceParent(root)
+            if config.mode == 0:
+                forwarder.fallbackMessage = "and dual-end client mode (connecting to a server) is not available in this version"
+    elif config.scheme == "server":
+        _unavailable(root, "server mode is not available in this version yet")
+    else:
+        _unavailable(root, "master mode is not available in this version yet")
+    return root
+
+
+def _unavailable(root: NodePassService, message: str) -> None:
+    from twisted.application.service import Service
+
+    class Unavailable(Service):
+        def bind(self) -> None:
+            raise StartupError(message)
+
+    Unavailable().setServiceParent(root)
+
+
+def makeService(options: Options) -> NodePassService:
+    """
+    twistd's entry point: the only code that touches the global reactor.
+    """
+    from twisted.internet import reactor
+
+    root = buildService(options["config"], reactor)
+    parent = getattr(options, "parent", None)
+    if parent is not None and parent.get("nodaemon") and not parent.get("logfile"):
+        root.useForTwistdLogging()
+    return root

@@ -1,0 +1,1 @@
+"""The data plane: single-end forwarding, and the tunnel server and client."""

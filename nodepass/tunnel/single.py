@@ -1,0 +1,496 @@
+"""Single-end forwarding: ``client://host:port/target`` with no server.
+
+The client listens on its tunnel address (TCP unless ``notcp=1``, UDP unless
+``noudp=1``) and forwards every connection and every datagram flow straight
+to the targets (dataplane spec §2.2, §7.4, §10).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nodepass import proxyproto, sniff
+from nodepass.balance import TargetDialer, Targets
+from nodepass.errors import StartupError
+from nodepass.limits import RateLimiter, Slots
+from nodepass.log import checkpointLine, logEvent
+from nodepass.relay import Counters, Relay, RelayProtocol
+from nodepass.resolve import Resolver
+from nodepass.settings import Settings
+from nodepass.url import Config, HostPort
+
+log = Logger()
+
+
+def _hostPort(address: Any) -> str:
+    host = getattr(address, "host", "?")
+    port = getattr(address, "port", 0)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Target(RelayProtocol):
+    """
+    The outbound (target) end of a forwarded connection.
+    """
+
+
+class _Inbound(RelayProtocol):
+    """
+    An accepted user connection: take a slot, optionally sniff the first
+    bytes (``block=``), connect a target, then relay.
+    """
+
+    factory: _InboundFactory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        forwarder = self.factory.forwarder
+        self.peerText = _hostPort(self.transport.getPeer())  # type: ignore[union-attr]
+        if not forwarder.slots.tryAcquire("tcp"):
+            log.error(
+                "singleTCPLoop: TCP slot limit reached: {tcp}/{limit}",
+                tcp=forwarder.slots.tcp,
+                limit=forwarder.slots.limit,
+            )
+            self.hasSlot = False
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.hasSlot = True
+        forwarder.inbound.add(self)
+        log.debug(
+            "Tunnel connection: {local} <-> {peer}",
+            local=_hostPort(self.transport.getHost()),  # type: ignore[union-attr]
+            peer=self.peerText,
+        )
+        if sniff.needsSniff(forwarder.config.block):
+            self.sniffing = True
+        else:
+            self.sniffing = False
+            self._dial()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.relay is None and getattr(self, "sniffing", False):
+            if sum(map(len, self.pending)) >= sniff.PEEK_SIZE:
+                self._sniffed()
+
+    def readConnectionLost(self) -> None:
+        super().readConnectionLost()
+        if self.relay is None and getattr(self, "sniffing", False):
+            self._sniffed()
+
+    def _sniffed(self) -> None:
+        self.sniffing = False
+        forwarder = self.factory.forwarder
+        blocked = sniff.detect(b"".join(self.pending)[: sniff.PEEK_SIZE], forwarder.config.block)
+        if blocked is not None:
+            log.warn(
+                "singleTCPLoop: blocked {proto} protocol from {peer}",
+                proto=blocked,
+                peer=self.peerText,
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._dial()
+
+    def _dial(self) -> None:
+        self.gate.pause("connect")
+        forwarder = self.factory.forwarder
+        target = _Target()
+        d = forwarder.dialer.connectDeferred(target)
+        d.addCallbacks(self._connected, self._dialFailed)
+
+    def _connected(self, result: tuple[_Target, int]) -> None:
+        target, _ = result
+        forwarder = self.factory.forwarder
+        if self.closed:
+            target.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        targetHost: Any = target.transport.getPeer()  # type: ignore[union-attr]
+        log.debug(
+            "Target connection: {local} <-> {target}",
+            local=_hostPort(target.transport.getHost()),  # type: ignore[union-attr]
+            target=_hostPort(targetHost),
+        )
+        if forwarder.config.proxy in (1, 2):
+            user: Any = self.transport.getPeer()  # type: ignore[union-attr]
+            try:
+                header = proxyproto.header(
+                    forwarder.config.proxy,
+                    (user.host, user.port),
+                    (targetHost.host, targetHost.port),
+                )
+            except ValueError as reason:
+                log.error("singleTCPLoop: sendProxyHeader failed: {reason}", reason=reason)
+                target.transport.loseConnection()  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            target.transport.write(header)  # type: ignore[union-attr]
+        log.info(
+            "Starting exchange: {peer} <-> {target}",
+            peer=self.peerText,
+            target=_hostPort(targetHost),
+        )
+        relay = Relay(
+            forwarder.clock,
+            forwarder.counters,
+            forwarder.limiter,
+            forwarder.config.read,
+            forwarder.relayEnded,
+        )
+        forwarder.relays.add(relay)
+        forwarder.inbound.discard(self)
+        relay.join(self, target)
+        self.gate.resume("connect")
+
+    def _dialFailed(self, reason: Failure) -> None:
+        log.error(
+            "singleTCPLoop: dialWithRotation failed: {reason}", reason=reason.getErrorMessage()
+        )
+        if not self.closed:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        super().connectionLost(reason)
+        forwarder = self.factory.forwarder
+        forwarder.inbound.discard(self)
+        if self.relay is None and getattr(self, "hasSlot", False):
+            forwarder.slots.release("tcp")
+            self.hasSlot = False
+
+
+class _InboundFactory(Factory):
+    protocol = _Inbound  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, forwarder: SingleEnd) -> None:
+        self.forwarder = forwarder
+
+
+class _UDPSession(DatagramProtocol):
+    """
+    One source address of the UDP listener, with its own connected socket
+    towards the target.  Ends after C{udpReadTimeout} seconds without traffic
+    in either direction.
+    """
+
+    def __init__(self, forwarder: SingleEnd, source: tuple[str, int]) -> None:
+        self.forwarder = forwarder
+        self.source = source
+        self.queue: list[bytes] = []
+        self.port: IListeningPort | None = None
+        self.lastActive = forwarder.clock.seconds()
+        self.timer = forwarder.clock.callLater(forwarder.settings.udpReadTimeout, self._checkIdle)
+        self.ended = False
+
+    def opened(self, port: IListeningPort) -> None:
+        self.port = port
+        queued, self.queue = self.queue, []
+        for data in queued:
+            self.send(data)
+
+    def send(self, data: bytes) -> None:
+        self.lastActive = self.forwarder.clock.seconds()
+        if self.port is None:
+            if len(self.queue) < 64:
+                self.queue.append(data)
+            return
+        self.transport.write(data)  # type: ignore[union-attr,call-arg]
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        forwarder = self.forwarder
+        self.lastActive = forwarder.clock.seconds()
+        forwarder.counters.udptx += len(data)
+        if forwarder.limiter is not None:
+            delay = forwarder.limiter.write.take(len(data))
+            if delay > 0 and self.port is not None:
+                self.port.stopReading()  # type: ignore[attr-defined]
+                forwarder.clock.callLater(delay, self._resumeReading)
+        listener = forwarder.udpPort
+        if listener is not None:
+            listener.write(data, self.source)  # type: ignore[attr-defined]
+
+    def _resumeReading(self) -> None:
+        if not self.ended and self.port is not None:
+            self.port.startReading()  # type: ignore[attr-defined]
+
+    def connectionRefused(self) -> None:
+        log.debug("UDP target refused datagrams from {source}", source=self.source)
+
+    def _checkIdle(self) -> None:
+        quiet = self.forwarder.clock.seconds() - self.lastActive
+        timeout = self.forwarder.settings.udpReadTimeout
+        if quiet >= timeout:
+            self.end()
+        else:
+            self.timer = self.forwarder.clock.callLater(timeout - quiet, self._checkIdle)
+
+    def end(self) -> Deferred[None]:
+        if self.ended:
+            return succeed(None)
+        self.ended = True
+        if self.timer.active():
+            self.timer.cancel()
+        self.forwarder.udpSessionEnded(self)
+        if self.port is not None:
+            return self.port.stopListening() or succeed(None)  # type: ignore[return-value]
+        return succeed(None)
+
+
+class _UDPListener(DatagramProtocol):
+    def __init__(self, forwarder: SingleEnd) -> None:
+        self.forwarder = forwarder
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        forwarder = self.forwarder
+        forwarder.counters.udprx += len(data)
+        if forwarder.limiter is not None:
+            delay = forwarder.limiter.read.take(len(data))
+            if delay > 0:
+                self.transport.stopReading()  # type: ignore[union-attr]
+                forwarder.clock.callLater(delay, self._resumeReading)
+        session = forwarder.udpSessions.get(addr)
+        if session is None:
+            session = forwarder.openUDPSession(addr)
+            if session is None:
+                return
+        session.send(data)
+
+    def _resumeReading(self) -> None:
+        if self.forwarder.udpPort is not None:
+            self.transport.startReading()  # type: ignore[union-attr]
+
+
+class SingleEnd(Service):
+    """
+    The single-end forwarder service.  Binding happens in C{startService};
+    a failure raises L{StartupError}.
+    """
+
+    name = "single-end"
+
+    #: Appended to a bind failure (mode 0: why no dual-end fallback happened).
+    fallbackMessage = ""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        settings: Settings,
+        resolver: Resolver,
+        counters: Counters | None = None,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.settings = settings
+        self.resolver = resolver
+        self.counters = counters if counters is not None else Counters()
+        self.slots = Slots(config.slot)
+        self.limiter = RateLimiter.fromMbps(config.rate, reactor) if config.rate else None
+        self.targets = Targets(config.targets, config.lbs, reactor)
+        self.dialer = TargetDialer(
+            reactor,
+            self.targets,
+            resolver,
+            settings.tcpDialTimeout,
+            None if config.dial == "auto" else config.dial,
+        )
+        self.tcpPort: IListeningPort | None = None
+        self.udpPort: IListeningPort | None = None
+        self.relays: set[Relay] = set()
+        self.inbound: set[_Inbound] = set()
+        self.udpSessions: dict[Any, _UDPSession] = {}
+        self.ping = 0
+        self._health = LoopingCall(self.checkpoint)
+        self._health.clock = reactor
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def bind(self) -> None:
+        """
+        Bind the tunnel address; raises L{StartupError} when it is taken.
+        """
+        address: HostPort = self.config.tunnel
+        interface = address.host or ""
+        try:
+            if not self.config.notcp:
+                self.tcpPort = self.reactor.listenTCP(
+                    address.port, _InboundFactory(self), backlog=1024, interface=interface
+                )
+            if not self.config.noudp:
+                self.udpPort = self.reactor.listenUDP(
+                    address.port,
+                    _UDPListener(self),
+                    interface=interface,
+                    maxPacketSize=self.settings.udpBufferSize,
+                )
+        except CannotListenError as error:
+            if self.tcpPort is not None:
+                self.tcpPort.stopListening()
+                self.tcpPort = None
+            message = f"cannot listen on {address}: {error.socketError}"
+            if self.fallbackMessage:
+                message = f"{message}, {self.fallbackMessage}"
+            raise StartupError(message) from error
+
+    def startService(self) -> None:
+        if self.tcpPort is None and self.udpPort is None:
+            self.bind()
+        super().startService()
+        self._health.start(self.settings.reportInterval, now=True)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._health.running:
+            self._health.stop()
+        waits: list[Deferred[Any]] = []
+        for port in (self.tcpPort, self.udpPort):
+            if port is not None:
+                waits.append(port.stopListening() or succeed(None))  # type: ignore[arg-type]
+        self.tcpPort = self.udpPort = None
+        for session in list(self.udpSessions.values()):
+            waits.append(session.end())
+        for inbound in list(self.inbound):
+            inbound.transport.loseConnection()  # type: ignore[union-attr]
+        drained = self._drainRelays()
+        waits.append(drained)
+        done = DeferredList(waits, consumeErrors=True)
+        done.addCallback(lambda _: log.info("Client shutdown complete"))
+        return done  # type: ignore[return-value]
+
+    def _drainRelays(self) -> Deferred[None]:
+        if not self.relays:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained = d
+        for relay in list(self.relays):
+            relay.close()
+        grace = self.clock.callLater(self.settings.shutdownTimeout, self._abortRelays)
+        d.addBoth(lambda result: grace.cancel() if grace.active() else None)
+        return d
+
+    def _abortRelays(self) -> None:
+        for relay in list(self.relays):
+            relay.abort()
+
+    def relayEnded(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        self.slots.release("tcp")
+        log.info("Exchange complete: EOF")
+        drained = getattr(self, "_drained", None)
+        if drained is not None and not self.relays and not drained.called:
+            drained.callback(None)
+
+    # -- UDP ----------------------------------------------------------------
+
+    def openUDPSession(self, source: Any) -> _UDPSession | None:
+        if not self.slots.tryAcquire("udp"):
+            log.error(
+                "singleUDPLoop: UDP slot limit reached: {udp}/{limit}",
+                udp=self.slots.udp,
+                limit=self.slots.limit,
+            )
+            return None
+        session = _UDPSession(self, source)
+        self.udpSessions[source] = session
+        index = self.targets.order()[0]
+        target = self.targets.targets[index]
+        d = self.resolver.resolve(target.host)
+
+        def resolved(ip: str) -> None:
+            if session.ended:
+                return
+            ip = ip or "127.0.0.1"
+            family6 = ipaddress.ip_address(ip).version == 6
+            interface = "::" if family6 else ""
+            if self.config.dial not in ("auto", ""):
+                interface = self.config.dial
+            port = self.reactor.listenUDP(
+                0, session, interface=interface, maxPacketSize=self.settings.udpBufferSize
+            )
+            session.transport.connect(ip, target.port)  # type: ignore[union-attr]
+            log.debug(
+                "Target connection: {source} <-> {target}",
+                source=_hostPort(self.udpPort.getHost()) if self.udpPort else "?",  # type: ignore[attr-defined]
+                target=target,
+            )
+            session.opened(port)
+
+        def failed(reason: Failure) -> None:
+            log.error("singleUDPLoop: {reason}", reason=reason.getErrorMessage())
+            session.end()
+
+        d.addCallback(resolved).addErrback(failed)
+        return session
+
+    def udpSessionEnded(self, session: _UDPSession) -> None:
+        if self.udpSessions.get(session.source) is session:
+            del self.udpSessions[session.source]
+            self.slots.release("udp")
+
+    # -- health -------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """
+        Log the CHECK_POINT line, then measure the next target's TCP connect
+        time for the following one (dataplane spec §10.9).
+        """
+        counters = self.counters
+        logEvent(
+            log,
+            checkpointLine(
+                1,
+                self.ping,
+                0,
+                self.slots.tcp,
+                self.slots.udp,
+                counters.tcprx,
+                counters.tcptx,
+                counters.udprx,
+                counters.udptx,
+            ),
+        )
+        self._probe()
+
+    def _probe(self) -> None:
+        if self.targets.strategy == 1:
+            indexes = list(range(len(self.targets)))
+        else:
+            indexes = [self.targets.advance()]
+        for index in indexes:
+            self._probeOne(index)
+
+    def _probeOne(self, index: int) -> None:
+        target = self.targets.targets[index]
+        started = self.clock.seconds()
+
+        async def probe() -> None:
+            ip = await self.resolver.resolve(target.host) or "127.0.0.1"
+            endpointProtocol = Protocol()
+            kind = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
+            endpoint = kind(self.reactor, ip, target.port, timeout=self.settings.reportInterval)
+            await connectProtocol(endpoint, endpointProtocol)
+            endpointProtocol.transport.loseConnection()  # type: ignore[union-attr]
+
+        def done(_: object) -> None:
+            elapsed = self.clock.seconds() - started
+            self.targets.succeeded(index, elapsed)
+            self.ping = int(elapsed * 1000)
+
+        def failed(reason: Failure) -> None:
+            self.targets.failed(index)
+            self.ping = 0
+
+        Deferred.fromCoroutine(probe()).addCallbacks(done, failed)
