@@ -292,6 +292,24 @@ def proc_descendants(pid: int) -> list[int]:
     return out
 
 
+def set_tree_affinity(pid: int, cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of ``pid`` and of its descendants.
+
+    ``sched_setaffinity`` acts on one thread, so each task is set separately.
+    Children forked later inherit the affinity of the thread that forks them.
+    """
+    for p in [pid, *proc_descendants(pid)]:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """user+sys CPU of ``pid`` plus that of its children it has reaped."""
     try:
@@ -781,6 +799,8 @@ def _load_connrate(spec: dict[str, Any]) -> dict[str, Any]:
 def _load_rtt(spec: dict[str, Any]) -> dict[str, Any]:
     """One persistent connection, 64-byte ping-pong."""
     port, duration = spec["port"], spec["duration"]
+    if spec.get("cpu") is not None:
+        os.sched_setaffinity(0, {spec["cpu"]})
     size = spec.get("size", 64)
     max_count = spec.get("max_count", 1_000_000)
     warmup = spec.get("warmup", 200)

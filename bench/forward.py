@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: single-end TCP forwarding through nodepass vs direct, socat, haproxy.
 
-    python bench/forward.py                 # full run (~2.5 min), all systems
+    python bench/forward.py                 # full run (~130 s), all systems
     python bench/forward.py --quick         # smoke run (~25 s)
     python bench/forward.py --systems direct,haproxy --json out.json
 
@@ -165,15 +165,18 @@ def start_forwarder(name: str, target: int, tmpdir: str, args: argparse.Namespac
             fwd = Forwarder(name, listen, proc, log_path, argv=argv)
             if C.wait_listening(listen, args.start_timeout, proc):
                 break
+            exited = proc.poll() is not None
             last_err = (
                 f"{name} exited with rc={proc.returncode}"
-                if proc.poll() is not None
+                if exited
                 else f"{name} not listening on {listen} after {args.start_timeout:.0f}s"
             )
             tail = fwd.log_tail()
             fwd.stop()
             if tail:
                 last_err += "; output:\n    " + tail.replace("\n", "\n    ")
+            if not exited:
+                raise StartError(last_err)  # hanging: another port will not help
         else:
             raise StartError(last_err)
     # Preflight: the forwarder must really forward (and warm it up a little).
@@ -282,10 +285,30 @@ def phase_connrate(fwd: Forwarder, srv: C.TargetServer, args: argparse.Namespace
 
 
 def phase_rtt(fwd: Forwarder, srv: C.TargetServer, args: argparse.Namespace) -> dict[str, Any]:
-    load = C.run_load(
-        {"kind": "rtt", "port": fwd.port, "duration": args.rtt_duration},
-        timeout=args.rtt_duration + 30,
-    )
+    # On this VM a wake-up on another CPU costs ~75 us, so without pinning the
+    # figure mostly says where the scheduler put the processes. Pinned to one
+    # CPU, it measures the work (and context switches) per round trip.
+    pin = args.rtt_cpu >= 0
+    every_cpu = os.sched_getaffinity(0)
+    if pin:
+        for pid in (srv.proc.pid, fwd.pid):
+            if pid:
+                C.set_tree_affinity(pid, {args.rtt_cpu})
+    try:
+        load = C.run_load(
+            {
+                "kind": "rtt",
+                "port": fwd.port,
+                "duration": args.rtt_duration,
+                "cpu": args.rtt_cpu if pin else None,
+            },
+            timeout=args.rtt_duration + 30,
+        )
+    finally:
+        if pin:
+            for pid in (srv.proc.pid, fwd.pid):
+                if pid:
+                    C.set_tree_affinity(pid, every_cpu)
     if "fatal" in load:
         return {"error": load["fatal"]}
     lat = load["latency_s"]
@@ -350,7 +373,10 @@ def run_system(
                 continue
             cpu0 = C.proc_cpu_seconds(fwd.pid) if fwd.pid else None
             t0 = time.monotonic()
-            res = fn()
+            try:
+                res = fn()
+            except (OSError, ValueError, RuntimeError) as exc:
+                res = {"error": f"{type(exc).__name__}: {exc}"}
             time.sleep(args.settle)  # let forks exit and be reaped, sockets close
             wall = time.monotonic() - t0
             cpu1 = C.proc_cpu_seconds(fwd.pid) if fwd.pid else None
@@ -511,6 +537,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"rounds={args.rounds} (median; RSS = max)  stream={stream}"
         f"  conn={args.conn_duration:g}s x {args.workers} workers  rtt={args.rtt_duration:g}s"
+        + (f" (pinned to CPU {args.rtt_cpu})" if args.rtt_cpu >= 0 else " (not pinned)")
     )
     for s, v in meta["versions"].items():
         print(f"  {s}: {v}")
@@ -633,6 +660,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rtt-duration", type=float, default=2.0, help="seconds of the round-trip test")
     p.add_argument(
+        "--rtt-cpu",
+        type=int,
+        default=0,
+        help="pin load generator, forwarder and target to this CPU during the "
+        "round-trip test (-1: no pinning)",
+    )
+    p.add_argument(
         "--phases",
         default=",".join(PHASES),
         help="phases to run: tput1 (1 stream), tputN (--streams streams), connrate, rtt",
@@ -689,6 +723,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rtt_duration = min(args.rtt_duration, 0.5)
         if args.volume:
             args.volume = min(args.volume, 500.0)
+    if args.rtt_cpu >= 0 and args.rtt_cpu not in os.sched_getaffinity(0):
+        p.error(f"--rtt-cpu {args.rtt_cpu} is not available to this process")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
     return args

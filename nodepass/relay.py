@@ -49,6 +49,55 @@ class Counters:
     udptx: int = 0
 
 
+class Throttle:
+    """
+    Hold something paused until a deadline that only ever moves later.
+
+    A rate limiter answers every chunk with the delay until all the debt so
+    far is paid; new chunks can still arrive while paused (a TLS layer or a
+    UDP port delivers what it already read), so the hold is extended to the
+    latest deadline instead of stacking timers that would resume too early.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, pause: Callable[[], None], resume: Callable[[], None]
+    ) -> None:
+        self._clock = clock
+        self._pause = pause
+        self._resume = resume
+        self._call: IDelayedCall | None = None
+        self._deadline = 0.0
+
+    @property
+    def holding(self) -> bool:
+        return self._call is not None
+
+    def delay(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        deadline = self._clock.seconds() + seconds
+        if self._call is not None:
+            if deadline > self._deadline:
+                self._deadline = deadline
+                self._call.reset(seconds)
+            return
+        self._deadline = deadline
+        self._pause()
+        self._call = self._clock.callLater(seconds, self._release)
+
+    def _release(self) -> None:
+        self._call = None
+        self._resume()
+
+    def cancel(self) -> None:
+        """
+        Forget the hold without resuming (the thing held is gone).
+        """
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+
 @implementer(IPushProducer)
 class Gate:
     """
@@ -151,6 +200,7 @@ class Relay:
         self.local: RelayProtocol | None = None
         self.remote: RelayProtocol | None = None
         self.ended = False
+        self._throttles: dict[RelayProtocol, Throttle] = {}
 
     def join(self, local: RelayProtocol, remote: RelayProtocol) -> None:
         """
@@ -189,8 +239,17 @@ class Relay:
             self._lastActive = self._clock.seconds()
         peer.transport.write(data)  # type: ignore[union-attr]
         if delay > 0:
-            source.gate.pause("rate")
-            self._clock.callLater(delay, source.gate.resume, "rate")
+            self._throttle(source).delay(delay)
+
+    def _throttle(self, side: RelayProtocol) -> Throttle:
+        throttle = self._throttles.get(side)
+        if throttle is None:
+            gate = side.gate
+            throttle = Throttle(
+                self._clock, lambda: gate.pause("rate"), lambda: gate.resume("rate")
+            )
+            self._throttles[side] = throttle
+        return throttle
 
     def endOfInput(self, source: RelayProtocol) -> None:
         source.readDone = True
@@ -243,5 +302,8 @@ class Relay:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for throttle in self._throttles.values():
+            throttle.cancel()
+        self._throttles.clear()
         if self._onEnd is not None:
             self._onEnd(self)

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -116,7 +116,7 @@ class Resolver:
             return waiter
         self._pending[host] = [waiter]
         self.lookups += 1
-        d = self._lookup(host)
+        d = maybeDeferred(self._lookup, host)
         d.addCallbacks(self._resolved, self._failed, callbackArgs=(host,), errbackArgs=(host,))
         return waiter
 

@@ -8,6 +8,7 @@ would make the reference crash; here it falls back to the default too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from attrs import field, fields, frozen
@@ -34,10 +35,13 @@ class Settings:
     reloadInterval: float = field(default=3600.0, metadata={"env": "NP_RELOAD_INTERVAL"})
 
 
+_DECIMAL = re.compile(r"[0-9]+")
+
+
 def _convert(text: str, kind: type) -> float | int | None:
     text = text.strip()
     if kind is int:
-        return int(text) if text.isdigit() else None
+        return int(text) if _DECIMAL.fullmatch(text) else None
     try:
         return parseDuration(text)
     except URLError:

@@ -231,9 +231,9 @@ class UDPEcho:
     prefix, and records sources.
     """
 
-    def __init__(self, prefix: bytes = b"") -> None:
+    def __init__(self, prefix: bytes = b"", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOOPBACK, 0))
+        self.sock.bind((LOOPBACK, port))
         self.port = self.sock.getsockname()[1]
         self.prefix = prefix
         self.sources: list[tuple[str, int]] = []

@@ -25,7 +25,7 @@ from nodepass.balance import TargetDialer, Targets
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import checkpointLine, logEvent
-from nodepass.relay import Counters, Relay, RelayProtocol
+from nodepass.relay import Counters, Relay, RelayProtocol, Throttle
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.url import Config, HostPort
@@ -193,6 +193,7 @@ class _UDPSession(DatagramProtocol):
         self.lastActive = forwarder.clock.seconds()
         self.timer = forwarder.clock.callLater(forwarder.settings.udpReadTimeout, self._checkIdle)
         self.ended = False
+        self.throttle = Throttle(forwarder.clock, self._pauseReading, self._resumeReading)
 
     def opened(self, port: IListeningPort) -> None:
         self.port = port
@@ -215,11 +216,14 @@ class _UDPSession(DatagramProtocol):
         if forwarder.limiter is not None:
             delay = forwarder.limiter.write.take(len(data))
             if delay > 0 and self.port is not None:
-                self.port.stopReading()  # type: ignore[attr-defined]
-                forwarder.clock.callLater(delay, self._resumeReading)
+                self.throttle.delay(delay)
         listener = forwarder.udpPort
         if listener is not None:
             listener.write(data, self.source)  # type: ignore[attr-defined]
+
+    def _pauseReading(self) -> None:
+        if self.port is not None:
+            self.port.stopReading()  # type: ignore[attr-defined]
 
     def _resumeReading(self) -> None:
         if not self.ended and self.port is not None:
@@ -240,6 +244,7 @@ class _UDPSession(DatagramProtocol):
         if self.ended:
             return succeed(None)
         self.ended = True
+        self.throttle.cancel()
         if self.timer.active():
             self.timer.cancel()
         self.forwarder.udpSessionEnded(self)
@@ -251,15 +256,16 @@ class _UDPSession(DatagramProtocol):
 class _UDPListener(DatagramProtocol):
     def __init__(self, forwarder: SingleEnd) -> None:
         self.forwarder = forwarder
+        self.throttle = Throttle(forwarder.clock, self._pauseReading, self._resumeReading)
+
+    def _pauseReading(self) -> None:
+        self.transport.stopReading()  # type: ignore[union-attr]
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         forwarder = self.forwarder
         forwarder.counters.udprx += len(data)
         if forwarder.limiter is not None:
-            delay = forwarder.limiter.read.take(len(data))
-            if delay > 0:
-                self.transport.stopReading()  # type: ignore[union-attr]
-                forwarder.clock.callLater(delay, self._resumeReading)
+            self.throttle.delay(forwarder.limiter.read.take(len(data)))
         session = forwarder.udpSessions.get(addr)
         if session is None:
             session = forwarder.openUDPSession(addr)

@@ -1,0 +1,243 @@
+"""
+The command line: ``nodepass URL`` / ``python -m nodepass URL`` and
+``twistd nodepass URL``: help, version, bad input, exit codes, and the same
+forwarding through twistd.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.support import LOOPBACK, ROOT, TCPServer, UDPEcho, echo, freePort, recvAll, waitFor
+
+pytestmark = pytest.mark.integration
+
+
+def env() -> dict[str, str]:
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
+    return environ
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nodepass", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def canBind(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert "compatible with NodePass v1.14.0" in result.stdout
+
+
+def test_help() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for scheme in ("server://", "client://", "master://"):
+        assert scheme in result.stdout
+
+
+def test_no_argument_is_an_error() -> None:
+    result = run()
+    assert result.returncode == 1
+    assert "Usage: nodepass URL" in result.stdout
+
+
+def test_extra_arguments_are_an_error() -> None:
+    result = run("client://127.0.0.1:1/127.0.0.1:2", "extra")
+    assert result.returncode == 1
+    assert "exactly one URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("slot=abc", ["'slot'", "'abc'"]),
+        ("mode=5", ["'mode'", "'5'"]),
+        ("rate=-1", ["'rate'", "'-1'"]),
+        ("read=30", ["'read'", "'30'"]),
+        ("proxy=3", ["'proxy'", "'3'"]),
+        ("lbs=9", ["'lbs'", "'9'"]),
+        ("log=loud", ["'log'", "'loud'"]),
+        ("dial=not-an-ip", ["'dial'", "'not-an-ip'"]),
+        ("block=4", ["'block'", "'4'"]),
+        ("notcp=yes", ["'notcp'", "'yes'"]),
+        ("min=0", ["'min'", "'0'"]),
+    ],
+)
+def test_bad_parameter_exits_before_binding(query: str, words: list[str]) -> None:
+    port = freePort()
+    result = run(f"client://{LOOPBACK}:{port}/{LOOPBACK}:9?{query}&mode=1")
+    assert result.returncode == 1
+    line = result.stderr.splitlines()[0]
+    assert line.startswith("Error: ")
+    for word in words:
+        assert word in line
+    assert "expected" in line
+    assert "Traceback" not in result.stderr
+    assert canBind(port)
+
+
+@pytest.mark.parametrize(
+    ("url", "word"),
+    [
+        ("client://127.0.0.1:notaport/127.0.0.1:80", "port"),
+        ("client://127.0.0.1:70000/127.0.0.1:80", "70000"),
+        ("client://127.0.0.1:8000/", "target"),
+        ("client://127.0.0.1:8000/127.0.0.1", "target"),
+        ("socks://127.0.0.1:8000/127.0.0.1:80", "scheme"),
+        ("not a url at all", ""),
+        ("client://127.0.0.1:8000/127.0.0.1:8000", "conflicts"),
+    ],
+)
+def test_malformed_urls(url: str, word: str) -> None:
+    result = run(url)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ")
+    assert word in result.stderr.splitlines()[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_key_never_in_error_messages() -> None:
+    result = run("client://topsecretkey@127.0.0.1:bad/127.0.0.1:80")
+    assert result.returncode == 1
+    assert "topsecretkey" not in result.stderr + result.stdout
+
+
+def test_port_in_use_exits_1_with_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run(f"client://{LOOPBACK}:{port}/{LOOPBACK}:9?mode=1")
+    assert result.returncode == 1
+    assert f"cannot listen on {LOOPBACK}:{port}" in result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_shuts_down_cleanly_with_status_0() -> None:
+    port = freePort()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodepass", f"client://{LOOPBACK}:{port}/{LOOPBACK}:9?mode=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+    )
+    try:
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")))  # type: ignore[union-attr]
+        reader.start()
+        waitFor(lambda: any(b"CHECK_POINT" in line for line in lines), 15, "start-up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        reader.join(5)
+        assert any(b"Client shutdown complete" in line for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def twistd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args]
+
+
+def test_twistd_help_lists_nodepass() -> None:
+    result = subprocess.run(
+        twistd("--help"), capture_output=True, text=True, timeout=60, env=env(), cwd=str(ROOT)
+    )
+    assert result.returncode == 0
+    assert "nodepass" in result.stdout
+
+
+def test_twistd_nodepass_forwards_tcp_and_udp() -> None:
+    payload = os.urandom(1 << 20)
+    port = freePort()
+    with TCPServer(echo) as tcpTarget, UDPEcho(port=tcpTarget.port) as udpTarget:
+        assert udpTarget.port == tcpTarget.port
+        url = f"client://{LOOPBACK}:{port}/{LOOPBACK}:{tcpTarget.port}?mode=1"
+        proc = subprocess.Popen(
+            twistd("-n", "--pidfile=", "nodepass", url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env(),
+            cwd=str(ROOT),
+        )
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")))  # type: ignore[union-attr]
+        reader.start()
+        try:
+            waitFor(lambda: any(b"CHECK_POINT" in line for line in lines), 20, "twistd start-up")
+            # The NodePass line format, not twistd's own.
+            started = next(line for line in lines if b"Client started" in line)
+            assert b"  INFO  Client started: client://********@" in started
+            with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+                sender = threading.Thread(
+                    target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
+                )
+                sender.start()
+                received = recvAll(sock)
+                sender.join(10)
+            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            dgram.settimeout(5)
+            with dgram:
+                for size in (1, 512, 4000):
+                    data = os.urandom(size)
+                    dgram.sendto(data, (LOOPBACK, port))
+                    assert dgram.recvfrom(65536)[0] == data
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            reader.join(5)
+
+
+def test_twistd_bad_url_is_a_usage_error() -> None:
+    result = subprocess.run(
+        twistd("-n", "--pidfile=", "nodepass", "client://127.0.0.1:bad/x"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        cwd=str(ROOT),
+    )
+    assert result.returncode != 0
+    assert "invalid port 'bad'" in result.stdout + result.stderr
+
+
+def test_twistd_master_says_it_is_not_available_yet() -> None:
+    result = subprocess.run(
+        twistd("-n", "--pidfile=", "nodepass", "master"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        cwd=str(ROOT),
+    )
+    assert result.returncode == 1
+    assert "master mode is not available" in result.stdout + result.stderr
+    assert "master://127.0.0.1:9090/api" in result.stdout
