@@ -1,0 +1,136 @@
+"""
+The package as users get it: a wheel built from the checkout, installed in
+a fresh virtual environment, used from another directory.  This is what
+proves that the twistd plugin is discovered after ``pip install .`` and not
+only thanks to the checkout being on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.support import LOOPBACK, ROOT, TCPServer, echo, freePort, recvAll, waitFor
+
+pytestmark = [pytest.mark.integration, pytest.mark.packaging]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    (found,) = out.glob("nodepass-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("venv")
+    venv.create(home, with_pip=True)
+    python = home / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(wheel)],
+        check=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    return home
+
+
+def cleanEnv() -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return environ
+
+
+def test_wheel_contents(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/nodepass_plugin.py" in names
+    assert "nodepass/py.typed" in names
+    # Never ship an __init__.py that would shadow Twisted's own packages,
+    # a stale dropin cache, or the tests.
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert not any(name.endswith("dropin.cache") for name in names)
+    assert not any(name.startswith("tests/") for name in names)
+
+
+def test_installed_wheel_finds_the_plugin_outside_the_checkout(
+    installed: Path, tmp_path: Path
+) -> None:
+    bin = installed / "bin"
+    result = subprocess.run(
+        [str(bin / "twistd"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cleanEnv(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nodepass" in result.stdout
+    version = subprocess.run(
+        [str(bin / "nodepass"), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cleanEnv(),
+        timeout=60,
+    )
+    assert "compatible with NodePass v1.14.0" in version.stdout
+    # It really is the installed copy that runs.
+    where = subprocess.run(
+        [str(bin / "python"), "-c", "import nodepass; print(nodepass.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cleanEnv(),
+        timeout=60,
+    )
+    assert str(installed) in where.stdout
+
+
+def test_installed_console_script_forwards(installed: Path, tmp_path: Path) -> None:
+    payload = os.urandom(1 << 20)
+    port = freePort()
+    with TCPServer(echo) as target:
+        proc = subprocess.Popen(
+            [
+                str(installed / "bin" / "nodepass"),
+                f"client://{LOOPBACK}:{port}/{LOOPBACK}:{target.port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=cleanEnv(),
+        )
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")))  # type: ignore[union-attr]
+        reader.start()
+        try:
+            waitFor(lambda: any(b"CHECK_POINT" in line for line in lines), 30, "start-up")
+            with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+                sender = threading.Thread(
+                    target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
+                )
+                sender.start()
+                received = recvAll(sock)
+                sender.join(10)
+            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            reader.join(5)
