@@ -12,17 +12,25 @@ Strategies (dataplane spec §10.1 and §16.2):
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IProtocol, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IConnector,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IReactorTCP,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides
 
 from nodepass.errors import DialError
-from nodepass.resolve import Resolver
+from nodepass.resolve import Resolver, isIP
 from nodepass.url import HostPort
 
 log = Logger()
@@ -94,6 +102,224 @@ class Targets:
         self._failedAt[index] = self._clock.seconds()
 
 
+class _Handoff(Protocol):
+    """
+    Stand in for a dialled protocol until its connection is made, then hand
+    the transport over and step aside.
+
+    C{reactor.connectTCP} wants a factory, and this is the protocol that
+    factory builds.  Once connected, the wrapped protocol replaces this one
+    as the transport's protocol (the seam Twisted's own C{startTLS} uses),
+    so the relay's data path has no extra layer; on a transport without that
+    attribute (a test double) every event is passed on instead.
+    """
+
+    def __init__(self, wrapped: IProtocol, onConnected: Callable[[], None]) -> None:
+        self._wrapped = wrapped
+        self._onConnected = onConnected
+        if IHalfCloseableProtocol.providedBy(wrapped):
+            directlyProvides(self, IHalfCloseableProtocol)
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self._wrapped, "logPrefix", None)
+        if prefix is None:
+            return self._wrapped.__class__.__name__
+        return prefix()  # type: ignore[no-any-return]
+
+    def makeConnection(self, transport: ITransport) -> None:
+        wrapped = self._wrapped
+        if getattr(transport, "protocol", None) is self:
+            transport.protocol = wrapped  # type: ignore[attr-defined]
+        self.transport = transport
+        wrapped.makeConnection(transport)
+        self._onConnected()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._wrapped.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._wrapped.readConnectionLost()  # type: ignore[attr-defined]
+
+    def writeConnectionLost(self) -> None:
+        self._wrapped.writeConnectionLost()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._wrapped.connectionLost(reason)
+
+
+class _OneShotFactory(ClientFactory):
+    """
+    The factory of one connection attempt.  Unlike C{connectProtocol} with
+    an endpoint, it defines no class per call, logs no "Starting factory"
+    events, and adds no wrapping protocol to the data path.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        protocol: IProtocol,
+        onConnected: Callable[[], None],
+        onFailed: Callable[[Failure], None],
+    ) -> None:
+        self._protocol = protocol
+        self._onConnected = onConnected
+        self._onFailed = onFailed
+
+    def buildProtocol(self, addr: object) -> _Handoff:
+        return _Handoff(self._protocol, self._onConnected)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self._onFailed(reason)
+
+
+def connectTCP(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    protocol: P,
+    timeout: float,
+    bindAddress: tuple[str, int] | None = None,
+) -> Deferred[P]:
+    """
+    Connect C{protocol} to C{host}:C{port} (an IPv4 or IPv6 literal); the
+    result fires with C{protocol} once it is connected.  Cancelling it stops
+    the attempt.
+    """
+    connector: IConnector | None = None
+
+    def cancel(d: Deferred[P]) -> None:
+        if connector is not None and not d.called:
+            connector.stopConnecting()
+
+    d: Deferred[P] = Deferred(cancel)
+
+    def connected() -> None:
+        if not d.called:
+            d.callback(protocol)
+
+    def failed(reason: Failure) -> None:
+        if not d.called:
+            d.errback(reason)
+
+    factory = _OneShotFactory(protocol, connected, failed)
+    connector = reactor.connectTCP(host, port, factory, timeout, bindAddress)
+    return d
+
+
+class _Dial(Generic[P]):
+    """
+    One dial request: try the targets in L{Targets.order} until one connects.
+
+    Plain callbacks rather than a coroutine: this runs once per forwarded
+    connection, and an IP-literal target needs no Deferred until the connect
+    itself.
+    """
+
+    def __init__(self, dialer: TargetDialer, protocol: P) -> None:
+        self.dialer = dialer
+        self.protocol = protocol
+        self.result: Deferred[tuple[P, int]] = Deferred(self._cancel)
+        self.order = dialer.targets.order()
+        self.position = 0
+        self.index = -1
+        self.started = 0.0
+        self.bound = False
+        self.connector: IConnector | None = None
+        self.done = False
+        self.ip = ""
+        self.last: BaseException | None = None
+
+    def start(self) -> Deferred[tuple[P, int]]:
+        self._next()
+        return self.result
+
+    def _next(self) -> None:
+        if self.position >= len(self.order):
+            self._giveUp()
+            return
+        index = self.index = self.order[self.position]
+        self.position += 1
+        dialer = self.dialer
+        address = dialer._literals[index]
+        if address is not None:
+            self._attempt(address)
+            return
+        d = dialer._resolver.resolve(dialer.targets.targets[index].host)
+        d.addCallbacks(self._resolved, self._targetFailed)
+
+    def _resolved(self, ip: str) -> None:
+        if self.done:
+            return
+        self._attempt(ip or "127.0.0.1")
+
+    def _attempt(self, ip: str) -> None:
+        dialer = self.dialer
+        source = dialer._source
+        self.bound = source is not None
+        self.ip = ip
+        self.started = dialer._clock.seconds()
+        self.connector = dialer._reactor.connectTCP(
+            ip,
+            dialer.targets.targets[self.index].port,
+            _OneShotFactory(self.protocol, self.connected, self.attemptFailed),
+            dialer._timeout,
+            (source, 0) if source is not None else None,
+        )
+
+    def connected(self) -> None:
+        self.connector = None
+        if self.done:
+            return
+        self.done = True
+        dialer = self.dialer
+        dialer.targets.succeeded(self.index, dialer._clock.seconds() - self.started)
+        self.result.callback((self.protocol, self.index))
+
+    def attemptFailed(self, reason: Failure) -> None:
+        self.connector = None
+        if self.done:
+            return
+        dialer = self.dialer
+        if self.bound and dialer._source is not None:
+            log.error(
+                "dialWithRotation: fallback to system auto due to dialer failure: {reason}",
+                reason=reason.value,
+            )
+            dialer._source = None
+            self._attempt(self.ip)
+            return
+        self._targetFailed(reason)
+
+    def _targetFailed(self, reason: Failure) -> None:
+        if self.done:
+            return
+        self.last = reason.value
+        dialer = self.dialer
+        dialer.targets.failed(self.index)
+        log.debug(
+            "Target {target} failed: {reason}",
+            target=dialer.targets.targets[self.index],
+            reason=reason.value,
+        )
+        self._next()
+
+    def _giveUp(self) -> None:
+        self.done = True
+        targets = self.dialer.targets.targets
+        if len(self.order) == 1:
+            error = DialError(f"dial {targets[self.order[0]]} failed: {self.last}")
+        else:
+            error = DialError(f"all {len(self.order)} targets failed: {self.last}")
+        self.result.errback(error)
+
+    def _cancel(self, result: Deferred[tuple[P, int]]) -> None:
+        self.done = True
+        connector, self.connector = self.connector, None
+        if connector is not None:
+            connector.stopConnecting()
+
+
 class TargetDialer:
     """
     Connect protocols to the targets: resolve through the DNS cache, pick the
@@ -112,61 +338,29 @@ class TargetDialer:
         sourceIP: str | None = None,
     ) -> None:
         self._reactor = reactor
+        self._clock: IReactorTime = reactor  # type: ignore[assignment]
         self.targets = targets
         self._resolver = resolver
         self._timeout = timeout
         self._source = None if sourceIP in (None, "", "auto") else sourceIP
-
-    def _endpoint(self, ip: str, port: int) -> TCP4ClientEndpoint | TCP6ClientEndpoint:
-        bind = (self._source, 0) if self._source else None
-        if ipaddress.ip_address(ip).version == 6:
-            return TCP6ClientEndpoint(self._reactor, ip, port, self._timeout, bind)
-        return TCP4ClientEndpoint(self._reactor, ip, port, self._timeout, bind)
+        # IP-literal targets (the common case) skip the resolver and its Deferred.
+        self._literals: list[str | None] = [
+            target.host if isIP(target.host) else "127.0.0.1" if not target.host else None
+            for target in targets.targets
+        ]
 
     async def resolve(self, index: int) -> str:
         return await self._resolver.resolve(self.targets.targets[index].host)
-
-    async def _connectOne(self, index: int, protocol: P) -> P:
-        target = self.targets.targets[index]
-        ip = await self.resolve(index) or "127.0.0.1"
-        clock: IReactorTime = self._reactor  # type: ignore[assignment]
-        started = clock.seconds()
-        try:
-            connected = await connectProtocol(self._endpoint(ip, target.port), protocol)
-        except Exception as reason:
-            if self._source is None:
-                raise
-            log.error(
-                "dialWithRotation: fallback to system auto due to dialer failure: {reason}",
-                reason=reason,
-            )
-            self._source = None
-            started = clock.seconds()
-            connected = await connectProtocol(self._endpoint(ip, target.port), protocol)
-        self.targets.succeeded(index, clock.seconds() - started)
-        return connected  # type: ignore[no-any-return]
 
     async def connect(self, protocol: P) -> tuple[P, int]:
         """
         Connect C{protocol} to the first target that answers; returns it and
         the index of that target.  Fails with L{DialError} when all fail.
         """
-        order = self.targets.order()
-        last: BaseException | None = None
-        for index in order:
-            try:
-                return await self._connectOne(index, protocol), index
-            except Exception as reason:
-                last = reason
-                self.targets.failed(index)
-                log.debug(
-                    "Target {target} failed: {reason}",
-                    target=self.targets.targets[index],
-                    reason=reason,
-                )
-        if len(order) == 1:
-            raise DialError(f"dial {self.targets.targets[order[0]]} failed: {last}")
-        raise DialError(f"all {len(order)} targets failed: {last}")
+        return await self.connectDeferred(protocol)
 
     def connectDeferred(self, protocol: P) -> Deferred[tuple[P, int]]:
-        return Deferred.fromCoroutine(self.connect(protocol))
+        """
+        L{connect} as a L{Deferred}, without a coroutine (the per-connection path).
+        """
+        return _Dial(self, protocol).start()

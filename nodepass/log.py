@@ -66,6 +66,17 @@ def levelOf(event: LogEvent) -> str:
     return level
 
 
+def wants(configured: str, level: str) -> bool:
+    """
+    Whether a NodePass log configured at C{configured} (a L{LEVELS} name or
+    C{"none"}) prints messages of C{level}.
+
+    Hot paths ask this once, when they are built, and skip building events
+    (and the addresses they name) that the log would drop anyway.
+    """
+    return _RANK[level] >= _RANK.get(configured, len(LEVELS))
+
+
 def formatTimestamp(when: float) -> str:
     """
     Local time with milliseconds, as ``2006-01-02 15:04:05.000``.

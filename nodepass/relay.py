@@ -11,7 +11,9 @@ on top of plain forwarding:
 * half-close: end of input on one side shuts down only the write half of
   the other (when that transport supports it), and both are closed once both
   directions are finished;
-* byte counters, a shared rate limit and an idle timeout (``read=``).
+* byte counters, a shared rate limit and an idle timeout (``read=``);
+* on plain TCP, chunks are sent as soon as they are read instead of on the
+  next reactor iteration (L{directWriter}).
 
 Several reasons can hold a transport paused at once (the peer's full write
 buffer, the rate limit, waiting for the outbound connection), so pausing
@@ -21,8 +23,10 @@ goes through a small L{Gate} that resumes only when every reason is gone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from attrs import define
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -35,6 +39,46 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.limits import RateLimiter
+
+
+def directWriter(transport: Any) -> Callable[[bytes], None]:
+    """
+    C{transport.write}, or for a plain Twisted TCP connection, a write that
+    sends at once when nothing is queued.
+
+    Twisted's C{write} only queues: the bytes go out on the next reactor
+    iteration, after an C{epoll_ctl} to watch for writability and before
+    another to stop.  A relay writes each chunk it reads, usually into an
+    empty socket buffer, so it sends right away through the transport's own
+    C{writeSomeData} and queues only what the socket did not take (or
+    everything, when something is queued already, the transport is closing,
+    or the send failed: Twisted then reports the error as usual).  Ordering,
+    the write buffer's producer pausing and closing are all still Twisted's.
+    """
+    write: Callable[[bytes], None] = transport.write
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", True):
+        return write
+    writeSomeData = transport.writeSomeData
+    conn: Any = transport
+
+    def send(data: bytes) -> None:
+        if (
+            conn._tempDataLen
+            or conn.offset != len(conn.dataBuffer)
+            or conn.disconnecting
+            or conn._writeDisconnecting
+            or not conn.connected
+        ):
+            write(data)
+            return
+        sent = writeSomeData(data)
+        if sent.__class__ is int:
+            if sent < len(data):
+                write(data[sent:])
+        else:
+            write(data)
+
+    return send
 
 
 @define
@@ -146,10 +190,14 @@ class RelayProtocol(Protocol):
     halfClose = True
     readDone = False
     closed = False
+    #: Whether the relay registered the peer as this end's producer.
+    producing = False
 
     def __init__(self) -> None:
         self.pending: list[bytes] = []
         self.pendingEOF = False
+        #: How the relay writes to this end (set by L{Relay.join}).
+        self.send: Callable[[bytes], None] | None = None
 
     def connectionMade(self) -> None:
         self.gate = Gate(self.transport)  # type: ignore[arg-type]
@@ -173,6 +221,23 @@ class RelayProtocol(Protocol):
         self.closed = True
         if self.relay is not None:
             self.relay.lost(self)
+
+
+def _shut(side: RelayProtocol) -> None:
+    """
+    Close one end after its buffered data is written.  Its producer (the
+    other end) is unregistered first: a TLS transport does not start its
+    shutdown while a producer is registered, and the relay is done with
+    backpressure anyway.
+    """
+    transport: Any = side.transport
+    if side.producing:
+        side.producing = False
+        try:
+            transport.unregisterProducer()
+        except RuntimeError:
+            pass  # already gone with the peer's connection
+    transport.loseConnection()
 
 
 class Relay:
@@ -209,8 +274,11 @@ class Relay:
         self.local, self.remote = local, remote
         local.peer, remote.peer = remote, local
         local.relay = remote.relay = self
+        local.send = directWriter(local.transport)
+        remote.send = directWriter(remote.transport)
         remote.transport.registerProducer(local.gate, True)  # type: ignore[union-attr]
         local.transport.registerProducer(remote.gate, True)  # type: ignore[union-attr]
+        local.producing = remote.producing = True
         if self._idle > 0:
             self._lastActive = self._clock.seconds()
             self._timer = self._clock.callLater(self._idle, self._checkIdle)
@@ -237,7 +305,7 @@ class Relay:
             delay = limiter.write.take(size) if limiter is not None else 0.0
         if self._idle > 0:
             self._lastActive = self._clock.seconds()
-        peer.transport.write(data)  # type: ignore[union-attr]
+        peer.send(data)  # type: ignore[misc]
         if delay > 0:
             self._throttle(source).delay(delay)
 
@@ -265,7 +333,7 @@ class Relay:
     def lost(self, side: RelayProtocol) -> None:
         peer = side.peer
         if peer is not None and not peer.closed:
-            peer.transport.loseConnection()  # type: ignore[union-attr]
+            _shut(peer)
         elif peer is not None:
             self._finish()
 
@@ -275,7 +343,7 @@ class Relay:
         """
         for side in (self.local, self.remote):
             if side is not None and not side.closed:
-                side.transport.loseConnection()  # type: ignore[union-attr]
+                _shut(side)
 
     def abort(self) -> None:
         """

@@ -115,6 +115,10 @@ class NodePassService(MultiService):
             raise SystemExit(1) from None
 
     def _startChildren(self) -> None:
+        prepare = getattr(self, "prepare", None)
+        if prepare is not None:
+            # Start-up work that logs (TLS credentials) runs after "started".
+            prepare()
         for child in self:
             binder = getattr(child, "bind", None)
             if binder is not None and getattr(child, "tcpPort", None) is None:
@@ -128,14 +132,69 @@ def _resolver(config: Config, reactor: Any) -> Resolver:
     return Resolver(reactor, config.dnsTTL, systemLookup(reactor))
 
 
-class _Unavailable:
+def _credentials(config: Config, reactor: Any, settings: Settings) -> tuple[Any, int]:
     """
-    A child that fails start-up with a clear message, for roles this version
-    cannot run yet.
+    The server's TLS credentials and the mode they give (dataplane spec §8):
+    a certificate generated once for ``tls=1``, files for ``tls=2`` (falling
+    back to a generated one when they cannot be loaded, as the reference does).
+    """
+    from nodepass.tls import ServerCredentials, TLSError
+
+    mode = config.effectiveTLS
+    if mode == 0:
+        return None, 0
+    if mode == 2:
+        try:
+            credentials = ServerCredentials.fromFiles(
+                config.crt, config.keyFile, reactor, settings.reloadInterval
+            )
+        except TLSError as error:
+            log.error("Certificate load failed: {error}", error=str(error))
+            log.warn("TLS code-1: RAM cert with TLS 1.3")
+            return ServerCredentials.selfSigned(), 1
+        log.info("TLS code-2: {cn} with TLS 1.3", cn=credentials.commonName)
+        return credentials, 2
+    log.info("TLS code-1: RAM cert with TLS 1.3")
+    return ServerCredentials.selfSigned(), 1
+
+
+def _shared(config: Config, reactor: Any, settings: Settings, resolver: Resolver) -> Any:
+    from nodepass.balance import TargetDialer, Targets
+    from nodepass.tunnel.session import Shared
+
+    dialer = TargetDialer(
+        reactor,
+        Targets(config.targets, config.lbs, reactor),
+        resolver,
+        settings.tcpDialTimeout,
+        None if config.dial == "auto" else config.dial,
+    )
+    return Shared(config, reactor, settings, dialer, Counters())
+
+
+class AutoClient(MultiService):
+    """
+    ``client://`` with ``mode=0``: single-end forwarding when the tunnel
+    address can be bound here, a dual-end client otherwise (spec §2.2).
     """
 
-    def __init__(self, message: str) -> None:
-        self.message = message
+    name = "auto-client"
+
+    def __init__(self, single: SingleEnd, dual: Any) -> None:
+        super().__init__()
+        self.single = single
+        self.dual = dual
+        self.tcpPort: Any = None
+
+    def bind(self) -> None:
+        try:
+            self.single.bind()
+        except StartupError as error:
+            log.debug("Single-end bind failed ({error}): dual-end mode", error=str(error))
+            self.dual.setServiceParent(self)
+        else:
+            self.single.setServiceParent(self)
+        self.tcpPort = True
 
 
 def buildService(
@@ -145,28 +204,47 @@ def buildService(
     out: Any = None,
 ) -> NodePassService:
     """
-    Build the service tree for C{config}.  Does no I/O: binding happens when
-    the service starts.
+    Build the service tree for C{config}.  Does no network I/O: binding
+    happens when the service starts.
     """
     settings = fromEnvironment(os.environ if environ is None else environ)
     observer = NodePassLogObserver(out if out is not None else sys.stdout, config.log)
     root = NodePassService(config, settings, observer)
     if config.scheme == "client":
-        forwarder = SingleEnd(config, reactor, settings, _resolver(config, reactor), Counters())
+        from nodepass.tunnel.client import TunnelClient
+
+        resolver = _resolver(config, reactor)
+        dual = TunnelClient(
+            config, reactor, settings, _shared(config, reactor, settings, resolver), resolver
+        )
         if config.mode == 2:
-            _unavailable(
-                root,
-                "dual-end client mode (mode=2) needs a NodePass server, which this version cannot connect to yet",
-            )
+            dual.setServiceParent(root)
         else:
-            forwarder.setServiceParent(root)
-            if config.mode == 0:
-                forwarder.fallbackMessage = "and dual-end client mode (connecting to a server) is not available in this version"
+            single = SingleEnd(config, reactor, settings, resolver, Counters())
+            if config.mode == 1:
+                single.setServiceParent(root)
+            else:
+                AutoClient(single, dual).setServiceParent(root)
     elif config.scheme == "server":
-        _unavailable(root, "server mode is not available in this version yet")
+        root.prepare = lambda: _startServer(root, config, reactor, settings)  # type: ignore[attr-defined]
     else:
         _unavailable(root, "master mode is not available in this version yet")
     return root
+
+
+def _startServer(root: NodePassService, config: Config, reactor: Any, settings: Settings) -> None:
+    from nodepass.tunnel.server import TunnelServer
+
+    credentials, tlsMode = _credentials(config, reactor, settings)
+    resolver = _resolver(config, reactor)
+    TunnelServer(
+        config,
+        reactor,
+        settings,
+        _shared(config, reactor, settings, resolver),
+        credentials,
+        tlsMode,
+    ).setServiceParent(root)
 
 
 def _unavailable(root: NodePassService, message: str) -> None:

@@ -5,14 +5,20 @@ and a source address in L{TargetDialer}, on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import (
+    MemoryReactorClock,
+    StringTransport,
+    StringTransportWithDisconnection,
+)
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from nodepass.balance import (
     DOWN_PENALTY,
@@ -21,6 +27,7 @@ from nodepass.balance import (
     ROUND_ROBIN,
     TargetDialer,
     Targets,
+    connectTCP,
 )
 from nodepass.errors import DialError, ResolveError
 from nodepass.resolve import Resolver
@@ -347,3 +354,100 @@ class TargetDialerTests(SynchronousTestCase):
         self.assertIsNone(self.reactor.tcpClients[2][4])
         complete(self.reactor, 2)
         self.assertEqual(self.successResultOf(d)[1], 1)
+
+    # the per-connection path ---------------------------------------------------------------
+
+    def test_connectAwaitsLikeConnectDeferred(self) -> None:
+        dialer = self.dialer()
+        protocol = Protocol()
+        d = Deferred.fromCoroutine(dialer.connect(protocol))
+        complete(self.reactor, 0)
+        self.assertEqual(self.successResultOf(d), (protocol, 0))
+
+    def test_dialLogsNothing(self) -> None:
+        dialer = self.dialer()
+        with capturedLogs() as events:
+            d = dialer.connectDeferred(Protocol())
+            factory = self.reactor.tcpClients[0][2]
+            factory.doStart()
+            complete(self.reactor, 0)
+            factory.doStop()
+        self.successResultOf(d)
+        self.assertEqual(events, [])
+
+    def test_cancelStopsTheAttempt(self) -> None:
+        dialer = self.dialer()
+        d = dialer.connectDeferred(Protocol())
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)  # type: ignore[attr-defined]
+        # A late failure report from the stopped attempt is ignored.
+        refuse(self.reactor, 0)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+
+class HandoffTests(SynchronousTestCase):
+    """
+    The protocol that C{connectTCP}'s factory builds steps aside once connected.
+    """
+
+    def test_transportIsHandedOver(self) -> None:
+        reactor = MemoryReactorClock()
+        protocol = Protocol()
+        d = connectTCP(reactor, "127.0.0.1", 80, protocol, 5.0)
+        host, port, factory, timeout, bindAddress = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout, bindAddress), ("127.0.0.1", 80, 5.0, None))
+        self.assertFalse(factory.noisy)
+        handoff = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = handoff
+        self.assertNoResult(d)
+        handoff.makeConnection(transport)
+        self.assertIs(self.successResultOf(d), protocol)
+        self.assertIs(transport.protocol, protocol)
+        self.assertIs(protocol.transport, transport)
+
+    def test_eventsArePassedOnWithoutAHandover(self) -> None:
+        reactor = MemoryReactorClock()
+        protocol = Recorder()
+        connectTCP(reactor, "::1", 80, protocol, 5.0)
+        connectTCP(reactor, "::1", 81, Protocol(), 5.0)
+        handoff = reactor.tcpClients[0][2].buildProtocol(None)
+        # Half-close support is offered exactly when the dialled protocol has it.
+        self.assertTrue(IHalfCloseableProtocol.providedBy(handoff))
+        plain = reactor.tcpClients[1][2].buildProtocol(None)
+        self.assertFalse(IHalfCloseableProtocol.providedBy(plain))
+        handoff.makeConnection(StringTransport())
+        handoff.dataReceived(b"data")
+        handoff.readConnectionLost()
+        handoff.writeConnectionLost()
+        handoff.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(protocol.events, ["made", b"data", "readLost", "writeLost", "lost"])
+        self.assertEqual(handoff.logPrefix(), "Recorder")
+
+    def test_failureFails(self) -> None:
+        reactor = MemoryReactorClock()
+        d = connectTCP(reactor, "127.0.0.1", 80, Protocol(), 5.0)
+        refuse(reactor, 0)
+        self.failureResultOf(d, ConnectionRefusedError)
+
+
+@implementer(IHalfCloseableProtocol)
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def connectionMade(self) -> None:
+        self.events.append("made")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.events.append("readLost")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("writeLost")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.events.append("lost")

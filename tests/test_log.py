@@ -22,6 +22,7 @@ from nodepass.log import (
     initLine,
     levelOf,
     logEvent,
+    wants,
 )
 
 #: 2026-01-02 16:37:20.123 local time, the instant of the spec's example line (§15.10).
@@ -219,6 +220,18 @@ def test_levelFiltering(configured: str) -> None:
     else:
         expected = [WORDS[level] for level in LEVELS[LEVELS.index(configured) :]]
     assert printed == expected
+
+
+@pytest.mark.parametrize("configured", [*LEVELS, "none"])
+def test_wantsAgreesWithTheObserver(configured: str) -> None:
+    """
+    L{wants} answers, without building an event, what the observer would print.
+    """
+    observer, out = observe(configured)
+    for level in LEVELS:
+        before = out.getvalue()
+        observer(eventAt(level))
+        assert wants(configured, level) == (out.getvalue() != before), level
 
 
 def test_noneHidesEvenCheckpoints() -> None:

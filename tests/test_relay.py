@@ -4,18 +4,25 @@ backpressure, rate limiting, half-close, closing and the idle timeout.
 
 Everything runs in memory: each end is a L{RelayProtocol} on a L{StringTransport} that also
 records C{loseWriteConnection}, time is a L{Clock}, and connection loss is delivered by hand.
+Only L{directWriter}, which reaches into Twisted's TCP transport, is tested on a local
+socket pair (still no reactor and no ports).
 """
 
 from __future__ import annotations
 
+import socket
+
 from attrs import define, field
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.limits import RateLimiter
-from nodepass.relay import Counters, Gate, Relay, RelayProtocol
+from nodepass.relay import Counters, Gate, Relay, RelayProtocol, directWriter
 
 
 class Transport(StringTransport):
@@ -500,3 +507,100 @@ def test_idleTimeoutStartsAtJoin() -> None:
     assert not p.lt.disconnecting
     clock.advance(0.1)
     assert p.lt.disconnecting
+
+
+# --- writing at once ------------------------------------------------------------------------
+
+
+@define
+class Wire:
+    """
+    A Twisted TCP connection over one end of a socket pair, on a L{MemoryReactor}
+    (no reactor runs: C{doWrite} is called by hand), and the other end to read from.
+    """
+
+    reactor: MemoryReactor
+    connection: tcp.Connection
+    other: socket.socket
+
+    def received(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self.other.recv(1 << 20)
+            except BlockingIOError:
+                return b"".join(chunks)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def wire(test: SynchronousTestCase, sendBuffer: int = 0) -> Wire:
+    mine, other = socket.socketpair()
+    if sendBuffer:
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sendBuffer)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sendBuffer)
+    other.setblocking(False)
+    reactor = MemoryReactor()
+    connection = tcp.Connection(mine, Protocol(), reactor)
+    connection.connected = True
+    test.addCleanup(mine.close)
+    test.addCleanup(other.close)
+    return Wire(reactor, connection, other)
+
+
+class DirectWriterTests(SynchronousTestCase):
+    def test_otherTransportsUseWrite(self) -> None:
+        transport = Transport()
+        self.assertEqual(directWriter(transport), transport.write)
+
+    def test_sendsAtOnceWhenNothingIsQueued(self) -> None:
+        w = wire(self)
+        directWriter(w.connection)(b"hello")
+        self.assertEqual(w.received(), b"hello")
+        # Nothing was queued, so the reactor was never asked to watch for writability.
+        self.assertNotIn(w.connection, w.reactor.getWriters())
+
+    def test_queuesBehindQueuedBytes(self) -> None:
+        w = wire(self)
+        w.connection.write(b"first ")
+        directWriter(w.connection)(b"second")
+        self.assertEqual(w.received(), b"")
+        w.connection.doWrite()
+        self.assertEqual(w.received(), b"first second")
+
+    def test_queuesWhileClosing(self) -> None:
+        w = wire(self)
+        w.connection.loseConnection()
+        directWriter(w.connection)(b"late")
+        self.assertEqual(w.received(), b"")
+        self.assertEqual(w.connection._tempDataLen, 4)
+
+    def test_queuesWhatTheSocketDidNotTakeAndPausesTheProducer(self) -> None:
+        w = wire(self, sendBuffer=4096)
+        gate = Gate(Transport())
+        w.connection.registerProducer(gate, True)
+        send = directWriter(w.connection)
+        data = bytes(range(256)) * 4096  # 1 MiB: far more than the socket takes
+        send(data)
+        queued = w.connection._tempDataLen
+        self.assertTrue(0 < queued < len(data))
+        # More than bufferSize is queued: the producer (the other end) is paused.
+        self.assertEqual(gate.reasons, {"peer"})
+        send(b"tail")
+        received = w.received()
+        while len(received) < len(data) + 4:
+            w.connection.doWrite()
+            received += w.received()
+        self.assertEqual(received, data + b"tail")
+        self.assertEqual(gate.reasons, set())
+
+    def test_relayForwardsThroughIt(self) -> None:
+        w = wire(self)
+        local, _ = end()
+        remote = RelayProtocol()
+        remote.makeConnection(w.connection)
+        relay = Relay(Clock(), Counters())
+        relay.join(local, remote)
+        local.dataReceived(b"relayed")
+        self.assertEqual(w.received(), b"relayed")

@@ -347,6 +347,47 @@ class SingleEndTests(SynchronousTestCase):
         self.assertFalse(target.connected)
         self.assertEqual(service.relays, set())
 
+    def test_perConnectionLinesFollowTheLogLevel(self) -> None:
+        def lines(url: str) -> list[str]:
+            self.reactor = Reactor()
+            service = self.single(url)
+            service.bind()
+            with capturedLogs() as events:
+                user = self.accept(service)
+                self.completeTarget(0)
+                user.loseConnection()
+            return [formatEvent(e) for e in events if e["log_level"].name in ("debug", "info")]
+
+        self.assertEqual(lines(URL + "&log=warn"), [])
+        self.assertEqual(
+            lines(URL),
+            ["Starting exchange: 198.51.100.9:40001 <-> 127.0.0.1:80", "Exchange complete: EOF"],
+        )
+        debug = lines(URL + "&log=debug")
+        self.assertEqual(debug[0].split(":")[0], "Tunnel connection")
+        self.assertTrue(debug[0].endswith(" <-> 198.51.100.9:40001"), debug[0])
+        self.assertEqual(debug[1].split(":")[0], "Target connection")
+        self.assertEqual(debug[2:], lines(URL))
+
+    def test_relayedConnectionsTurnNagleOff(self) -> None:
+        class NoDelayTransport(StringTransportWithDisconnection):
+            noDelay = False
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.noDelay = enabled
+
+        service = self.single()
+        service.bind()
+        factory = self.reactor.tcpServers[0][1]
+        user = factory.buildProtocol(USER)
+        userTransport = NoDelayTransport(peerAddress=USER)
+        user.makeConnection(userTransport)
+        target = self.reactor.tcpClients[0][2].buildProtocol(None)
+        targetTransport = NoDelayTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 80))
+        target.makeConnection(targetTransport)
+        self.assertTrue(userTransport.noDelay)
+        self.assertTrue(targetTransport.noDelay)
+
     # -- dns TTL -----------------------------------------------------------------------------
 
     def test_dnsZeroLooksUpForEveryConnection(self) -> None:

@@ -1,0 +1,531 @@
+"""
+TLS for the tunnel (spec §8): certificates, fingerprints and the OpenSSL connection creators
+that L{twisted.protocols.tls.TLSMemoryBIOFactory} and L{wrapClientTLS
+<twisted.internet.endpoints.wrapClientTLS>} put over any stream transport.
+
+Modes (the C{tls} URL parameter):
+
+  - C{1}: the server presents a self-signed certificate generated once per process
+    (L{ServerCredentials.selfSigned}); the client checks nothing during the handshake and sends
+    no SNI; the two ends compare certificate fingerprints afterwards over the control channel
+    (§8.4).
+  - C{2}: the server loads a PEM certificate and key from files and re-reads them, at most once
+    per reload interval, when a connection asks for its context (L{ServerCredentials.fromFiles});
+    the client verifies the chain against the platform trust store and the server name.
+
+Every endpoint requires TLS 1.3.  No work here happens per connection beyond creating the
+OpenSSL connection object: keys are generated at start-up, each certificate/key pair gets its
+OpenSSL context once, and the reload check is a clock comparison until the interval is over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+)
+from twisted.internet.ssl import Certificate, CertificateOptions, TLSVersion, optionsForClientTLS
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+from nodepass.errors import NodePassError
+
+if TYPE_CHECKING:
+    # Public as twisted.internet.ssl.platformTrust()'s return type; only named here.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+__all__ = [
+    "DEFAULT_RELOAD_INTERVAL",
+    "ServerCredentials",
+    "TLSError",
+    "certificateFingerprint",
+    "clientContextFactory",
+    "fingerprint",
+    "generateSelfSigned",
+    "localFingerprint",
+    "peerFingerprint",
+]
+
+log = Logger()
+
+#: C{NP_RELOAD_INTERVAL} default (spec §8.2, §12): one hour.
+DEFAULT_RELOAD_INTERVAL = 3600.0
+
+#: Validity of the mode-1 certificate (Go: C{time.Now().Add(365 * 24 * time.Hour)}).
+_SELF_SIGNED_VALIDITY = timedelta(days=365)
+
+_ALPNKey = tuple[bytes, ...]
+
+# The private key types pyOpenSSL can hand to OpenSSL.
+_SUPPORTED_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
+
+
+class TLSError(NodePassError):
+    """
+    A certificate or key cannot be used: a file cannot be read or parsed, or the certificate
+    and the key do not belong together.  C{str()} is one line naming the file(s) and the cause.
+    """
+
+
+# --- fingerprints ----------------------------------------------------------------------------
+
+
+def fingerprint(der: bytes) -> str:
+    """
+    Format the NodePass fingerprint of a DER-encoded certificate (spec §8.3): C{sha256:}
+    followed by the 32 bytes of its SHA-256 digest as upper-case hex pairs joined with C{:}.
+    """
+    return "sha256:" + hashlib.sha256(der).digest().hex(":").upper()
+
+
+def certificateFingerprint(cert: crypto.X509 | Certificate | x509.Certificate) -> str:
+    """
+    The L{fingerprint} of a certificate held as a pyOpenSSL C{X509}, a Twisted
+    L{Certificate} or a C{cryptography} certificate.
+    """
+    if isinstance(cert, Certificate):
+        cert = cert.original
+    if isinstance(cert, crypto.X509):
+        cert = cert.to_cryptography()
+    assert isinstance(cert, x509.Certificate)
+    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def peerFingerprint(transport: object) -> str | None:
+    """
+    The fingerprint of the leaf certificate the peer presented on C{transport} (a
+    L{TLSMemoryBIOProtocol}, or anything with C{getPeerCertificate()}), or L{None} when the
+    transport is not TLS, the handshake has not delivered a certificate yet, or the
+    connection is gone.
+    """
+    getPeerCertificate = getattr(transport, "getPeerCertificate", None)
+    if getPeerCertificate is None:
+        return None
+    try:
+        cert = getPeerCertificate()
+    except (AttributeError, SSL.Error):
+        # TLSMemoryBIOProtocol before its connection exists, or a transport whose TLS
+        # layer is not (or no longer) in place.
+        return None
+    if cert is None:
+        return None
+    return certificateFingerprint(cert)
+
+
+def localFingerprint(transport: object) -> str | None:
+    """
+    The fingerprint of the certificate I{we} presented on C{transport} (a server-side
+    L{TLSMemoryBIOProtocol}), or L{None} when there is none.
+
+    After a mode-2 reload, connections made earlier still carry the previous certificate;
+    this names the one actually used on a given connection.
+    """
+    getHandle = getattr(transport, "getHandle", None)
+    if getHandle is None:
+        return None
+    handle = getHandle()
+    getCertificate = getattr(handle, "get_certificate", None)
+    if getCertificate is None:
+        return None
+    cert = getCertificate()
+    if cert is None:
+        return None
+    return certificateFingerprint(cert)
+
+
+# --- certificates ----------------------------------------------------------------------------
+
+
+def generateSelfSigned(organization: str = "v1.14.0") -> tuple[bytes, bytes]:
+    """
+    Make the mode-1 certificate as the reference does (spec §8.1): an ECDSA P-256 key, a random
+    128-bit serial number, a subject and issuer holding only C{O=organization} (no CN, no
+    SANs), valid from now for one year, KeyUsage digitalSignature + keyEncipherment,
+    ExtKeyUsage serverAuth, signed by its own key.
+
+    Key generation takes a little CPU: call this once at start-up, never per connection.
+
+    @return: C{(certificatePEM, privateKeyPEM)}; the key is unencrypted PKCS#8.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        # Go draws the serial uniformly below 2**128; zero is not a valid serial number.
+        .serial_number(secrets.randbelow(2**128 - 1) + 1)
+        .not_valid_before(now)
+        .not_valid_after(now + _SELF_SIGNED_VALIDITY)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    certPEM = cert.public_bytes(serialization.Encoding.PEM)
+    keyPEM = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certPEM, keyPEM
+
+
+def _commonName(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        return ""
+    value = names[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class _KeyPair:
+    """
+    One loaded certificate chain and key, with one L{CertificateOptions} (hence one OpenSSL
+    context) per ALPN list, made on first use.
+    """
+
+    def __init__(self, certPEM: bytes, keyPEM: bytes, what: str) -> None:
+        self.certPEM = certPEM
+        self.keyPEM = keyPEM
+        try:
+            chain = x509.load_pem_x509_certificates(certPEM)
+        except ValueError as e:
+            raise TLSError(f"no usable PEM certificate in {what}: {e}") from None
+        try:
+            key = serialization.load_pem_private_key(keyPEM, password=None)
+        except TypeError:
+            raise TLSError(f"the private key in {what} is encrypted; it must not be") from None
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise TLSError(f"no usable PEM private key in {what}: {e}") from None
+        leaf = chain[0]
+        if _spki(leaf.public_key()) != _spki(key.public_key()):
+            raise TLSError(f"certificate and private key do not match in {what}")
+        if not isinstance(key, _SUPPORTED_KEYS):
+            raise TLSError(f"unsupported private key type {type(key).__name__} in {what}")
+        self.leaf = leaf
+        self.fingerprint = certificateFingerprint(leaf)
+        self.commonName = _commonName(leaf)
+        self._key = key
+        self._chain = chain
+        # Recent pyOpenSSL wants cryptography objects (and deprecates its own); older releases
+        # only take X509/PKey and raise TypeError otherwise.  Building the default context now
+        # settles which, and makes OpenSSL's own checks fail at load time rather than on the
+        # first connection.
+        self._native = True
+        self._contexts: dict[_ALPNKey, SSL.Context] = {}
+        try:
+            try:
+                self.context(())
+            except TypeError:
+                self._native = False
+                self.context(())
+        except SSL.Error as e:
+            raise TLSError(f"OpenSSL rejects the certificate/key in {what}: {e}") from None
+
+    def context(self, alpn: _ALPNKey) -> SSL.Context:
+        """
+        The OpenSSL context serving this pair with the ALPN protocols C{alpn}, made once.
+        """
+        context = self._contexts.get(alpn)
+        if context is None:
+            options = CertificateOptions(
+                raiseMinimumTo=TLSVersion.TLSv1_3,
+                acceptableProtocols=list(alpn) or None,
+                **self._keyAndChain(),
+            )
+            context = self._contexts[alpn] = options.getContext()
+        return context
+
+    def _keyAndChain(self) -> dict[str, Any]:
+        if self._native:
+            return {
+                "privateKey": self._key,
+                "certificate": self._chain[0],
+                "extraCertChain": self._chain[1:],
+            }
+        return {
+            "privateKey": crypto.PKey.from_cryptography_key(self._key),
+            "certificate": crypto.X509.from_cryptography(self._chain[0]),
+            "extraCertChain": [crypto.X509.from_cryptography(c) for c in self._chain[1:]],
+        }
+
+
+def _readFile(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSError(f"cannot read {what} file {path!r}: {e.strerror or e}") from None
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class _ServerConnectionCreator:
+    """
+    Hands each new server connection the context of the credentials' current pair.
+    """
+
+    def __init__(self, credentials: ServerCredentials, alpn: _ALPNKey) -> None:
+        self._credentials = credentials
+        self._alpn = alpn
+
+    def getContext(self) -> SSL.Context:
+        return self._credentials._currentPair().context(self._alpn)
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return SSL.Connection(self.getContext(), None)
+
+
+class ServerCredentials:
+    """
+    The certificate and key a tunnel server presents.
+
+    Build one with L{selfSigned} (mode 1) or L{fromFiles} (mode 2), then give
+    L{contextFactory} to C{TLSMemoryBIOFactory(creator, False, wrappedFactory)}.
+    """
+
+    _processSelfSigned: ServerCredentials | None = None
+
+    def __init__(self, pair: _KeyPair, reloader: _FileReloader | None = None) -> None:
+        """
+        Use L{selfSigned}, L{fromPEM} or L{fromFiles}.
+        """
+        self._pair = pair
+        self._reloader = reloader
+        self._creators: dict[_ALPNKey, _ServerConnectionCreator] = {}
+
+    @classmethod
+    def selfSigned(cls) -> ServerCredentials:
+        """
+        Mode 1: the process-wide self-signed credentials (L{generateSelfSigned}), made on the
+        first call; later calls return the same object, so the certificate and fingerprint stay
+        the same across restarts of the tunnel within one process (spec §8.1).
+        """
+        credentials = ServerCredentials._processSelfSigned
+        if credentials is None:
+            certPEM, keyPEM = generateSelfSigned()
+            credentials = ServerCredentials._processSelfSigned = cls.fromPEM(certPEM, keyPEM)
+        return credentials
+
+    @classmethod
+    def fromPEM(cls, certPEM: bytes, keyPEM: bytes) -> ServerCredentials:
+        """
+        Fixed credentials from a PEM certificate (leaf first, then any intermediates) and its
+        unencrypted PEM private key.
+
+        @raise TLSError: the PEM data cannot be used.
+        """
+        return cls(_KeyPair(certPEM, keyPEM, "the given PEM data"))
+
+    @classmethod
+    def fromFiles(
+        cls, crt: str, key: str, clock: IReactorTime, reloadInterval: float
+    ) -> ServerCredentials:
+        """
+        Mode 2: load the PEM certificate file C{crt} (leaf first, then any intermediates) and
+        the unencrypted PEM key file C{key}.
+
+        Afterwards, whenever a new connection asks for its context and at least
+        C{reloadInterval} seconds (by C{clock}) have passed since the last load, both files are
+        read again (spec §8.2).  Changed contents that load correctly replace the pair for new
+        connections; a failed reload is logged and the previous pair stays.  The files are
+        small and read at most once per interval, in the reactor thread.
+
+        @raise TLSError: a file cannot be read, holds no usable certificate or key, or the two
+            do not match.  Its text suits the reference's C{Certificate load failed: ...} line.
+        """
+        return cls(_loadFiles(crt, key), _FileReloader(crt, key, clock, reloadInterval))
+
+    @property
+    def fingerprint(self) -> str:
+        """
+        The fingerprint (spec §8.3) of the current leaf certificate.
+        """
+        return self._pair.fingerprint
+
+    @property
+    def commonName(self) -> str:
+        """
+        The CN of the current leaf certificate, or C{""} when it has none (mode 1).
+        """
+        return self._pair.commonName
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """
+        The current leaf certificate.
+        """
+        return self._pair.leaf
+
+    def contextFactory(self, alpn: list[bytes] | None = None) -> IOpenSSLServerConnectionCreator:
+        """
+        A server connection creator for C{TLSMemoryBIOFactory(creator, False, factory)}:
+        TLS 1.3 minimum, no client certificates, and the ALPN protocols C{alpn} if given
+        (a client offering none of them is refused).  It also provides
+        L{IOpenSSLContextFactory}, for APIs that still want C{getContext()}.
+
+        Each connection gets the context of the pair current at that moment, so mode-2
+        reloads reach new connections through a creator obtained earlier.
+        """
+        key: _ALPNKey = tuple(alpn or ())
+        creator = self._creators.get(key)
+        if creator is None:
+            creator = self._creators[key] = _ServerConnectionCreator(self, key)
+        return creator
+
+    def _currentPair(self) -> _KeyPair:
+        if self._reloader is not None:
+            self._pair = self._reloader.current(self._pair)
+        return self._pair
+
+
+class _FileReloader:
+    """
+    Re-reads a mode-2 certificate/key pair from its files at most once per interval.
+    """
+
+    def __init__(self, crt: str, key: str, clock: IReactorTime, interval: float) -> None:
+        self._crt = crt
+        self._key = key
+        self._clock = clock
+        self._interval = interval
+        self._lastLoad = clock.seconds()
+
+    def current(self, pair: _KeyPair) -> _KeyPair:
+        """
+        C{pair}, or the pair now in the files if the interval is over and they changed.
+        """
+        now = self._clock.seconds()
+        if now - self._lastLoad < self._interval:
+            return pair
+        # Counted from the attempt, as the reference does, so broken files are not re-read
+        # for every connection.
+        self._lastLoad = now
+        try:
+            certPEM = _readFile(self._crt, "certificate")
+            keyPEM = _readFile(self._key, "private key")
+            if certPEM == pair.certPEM and keyPEM == pair.keyPEM:
+                return pair
+            newPair = _KeyPair(certPEM, keyPEM, _describeFiles(self._crt, self._key))
+        except TLSError as e:
+            log.error("Certificate reload failed: {error}", error=str(e))
+            return pair
+        log.info(
+            "TLS certificate reloaded: {commonName} {fingerprint}",
+            commonName=newPair.commonName,
+            fingerprint=newPair.fingerprint,
+        )
+        return newPair
+
+
+def _describeFiles(crt: str, key: str) -> str:
+    return f"certificate file {crt!r} / key file {key!r}"
+
+
+def _loadFiles(crt: str, key: str) -> _KeyPair:
+    certPEM = _readFile(crt, "certificate")
+    keyPEM = _readFile(key, "private key")
+    return _KeyPair(certPEM, keyPEM, _describeFiles(crt, key))
+
+
+# --- client side -----------------------------------------------------------------------------
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientCreator:
+    """
+    Mode-1 client connections: TLS 1.3, no certificate verification, no SNI.  The peer is
+    authenticated afterwards by the fingerprint exchange (spec §8.4).
+    """
+
+    def __init__(self, alpn: list[bytes] | None) -> None:
+        self._alpn = list(alpn or ())
+        self._options = CertificateOptions(
+            verify=False, raiseMinimumTo=TLSVersion.TLSv1_3, acceptableProtocols=alpn
+        )
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        # A plain connection on the shared context: no set_tlsext_host_name, no verify
+        # callback.  TLSMemoryBIOFactory sets the connect state and the app data.
+        connection = SSL.Connection(self._options.getContext(), None)
+        if self._alpn:
+            # Offered per connection: recent Twisted no longer puts the client's list on
+            # the context.
+            connection.set_alpn_protos(self._alpn)
+        return connection
+
+
+def clientContextFactory(
+    mode: int,
+    serverName: str,
+    alpn: list[bytes] | None = None,
+    trustRoot: IOpenSSLTrustRoot | Certificate | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    A client connection creator for C{TLSMemoryBIOFactory(creator, True, factory)} or
+    C{wrapClientTLS(creator, endpoint)}.  Make it once and reuse it: each creator owns one
+    OpenSSL context.
+
+    @param mode: C{1}: TLS 1.3 minimum, no certificate verification, no SNI (C{serverName} is
+        ignored).  C{2}: TLS 1.3 minimum, the chain verified against C{trustRoot}, by default
+        L{platformTrust <twisted.internet.ssl.platformTrust>} (OpenSSL's default paths, which
+        honour the C{SSL_CERT_FILE} and C{SSL_CERT_DIR} environment variables), and the leaf
+        verified for C{serverName}, sent as SNI unless it is an IP literal.
+    @param serverName: the name (or IP address) the mode-2 server certificate must carry.
+    @param alpn: ALPN protocols to offer, if any.
+    @param trustRoot: mode 2 only: what to trust instead of the platform's CAs, e.g.
+        C{trustRootFromCertificates([...])} or a single CA L{Certificate}.
+
+    @raise ValueError: C{mode} is neither 1 nor 2.
+    """
+    if mode == 1:
+        return _UnverifiedClientCreator(alpn)
+    if mode == 2:
+        return optionsForClientTLS(
+            serverName,
+            trustRoot=trustRoot,
+            acceptableProtocols=alpn,
+            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
+        )
+    raise ValueError(f"TLS client mode must be 1 or 2, not {mode!r}")

@@ -1,0 +1,148 @@
+"""The tunnel client in dual-end mode (dataplane spec §2.2, §3.2, §13.2).
+
+Each cycle: the HTTP handshake with the server, then a client pool dialling
+the tunnel address (through TLS for ``tls=1/2`` as the server announced),
+the control connection ``00000000``, and the session.  In flow ``+`` the
+client is the entry side and binds its first target address once the
+control channel is up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.logger import Logger
+from twisted.web.client import Agent
+
+from nodepass import tls
+from nodepass.resolve import Resolver
+from nodepass.settings import Settings
+from nodepass.tunnel.handshake import clientHandshake
+from nodepass.tunnel.peer import TunnelPeer
+from nodepass.tunnel.pool import CONTROL_ID, ClientPool, PoolConnection
+from nodepass.tunnel.session import Session, Shared
+from nodepass.url import Config
+
+log = Logger()
+
+
+class TunnelClient(TunnelPeer):
+    role = "Client"
+    name = "tunnel-client"
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        settings: Settings,
+        shared: Shared,
+        resolver: Resolver,
+    ) -> None:
+        super().__init__(config, reactor, settings, shared)
+        self.resolver = resolver
+        self._agent = Agent(reactor)
+        self._creators: dict[int, Any] = {}
+
+    def _creator(self, mode: int) -> Any:
+        creator = self._creators.get(mode)
+        if creator is None:
+            creator = tls.clientContextFactory(mode, self.config.serverName)
+            self._creators[mode] = creator
+        return creator
+
+    def _dialer(self, tlsMode: int) -> Any:
+        tunnel = self.config.tunnel
+        timeout = self.settings.tcpDialTimeout
+
+        def dial(conn: PoolConnection) -> Deferred[Any]:
+            async def connect() -> Any:
+                ip = await self.resolver.resolve(tunnel.host) or "127.0.0.1"
+                kind = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
+                endpoint: Any = kind(self.reactor, ip, tunnel.port, timeout)
+                if tlsMode:
+                    endpoint = wrapClientTLS(self._creator(tlsMode), endpoint)
+                return await connectProtocol(endpoint, conn)
+
+            return Deferred.fromCoroutine(connect())
+
+        return dial
+
+    async def cycle(self) -> None:
+        config = self.config
+        settings = self.settings
+        log.info("Pending tunnel handshake...")
+        tunnelConfig = await clientHandshake(
+            self._agent,
+            config.tunnel.text,
+            config.serverName,
+            config.key,
+            https=config.tunnel.port == 443,
+            timeout=settings.tcpDialTimeout * 6,
+            clock=self.reactor,
+        )
+        started = self.reactor.seconds()
+        self.ext = tunnelConfig.ext
+        log.info(
+            "Loading tunnel config: FLOW={flow}|MAX={max}|TLS={tls}|TYPE={type}",
+            flow=tunnelConfig.flow,
+            max=tunnelConfig.max,
+            tls=tunnelConfig.tls,
+            type=tunnelConfig.type,
+        )
+        tlsMode = int(tunnelConfig.tls) if tunnelConfig.tls in ("1", "2") else 0
+        if tunnelConfig.type not in ("0",):
+            raise RuntimeError(
+                f"pool transport type {tunnelConfig.type!r} announced by the server is not available"
+            )
+        pool = ClientPool(
+            self.reactor,
+            self._dialer(tlsMode),
+            config.min,
+            tunnelConfig.max,
+            tls=tlsMode != 0,
+            getTimeout=settings.poolGetTimeout,
+            minInterval=settings.minPoolInterval,
+            maxInterval=settings.maxPoolInterval,
+        )
+        pool.start()
+        log.info("Getting tunnel pool ready...")
+        try:
+            control = await pool.outgoingGet(CONTROL_ID).addTimeout(
+                settings.handshakeTimeout + settings.poolGetTimeout, self.reactor
+            )
+        except Exception:
+            pool.close()
+            raise
+        log.info(
+            "Marking tunnel handshake as complete in {ms}ms",
+            ms=int((self.reactor.seconds() - started) * 1000),
+        )
+        entry = tunnelConfig.flow == "+"
+        if entry:
+            try:
+                self.bindEntry()
+            except Exception:
+                pool.close()
+                control.close()
+                raise
+        session = Session(
+            self.shared,
+            pool,
+            control,
+            role="client",
+            mode=2,
+            entry=entry,
+            ext=self.ext,
+            tlsMode=tlsMode,
+            peerFingerprint=tls.peerFingerprint,
+        )
+        self.newSession(session)
+        session.start()
+        await session.ended

@@ -1,0 +1,217 @@
+"""What a tunnel server and a tunnel client share: the restart loop.
+
+Each start cycle (handshake, pool, session) runs as one coroutine.  When it
+fails, the error is logged as ``Server error: ...`` / ``Client error: ...``
+(the line a master watches for), the stop routine runs, and after a pause the
+cycle starts again: a fixed ``NP_SERVICE_COOLDOWN`` against a Go peer, an
+exponential backoff with jitter (capped) between our own peers (dataplane
+spec §13.3, §16.1).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from nodepass.log import checkpointLine, logEvent
+from nodepass.relay import Counters
+from nodepass.settings import Settings
+from nodepass.tunnel.session import Session, Shared, _EntryUDP, _UserFactory
+from nodepass.url import Config, describe
+
+log = Logger()
+
+#: Upper bound of the backoff between our own peers.
+MAX_BACKOFF = 30.0
+
+
+class TunnelPeer(Service):
+    """
+    Base class of L{nodepass.tunnel.server.TunnelServer} and
+    L{nodepass.tunnel.client.TunnelClient}.
+    """
+
+    role = "Peer"
+    #: Appended to a bind failure message (mode 0 fallback explanations).
+    fallbackMessage = ""
+
+    def __init__(self, config: Config, reactor: Any, settings: Settings, shared: Shared) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.settings = settings
+        self.shared = shared
+        self.counters: Counters = shared.counters
+        self.session: Session | None = None
+        self.sessions: list[Session] = []
+        self.stopping = False
+        self.ext = False
+        self._failures = 0
+        self._loop: Deferred[None] | None = None
+        self.entryTCP: IListeningPort | None = None
+        self.entryUDP: IListeningPort | None = None
+        self._rng = random.Random()
+
+    # -- entry listeners (kept for the life of the process) --------------------
+
+    def bindEntry(self) -> None:
+        """
+        Bind TCP and UDP on the first target address, not accepting yet
+        (raises CannotListenError).
+        """
+        if self.entryTCP is not None or self.entryUDP is not None:
+            return
+        config = self.config
+        target = config.targets[0]
+        try:
+            if not config.notcp:
+                self.entryTCP = self.reactor.listenTCP(
+                    target.port, _UserFactory(None), backlog=1024, interface=target.host
+                )
+                self.entryTCP.stopReading()  # type: ignore[union-attr]
+            if not config.noudp:
+                self.entryUDP = self.reactor.listenUDP(
+                    target.port,
+                    _EntryUDP(None, self.reactor),
+                    interface=target.host,
+                    maxPacketSize=self.settings.udpBufferSize,
+                )
+                self.entryUDP.stopReading()  # type: ignore[union-attr]
+        except Exception:
+            self._closeEntry()
+            raise
+
+    def _closeEntry(self) -> list[Deferred[Any]]:
+        waits = []
+        for port in (self.entryTCP, self.entryUDP):
+            if port is not None:
+                result = port.stopListening()
+                if isinstance(result, Deferred):
+                    waits.append(result)
+        self.entryTCP = self.entryUDP = None
+        return waits
+
+    # -- the loop -----------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = Deferred.fromCoroutine(self._run())
+        self._loop.addErrback(lambda failure: failure.trap(CancelledError))
+
+    async def cycle(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        while not self.stopping:
+            started = self.reactor.seconds()
+            try:
+                await self.cycle()
+            except CancelledError:
+                if self.stopping:
+                    return
+                log.error("{role} error: cancelled", role=self.role)
+            except Exception as error:
+                if self.stopping:
+                    return
+                log.error("{role} error: {error}", role=self.role, error=str(error) or repr(error))
+            await self._endSession()
+            if self.stopping:
+                return
+            if self.reactor.seconds() - started > 60:
+                self._failures = 0
+            self._failures += 1
+            await deferLater(self.reactor, self._pause())
+            if self.stopping:
+                return
+            log.info("{role} restart: {url}", role=self.role, url=describe(self.config))
+
+    def _pause(self) -> float:
+        cooldown = self.settings.serviceCooldown
+        if not self.ext:
+            return cooldown
+        delay = min(MAX_BACKOFF, cooldown * 2 ** (self._failures - 1))
+        return float(delay * self._rng.uniform(0.8, 1.2))
+
+    def newSession(self, session: Session) -> Session:
+        self.session = session
+        self.sessions.append(session)
+        if self.entryTCP is not None:
+            self.entryTCP.factory.session = session  # type: ignore[attr-defined]
+        if self.entryUDP is not None:
+            self.entryUDP.protocol.session = session  # type: ignore[attr-defined]
+        session.adoptEntry(self.entryTCP, self.entryUDP)
+        return session
+
+    async def _endSession(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await session.stop()
+            if self.entryTCP is not None:
+                self.entryTCP.stopReading()  # type: ignore[attr-defined]
+            if self.entryUDP is not None:
+                self.entryUDP.stopReading()  # type: ignore[attr-defined]
+        self.sessions = [s for s in self.sessions if s.relays]
+
+    def idleCheckpoint(self, mode: int) -> None:
+        counters = self.counters
+        logEvent(
+            log,
+            checkpointLine(
+                mode,
+                0,
+                0,
+                self.shared.slots.tcp,
+                self.shared.slots.udp,
+                counters.tcprx,
+                counters.tcptx,
+                counters.udprx,
+                counters.udptx,
+            ),
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.stopping = True
+        if self._loop is not None and not self._loop.called:
+            self._loop.cancel()
+        waits: list[Deferred[Any]] = []
+        sessions = list(self.sessions)
+        if self.session is not None and self.session not in sessions:
+            sessions.append(self.session)
+        for session in sessions:
+            waits.append(session.stop())
+            session.closeRelays()
+        waits.extend(self._closeEntry())
+        waits.extend(self.stopExtra())
+        grace = self.reactor.callLater(self.settings.shutdownTimeout, self._abort, sessions)
+
+        def drained() -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+
+            def check() -> None:
+                if all(not s.relays for s in sessions):
+                    if grace.active():
+                        grace.cancel()
+                    d.callback(None)
+                else:
+                    self.reactor.callLater(0.05, check)
+
+            check()
+            return d
+
+        waits.append(drained())
+        done = DeferredList(waits, consumeErrors=True)
+        done.addCallback(lambda _: log.info("{role} shutdown complete", role=self.role))
+        return done  # type: ignore[return-value]
+
+    def stopExtra(self) -> list[Deferred[Any]]:
+        return []
+
+    def _abort(self, sessions: list[Session]) -> None:
+        for session in sessions:
+            session.abortRelays()

@@ -1,0 +1,488 @@
+"""The connection pool shared by a tunnel server and client (dataplane spec §4).
+
+A pool connection is identified by 8 lowercase hex digits carried as 4 raw
+bytes: the server writes them as the first application bytes of every
+accepted pool connection (the first one of a pool is always ``00000000``,
+which both ends then use as the control connection); the client reads them
+before doing anything else.  Parked connections are single-use: the entry
+side takes any of them (FIFO, L{Pool.incomingGet}) and names it in a signal;
+the exit side takes that very one (L{Pool.outgoingGet}).
+
+The client side also keeps the pool filled between ``min`` and ``max``
+connections with the reference's refill algorithm (L{ClientPool}).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nodepass.errors import NodePassError
+from nodepass.relay import RelayProtocol
+
+log = Logger()
+
+CONTROL_ID = "00000000"
+
+#: How long the client waits for the 4 ID bytes of a new pool connection.
+ID_TIMEOUT = 60.0
+
+
+class PoolTimeout(NodePassError):
+    """
+    No pool connection became available in time.
+    """
+
+
+class Consumer(Protocol):
+    """
+    What a pool connection hands its bytes to once it is in use for
+    something other than a TCP relay (the control channel, a UDP session).
+    """
+
+    def dataReceived(self, data: bytes) -> None: ...
+
+    def connectionLost(self) -> None: ...
+
+
+class PoolConnection(RelayProtocol):
+    """
+    One pool connection.  States: ``id`` (server: about to send the ID;
+    client: reading it), ``parked``, then ``relay`` (joined into a
+    L{nodepass.relay.Relay}) or ``consumer`` (control channel, UDP).
+    """
+
+    #: Set by the factory.
+    pool: Pool
+    tls = False
+
+    def __init__(self, pool: Pool, tls: bool = False) -> None:
+        super().__init__()
+        self.pool = pool
+        self.tls = tls
+        self.halfClose = not tls
+        self.ident = ""
+        self.state = "id"
+        self.consumer: Consumer | None = None
+        self._idBuffer = b""
+        self._idTimer: IDelayedCall | None = None
+
+    # -- connection events -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self.tls:
+            self._ready()
+
+    def handshakeCompleted(self) -> None:
+        self._ready()
+
+    def _ready(self) -> None:
+        self.pool.connectionReady(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == "id" and self.pool.readsID:
+            self._idBuffer += data
+            if len(self._idBuffer) < 4:
+                return
+            ident, rest = self._idBuffer[:4], self._idBuffer[4:]
+            self._idBuffer = b""
+            if self._idTimer is not None and self._idTimer.active():
+                self._idTimer.cancel()
+            self.pool.identified(self, ident.hex())
+            if rest:
+                self.dataReceived(rest)
+            return
+        if self.consumer is not None:
+            self.consumer.dataReceived(data)
+        else:
+            super().dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        if self.consumer is not None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            super().readConnectionLost()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self._idTimer is not None and self._idTimer.active():
+            self._idTimer.cancel()
+        self.pool.lost(self)
+        consumer, self.consumer = self.consumer, None
+        super().connectionLost(reason)
+        if consumer is not None:
+            consumer.connectionLost()
+
+    # -- use ---------------------------------------------------------------
+
+    def attach(self, consumer: Consumer) -> None:
+        """
+        Hand this connection's bytes (including any that arrived while it was
+        parked) to C{consumer}.
+        """
+        self.state = "consumer"
+        self.consumer = consumer
+        pending, self.pending = b"".join(self.pending), []
+        if pending:
+            consumer.dataReceived(pending)
+        if self.closed:
+            consumer.connectionLost()
+        elif self.pendingEOF:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.loseConnection()
+
+
+@implementer(IHandshakeListener)
+class TLSPoolConnection(PoolConnection):
+    """
+    A pool connection carried by TLS: ready once the TLS handshake is done.
+
+    Only this class declares L{IHandshakeListener}: Twisted's endpoint
+    wrapper forwards just one of the optional protocol interfaces, so a
+    plain TCP pool connection must declare only L{IHalfCloseableProtocol}
+    or it would lose half-close.
+    """
+
+
+def poolConnection(pool: Pool, tls: bool) -> PoolConnection:
+    return TLSPoolConnection(pool, True) if tls else PoolConnection(pool, False)
+
+
+class _Waiter:
+    def __init__(self, deferred: Deferred[PoolConnection], call: IDelayedCall) -> None:
+        self.deferred = deferred
+        self.call = call
+
+
+class Pool:
+    """
+    Parked pool connections and the two ways to take them out.
+    """
+
+    #: Whether this side reads the 4 ID bytes (client) or writes them (server).
+    readsID = False
+
+    def __init__(self, clock: IReactorTime, getTimeout: float = 5.0) -> None:
+        self.clock = clock
+        self.getTimeout = getTimeout
+        self.idle: OrderedDict[str, PoolConnection] = OrderedDict()
+        self.active: set[PoolConnection] = set()
+        self.errors = 0
+        self.closed = False
+        self._incoming: list[_Waiter] = []
+        self._outgoing: dict[str, list[_Waiter]] = {}
+        self.onControl: Callable[[PoolConnection], None] | None = None
+
+    # -- hooks for connections ------------------------------------------------
+
+    def connectionReady(self, conn: PoolConnection) -> None:
+        raise NotImplementedError
+
+    def identified(self, conn: PoolConnection, ident: str) -> None:
+        raise NotImplementedError
+
+    def lost(self, conn: PoolConnection) -> None:
+        self.active.discard(conn)
+        if conn.ident and self.idle.get(conn.ident) is conn:
+            del self.idle[conn.ident]
+
+    # -- parking -----------------------------------------------------------
+
+    def park(self, conn: PoolConnection) -> None:
+        conn.state = "parked"
+        if self.closed:
+            conn.close()
+            return
+        waiters = self._outgoing.get(conn.ident)
+        if waiters:
+            self._hand(conn, waiters.pop(0))
+            if not waiters:
+                del self._outgoing[conn.ident]
+            return
+        if conn.ident != CONTROL_ID and self._incoming:
+            self._hand(conn, self._incoming.pop(0))
+            return
+        self.idle[conn.ident] = conn
+
+    def _hand(self, conn: PoolConnection, waiter: _Waiter) -> None:
+        if waiter.call.active():
+            waiter.call.cancel()
+        conn.state = "taken"
+        self.active.add(conn)
+        waiter.deferred.callback(conn)
+
+    def _wait(self, queue: list[_Waiter], what: str) -> Deferred[PoolConnection]:
+        def cancel(d: Deferred[PoolConnection]) -> None:
+            for waiter in list(queue):
+                if waiter.deferred is d:
+                    queue.remove(waiter)
+                    if waiter.call.active():
+                        waiter.call.cancel()
+
+        d: Deferred[PoolConnection] = Deferred(cancel)
+
+        def expire() -> None:
+            for waiter in list(queue):
+                if waiter.deferred is d:
+                    queue.remove(waiter)
+            d.errback(PoolTimeout(f"{what}: no pool connection within {self.getTimeout:g}s"))
+
+        queue.append(_Waiter(d, self.clock.callLater(self.getTimeout, expire)))
+        return d
+
+    def incomingGet(self, newest: bool = False) -> Deferred[PoolConnection]:
+        """
+        Any idle connection (oldest first, or newest first), waiting up to
+        C{getTimeout}.
+        """
+        order = reversed(self.idle.items()) if newest else iter(self.idle.items())
+        for ident, conn in order:
+            if ident != CONTROL_ID:
+                del self.idle[ident]
+                conn.state = "taken"
+                self.active.add(conn)
+                d: Deferred[PoolConnection] = Deferred()
+                d.callback(conn)
+                return d
+        return self._wait(self._incoming, "incomingGet")
+
+    def outgoingGet(self, ident: str) -> Deferred[PoolConnection]:
+        """
+        The connection with this ID, waiting up to C{getTimeout} for it.
+        """
+        conn = self.idle.pop(ident, None)
+        if conn is not None:
+            conn.state = "taken"
+            self.active.add(conn)
+            d: Deferred[PoolConnection] = Deferred()
+            d.callback(conn)
+            return d
+        return self._wait(self._outgoing.setdefault(ident, []), f"outgoingGet {ident}")
+
+    def flush(self) -> None:
+        """
+        Close every parked connection (dataplane spec §4.7).
+        """
+        idle, self.idle = list(self.idle.values()), OrderedDict()
+        for conn in idle:
+            conn.close()
+        self.errors = 0
+
+    def close(self) -> None:
+        """
+        Close parked and in-use connections and fail every waiter.
+        """
+        self.closed = True
+        self.flush()
+        for conn in list(self.active):
+            conn.close()
+        waiters = self._incoming + [w for ws in self._outgoing.values() for w in ws]
+        self._incoming, self._outgoing = [], {}
+        for waiter in waiters:
+            if waiter.call.active():
+                waiter.call.cancel()
+            waiter.deferred.errback(CancelledError("pool closed"))
+
+    @property
+    def idleCount(self) -> int:
+        return sum(1 for ident in self.idle if ident != CONTROL_ID)
+
+
+class ServerPool(Pool):
+    """
+    The passive side: accepts pool connections, gives each an ID and parks
+    it, refusing connections beyond C{maxSize} idle ones or from another IP
+    than the handshake's (dataplane spec §4.2).
+    """
+
+    readsID = False
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        maxSize: int,
+        clientIP: str | None = None,
+        getTimeout: float = 5.0,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(clock, getTimeout)
+        self.maxSize = max(1, maxSize)
+        self.clientIP = clientIP
+        self._random = randomBytes
+        self._first = True
+
+    def factory(self, tls: bool) -> Any:
+        pool = self
+        factory = Factory.forProtocol(lambda: poolConnection(pool, tls))  # type: ignore[arg-type]
+        factory.noisy = False
+        return factory
+
+    def _nextID(self) -> str | None:
+        if self._first:
+            self._first = False
+            return CONTROL_ID
+        ident = self._random(4).hex()
+        if ident in self.idle or ident == CONTROL_ID:
+            return None
+        return ident
+
+    def connectionReady(self, conn: PoolConnection) -> None:
+        if self.closed or len(self.idle) >= self.maxSize:
+            conn.close()
+            return
+        peer: Any = conn.transport.getPeer()  # type: ignore[union-attr]
+        if self.clientIP is not None and getattr(peer, "host", None) != self.clientIP:
+            log.debug("Pool connection from {peer} refused: not the handshake IP", peer=peer)
+            conn.close()
+            return
+        ident = self._nextID()
+        if ident is None:
+            conn.close()
+            return
+        conn.ident = ident
+        conn.write(bytes.fromhex(ident))
+        self.park(conn)
+
+    def identified(self, conn: PoolConnection, ident: str) -> None:
+        raise AssertionError("the server side never reads an ID")
+
+
+class ClientPool(Pool):
+    """
+    The active side: dials pool connections through C{dial} and keeps the
+    pool filled (dataplane spec §4.4): each round tops the pool up to the
+    current capacity in parallel, then grows the capacity by one when nearly
+    every new connection was needed at once, or shrinks it when few were,
+    and paces rounds between C{minInterval} and C{maxInterval}.
+    """
+
+    readsID = True
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        dial: Callable[[PoolConnection], Deferred[Any]],
+        minSize: int,
+        maxSize: int,
+        tls: bool = False,
+        getTimeout: float = 5.0,
+        minInterval: float = 0.1,
+        maxInterval: float = 1.0,
+    ) -> None:
+        super().__init__(clock, getTimeout)
+        minSize, maxSize = max(1, minSize), max(1, maxSize)
+        if minSize > maxSize:
+            minSize, maxSize = maxSize, minSize
+        self.minSize, self.maxSize = minSize, maxSize
+        self.capacity = minSize
+        self.tls = tls
+        self._dial = dial
+        self.minInterval, self.maxInterval = minInterval, maxInterval
+        self.interval = minInterval
+        self._connecting: set[PoolConnection] = set()
+        self._round: IDelayedCall | None = None
+        self.dialFailures = 0
+
+    def start(self) -> None:
+        self._runRound()
+
+    def _runRound(self) -> None:
+        self._round = None
+        if self.closed:
+            return
+        idle = len(self.idle)
+        if idle < int(self.capacity * 0.2) and self.interval > self.minInterval:
+            self.interval = max(self.minInterval, self.interval - 0.1)
+        if idle > int(self.capacity * 0.8) and self.interval < self.maxInterval:
+            self.interval = min(self.maxInterval, self.interval + 0.1)
+        need = self.capacity - idle - len(self._connecting)
+        attempts = [self._dialOne() for _ in range(max(0, need))]
+        if not attempts:
+            self._schedule()
+            return
+        results: list[bool] = []
+
+        def one(ok: bool) -> None:
+            results.append(ok)
+            if len(results) == len(attempts):
+                self._roundDone(sum(results))
+
+        for attempt in attempts:
+            attempt.addCallback(one)
+
+    def _roundDone(self, created: int) -> None:
+        if self.closed:
+            return
+        ratio = created / self.capacity
+        if ratio < 0.2 and self.capacity > self.minSize:
+            self.capacity -= 1
+        elif ratio > 0.8 and self.capacity < self.maxSize:
+            self.capacity += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.closed:
+            self._round = self.clock.callLater(self.interval, self._runRound)
+
+    def _dialOne(self) -> Deferred[bool]:
+        conn = poolConnection(self, self.tls)
+        self._connecting.add(conn)
+        done: Deferred[bool] = Deferred()
+        conn.created = done  # type: ignore[attr-defined]
+
+        def failed(reason: Failure) -> None:
+            self._connecting.discard(conn)
+            self.dialFailures += 1
+            log.debug("Pool dial failed: {reason}", reason=reason.getErrorMessage())
+            if not done.called:
+                done.callback(False)
+
+        self._dial(conn).addErrback(failed)
+        return done
+
+    def connectionReady(self, conn: PoolConnection) -> None:
+        conn._idTimer = self.clock.callLater(ID_TIMEOUT, conn.close)
+
+    def identified(self, conn: PoolConnection, ident: str) -> None:
+        self._connecting.discard(conn)
+        conn.ident = ident
+        created: Deferred[bool] | None = getattr(conn, "created", None)
+        if ident in self.idle:
+            conn.close()
+            if created is not None and not created.called:
+                created.callback(False)
+            return
+        self.park(conn)
+        if created is not None and not created.called:
+            created.callback(True)
+
+    def lost(self, conn: PoolConnection) -> None:
+        super().lost(conn)
+        if conn in self._connecting:
+            self._connecting.discard(conn)
+            created: Deferred[bool] | None = getattr(conn, "created", None)
+            if created is not None and not created.called:
+                created.callback(False)
+
+    def close(self) -> None:
+        if self._round is not None and self._round.active():
+            self._round.cancel()
+        self._round = None
+        for conn in list(self._connecting):
+            conn.close()
+        super().close()

@@ -1,0 +1,196 @@
+"""The tunnel server: ``server://KEY@HOST:PORT/TARGET?...`` (dataplane spec §2.1, §13.1).
+
+The tunnel TCP port first serves the HTTP handshake; once one client has
+authenticated, the same port accepts pool connections (wrapped in TLS for
+``tls=1/2``) and hands each one its ID.  The listening socket is kept for the
+life of the process: a connection's phase decides what it speaks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from nodepass.errors import StartupError
+from nodepass.settings import Settings
+from nodepass.tls import ServerCredentials
+from nodepass.tunnel.handshake import HandshakeResource, TunnelConfig, handshakeFactory
+from nodepass.tunnel.peer import TunnelPeer
+from nodepass.tunnel.pool import CONTROL_ID, ServerPool
+from nodepass.tunnel.session import Session, Shared
+from nodepass.url import Config
+
+log = Logger()
+
+
+class _TunnelFactory(Factory):
+    """
+    The tunnel port: HTTP handshake or pool, depending on the phase.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.handshake: Any = None
+        self.pool: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        current = self.pool if self.pool is not None else self.handshake
+        if current is None:
+            return None
+        return current.buildProtocol(addr)
+
+
+class TunnelServer(TunnelPeer):
+    role = "Server"
+    name = "tunnel-server"
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        settings: Settings,
+        shared: Shared,
+        credentials: ServerCredentials | None,
+        tlsMode: int = 0,
+    ) -> None:
+        super().__init__(config, reactor, settings, shared)
+        self.credentials = credentials
+        self.tlsMode = tlsMode if credentials is not None else 0
+        self.tunnelPort: IListeningPort | None = None
+        self.factory = _TunnelFactory()
+        self.runMode = config.mode
+        self.tcpPort: Any = None  # the root service binds through bind()
+
+    # -- binding ------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """
+        Bind the tunnel port and, in flow ``-``, the target listeners.
+        Failures at start-up are fatal (L{StartupError}).
+        """
+        tunnel = self.config.tunnel
+        try:
+            self.tunnelPort = self.reactor.listenTCP(
+                tunnel.port, self.factory, backlog=1024, interface=tunnel.host
+            )
+        except CannotListenError as error:
+            raise StartupError(f"cannot listen on {tunnel}: {error.socketError}") from error
+        self.tcpPort = self.tunnelPort
+        try:
+            probe = self.reactor.listenUDP(tunnel.port, DatagramProtocol(), interface=tunnel.host)
+            probe.stopListening()
+        except CannotListenError as error:
+            self.tunnelPort.stopListening()
+            raise StartupError(f"cannot listen on {tunnel} (UDP): {error.socketError}") from error
+        mode = self.config.mode
+        if mode in (0, 1):
+            try:
+                self.bindEntry()
+                self.runMode = 1
+            except CannotListenError as error:
+                if mode == 1:
+                    self.tunnelPort.stopListening()
+                    raise StartupError(
+                        f"cannot listen on target {self.config.targets[0]}: {error.socketError}"
+                    ) from error
+                self.runMode = 2
+        else:
+            self.runMode = 2
+
+    @property
+    def flow(self) -> str:
+        return "-" if self.runMode == 1 else "+"
+
+    # -- one cycle ---------------------------------------------------------------
+
+    async def cycle(self) -> None:
+        config = self.config
+        if self.runMode == 1 and self.entryTCP is None and self.entryUDP is None:
+            self.bindEntry()
+        accepted: Deferred[tuple[str, TunnelConfig]] = Deferred()
+
+        def announce(ext: bool) -> TunnelConfig:
+            return TunnelConfig(
+                flow=self.flow,
+                max=config.max,
+                tls=str(self.tlsMode),
+                type=config.type,
+                ext=ext,
+            )
+
+        def onAccepted(clientIP: str, tunnelConfig: TunnelConfig) -> None:
+            if not accepted.called:
+                accepted.callback((clientIP, tunnelConfig))
+
+        resource = HandshakeResource(config.key, announce, onAccepted)
+        self.factory.pool = None
+        self.factory.handshake = handshakeFactory(resource, self.reactor)
+        log.info("Pending tunnel handshake...")
+        clientIP, tunnelConfig = await accepted
+        started = self.reactor.seconds()
+        self.ext = tunnelConfig.ext
+        log.info(
+            "Sending tunnel config: FLOW={flow}|MAX={max}|TLS={tls}|TYPE={type}",
+            flow=tunnelConfig.flow,
+            max=tunnelConfig.max,
+            tls=tunnelConfig.tls,
+            type=tunnelConfig.type,
+        )
+        pool = ServerPool(
+            self.reactor,
+            config.max,
+            clientIP=clientIP if config.type != "2" else None,
+            getTimeout=self.settings.poolGetTimeout,
+        )
+        poolFactory: Any = pool.factory(self.tlsMode != 0)
+        if self.tlsMode:
+            assert self.credentials is not None
+            poolFactory = TLSMemoryBIOFactory(self.credentials.contextFactory(), False, poolFactory)
+        self.factory.handshake = None
+        self.factory.pool = poolFactory
+        log.info("Getting tunnel pool ready...")
+        try:
+            control = await pool.outgoingGet(CONTROL_ID).addTimeout(
+                self.settings.handshakeTimeout + self.settings.poolGetTimeout, self.reactor
+            )
+        except Exception:
+            pool.close()
+            self.factory.pool = None
+            raise
+        log.info(
+            "Marking tunnel handshake as complete in {ms}ms",
+            ms=int((self.reactor.seconds() - started) * 1000),
+        )
+        credentials = self.credentials
+        session = Session(
+            self.shared,
+            pool,
+            control,
+            role="server",
+            mode=self.runMode,
+            entry=self.flow == "-",
+            ext=self.ext,
+            tlsMode=self.tlsMode,
+            ownFingerprint=(lambda: credentials.fingerprint) if credentials is not None else None,
+        )
+        self.newSession(session)
+        session.start()
+        try:
+            await session.ended
+        finally:
+            self.factory.pool = None
+
+    def stopExtra(self) -> list[Deferred[Any]]:
+        self.factory.pool = self.factory.handshake = None
+        port, self.tunnelPort = self.tunnelPort, None
+        if port is None:
+            return []
+        result = port.stopListening()
+        return [result] if isinstance(result, Deferred) else []
