@@ -835,6 +835,95 @@ def _load_rtt(spec: dict[str, Any]) -> dict[str, Any]:
 LOAD_KINDS = {"stream": _load_stream, "connrate": _load_connrate, "rtt": _load_rtt}
 
 
+def _load_connrate_series(spec: dict[str, Any]) -> dict[str, Any]:
+    """Like ``connrate``, and also counts completed and failed cycles per second.
+
+    ``per_second[i]`` is the number of cycles that completed in second ``i``
+    after the start (``errors_per_second`` likewise for failures), for the
+    whole seconds of ``duration``; cycles that end after it count in ``count``
+    but in no bin. Used to check that a forwarder sustains its rate (a pool
+    that runs dry shows up as a rate that drops after the first seconds).
+    """
+    port, workers, duration = spec["port"], spec["workers"], spec["duration"]
+    size = spec.get("size", 64)
+    io_timeout = spec.get("io_timeout", 5.0)
+    msg = b"E" + b"x" * (size - 1)
+    nbins = max(1, int(duration))
+    lat: list[list[float]] = [[] for _ in range(workers)]
+    done_at: list[list[float]] = [[] for _ in range(workers)]
+    failed_at: list[list[float]] = [[] for _ in range(workers)]
+    errs: list[dict[str, int]] = [{} for _ in range(workers)]
+    barrier = threading.Barrier(workers + 1)
+    box: dict[str, float] = {}
+    perf = time.perf_counter
+    addr = (HOST, port)
+
+    def worker(i: int) -> None:
+        my_lat, my_done, my_fail, my_err = lat[i], done_at[i], failed_at[i], errs[i]
+        barrier.wait()
+        t0 = box["t0"]
+        end = t0 + duration
+        while perf() < end:
+            t = perf()
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.settimeout(io_timeout)
+                s.connect(addr)
+                s.sendall(msg)
+                got = 0
+                while got < size:
+                    b = s.recv(size - got)
+                    if not b:
+                        raise ConnectionError("EOF")
+                    got += len(b)
+                s.close()
+                t_end = perf()
+                my_lat.append(t_end - t)
+                my_done.append(t_end - t0)
+            except OSError as exc:
+                s.close()
+                my_fail.append(perf() - t0)
+                key = type(exc).__name__
+                my_err[key] = my_err.get(key, 0) + 1
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    box["t0"] = perf()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = perf() - box["t0"]
+
+    def bins(times: list[list[float]]) -> list[int]:
+        out = [0] * nbins
+        for part in times:
+            for x in part:
+                k = int(x)
+                if 0 <= k < nbins:
+                    out[k] += 1
+        return out
+
+    all_lat = [x for part in lat for x in part]
+    errors: dict[str, int] = {}
+    for e in errs:
+        for k, v in e.items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "elapsed": elapsed,
+        "count": len(all_lat),
+        "rate": len(all_lat) / elapsed if elapsed > 0 else math.nan,
+        "latency_s": summarize_latencies(all_lat),
+        "errors": errors,
+        "per_second": bins(done_at),
+        "errors_per_second": bins(failed_at),
+    }
+
+
+LOAD_KINDS["connrate_series"] = _load_connrate_series
+
+
 def load_main(argv: Sequence[str]) -> int:
     spec = json.loads(argv[0])
     try:

@@ -58,6 +58,13 @@ def directWriter(transport: Any) -> Callable[[bytes], None]:
     write: Callable[[bytes], None] = transport.write
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", True):
         return write
+    # These are Twisted's own (private) buffer fields: if a Twisted release
+    # renames them, fall back to the plain write instead of failing.
+    if not all(
+        hasattr(transport, name)
+        for name in ("_tempDataLen", "offset", "dataBuffer", "_writeDisconnecting", "writeSomeData")
+    ):
+        return write
     writeSomeData = transport.writeSomeData
     conn: Any = transport
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -180,10 +180,10 @@ class AutoClient(MultiService):
 
     name = "auto-client"
 
-    def __init__(self, single: SingleEnd, dual: Any) -> None:
+    def __init__(self, single: SingleEnd, makeDual: Callable[[], Any]) -> None:
         super().__init__()
         self.single = single
-        self.dual = dual
+        self.makeDual = makeDual
         self.tcpPort: Any = None
 
     def bind(self) -> None:
@@ -191,7 +191,7 @@ class AutoClient(MultiService):
             self.single.bind()
         except StartupError as error:
             log.debug("Single-end bind failed ({error}): dual-end mode", error=str(error))
-            self.dual.setServiceParent(self)
+            self.makeDual().setServiceParent(self)
         else:
             self.single.setServiceParent(self)
         self.tcpPort = True
@@ -211,20 +211,23 @@ def buildService(
     observer = NodePassLogObserver(out if out is not None else sys.stdout, config.log)
     root = NodePassService(config, settings, observer)
     if config.scheme == "client":
-        from nodepass.tunnel.client import TunnelClient
-
         resolver = _resolver(config, reactor)
-        dual = TunnelClient(
-            config, reactor, settings, _shared(config, reactor, settings, resolver), resolver
-        )
+
+        def makeDual() -> Any:
+            # Imported only when needed: a plain forwarder never loads the
+            # tunnel's HTTP, TLS and pool modules.
+            from nodepass.tunnel.client import TunnelClient
+
+            shared = _shared(config, reactor, settings, resolver)
+            return TunnelClient(config, reactor, settings, shared, resolver)
+
         if config.mode == 2:
-            dual.setServiceParent(root)
+            makeDual().setServiceParent(root)
+        elif config.mode == 1:
+            SingleEnd(config, reactor, settings, resolver, Counters()).setServiceParent(root)
         else:
             single = SingleEnd(config, reactor, settings, resolver, Counters())
-            if config.mode == 1:
-                single.setServiceParent(root)
-            else:
-                AutoClient(single, dual).setServiceParent(root)
+            AutoClient(single, makeDual).setServiceParent(root)
     elif config.scheme == "server":
         root.prepare = lambda: _startServer(root, config, reactor, settings)  # type: ignore[attr-defined]
     else:
@@ -235,6 +238,10 @@ def buildService(
 def _startServer(root: NodePassService, config: Config, reactor: Any, settings: Settings) -> None:
     from nodepass.tunnel.server import TunnelServer
 
+    if config.type != "0":
+        raise StartupError(
+            f"pool transport type={config.type} is not available in this version (available: 0, TCP/TLS)"
+        )
     credentials, tlsMode = _credentials(config, reactor, settings)
     resolver = _resolver(config, reactor)
     TunnelServer(

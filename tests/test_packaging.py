@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import LOOPBACK, ROOT, TCPServer, echo, freePort, recvAll, waitFor
+from tests.support import LOOPBACK, ROOT, TCPServer, UDPEcho, echo, freePort, recvAll, waitFor
 
 pytestmark = [pytest.mark.integration, pytest.mark.packaging]
 
@@ -106,7 +106,7 @@ def test_installed_wheel_finds_the_plugin_outside_the_checkout(
 def test_installed_console_script_forwards(installed: Path, tmp_path: Path) -> None:
     payload = os.urandom(1 << 20)
     port = freePort()
-    with TCPServer(echo) as target:
+    with TCPServer(echo) as target, UDPEcho(port=target.port):
         proc = subprocess.Popen(
             [
                 str(installed / "bin" / "nodepass"),
@@ -130,6 +130,13 @@ def test_installed_console_script_forwards(installed: Path, tmp_path: Path) -> N
                 received = recvAll(sock)
                 sender.join(10)
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            dgram.settimeout(5)
+            with dgram:
+                for size in (1, 1000, 8000):
+                    data = os.urandom(size)
+                    dgram.sendto(data, (LOOPBACK, port))
+                    assert dgram.recvfrom(65536)[0] == data
         finally:
             proc.terminate()
             proc.wait(15)

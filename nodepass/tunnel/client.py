@@ -83,7 +83,7 @@ class TunnelClient(TunnelPeer):
             config.tunnel.text,
             config.serverName,
             config.key,
-            https=config.tunnel.port == 443,
+            https=config.tunnel.portText == "443",
             timeout=settings.tcpDialTimeout * 6,
             clock=self.reactor,
         )
@@ -114,8 +114,8 @@ class TunnelClient(TunnelPeer):
         pool.start()
         log.info("Getting tunnel pool ready...")
         try:
-            control = await pool.outgoingGet(CONTROL_ID).addTimeout(
-                settings.handshakeTimeout + settings.poolGetTimeout, self.reactor
+            control = await pool.outgoingGet(
+                CONTROL_ID, settings.handshakeTimeout + settings.poolGetTimeout
             )
         except Exception:
             pool.close()

@@ -363,7 +363,8 @@ class HandshakeResource(Resource):
         return NOT_DONE_YET
 
     def _reject(self, request: Request, peer: str, code: int, text: str) -> int:
-        log.debug(
+        emit = log.warn if code == 401 else log.debug
+        emit(
             "Tunnel handshake rejected from {peer}: {code} {text}", peer=peer, code=code, text=text
         )
         _respond(

@@ -36,6 +36,9 @@ CONTROL_ID = "00000000"
 #: How long the client waits for the 4 ID bytes of a new pool connection.
 ID_TIMEOUT = 60.0
 
+#: How many recently closed parked connections a pool remembers.
+GONE_MEMORY = 256
+
 
 class PoolTimeout(NodePassError):
     """
@@ -99,7 +102,7 @@ class PoolConnection(RelayProtocol):
             if self._idTimer is not None and self._idTimer.active():
                 self._idTimer.cancel()
             self.pool.identified(self, ident.hex())
-            if rest:
+            if rest and self.state != "rejected":
                 self.dataReceived(rest)
             return
         if self.consumer is not None:
@@ -116,6 +119,7 @@ class PoolConnection(RelayProtocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         if self._idTimer is not None and self._idTimer.active():
             self._idTimer.cancel()
+        self.lostReason = reason
         self.pool.lost(self)
         consumer, self.consumer = self.consumer, None
         super().connectionLost(reason)
@@ -156,7 +160,18 @@ class TLSPoolConnection(PoolConnection):
     wrapper forwards just one of the optional protocol interfaces, so a
     plain TCP pool connection must declare only L{IHalfCloseableProtocol}
     or it would lose half-close.
+
+    The peer's certificate is kept when the handshake completes, so the
+    verify exchange can read it even after the connection closed.
     """
+
+    peerCertificate: object = None
+
+    def handshakeCompleted(self) -> None:
+        getPeerCertificate = getattr(self.transport, "getPeerCertificate", None)
+        if getPeerCertificate is not None:
+            self.peerCertificate = getPeerCertificate()
+        super().handshakeCompleted()
 
 
 def poolConnection(pool: Pool, tls: bool) -> PoolConnection:
@@ -185,6 +200,7 @@ class Pool:
         self.errors = 0
         self.closed = False
         self._incoming: list[_Waiter] = []
+        self._gone: OrderedDict[str, PoolConnection] = OrderedDict()
         self._outgoing: dict[str, list[_Waiter]] = {}
         self.onControl: Callable[[PoolConnection], None] | None = None
 
@@ -200,6 +216,12 @@ class Pool:
         self.active.discard(conn)
         if conn.ident and self.idle.get(conn.ident) is conn:
             del self.idle[conn.ident]
+            # The peer may still name it (a verify is sent just before the
+            # sender closes the connection): remember it for a while, so
+            # outgoingGet finds it dead at once instead of waiting 5 s.
+            self._gone[conn.ident] = conn
+            while len(self._gone) > GONE_MEMORY:
+                self._gone.popitem(last=False)
 
     # -- parking -----------------------------------------------------------
 
@@ -210,9 +232,12 @@ class Pool:
             return
         waiters = self._outgoing.get(conn.ident)
         if waiters:
-            self._hand(conn, waiters.pop(0))
+            # Update the bookkeeping before the waiter runs: its callback may
+            # close the pool (a failed verify ends the session).
+            waiter = waiters.pop(0)
             if not waiters:
                 del self._outgoing[conn.ident]
+            self._hand(conn, waiter)
             return
         if conn.ident != CONTROL_ID and self._incoming:
             self._hand(conn, self._incoming.pop(0))
@@ -226,7 +251,11 @@ class Pool:
         self.active.add(conn)
         waiter.deferred.callback(conn)
 
-    def _wait(self, queue: list[_Waiter], what: str) -> Deferred[PoolConnection]:
+    def _wait(
+        self, queue: list[_Waiter], what: str, timeout: float | None = None
+    ) -> Deferred[PoolConnection]:
+        timeout = self.getTimeout if timeout is None else timeout
+
         def cancel(d: Deferred[PoolConnection]) -> None:
             for waiter in list(queue):
                 if waiter.deferred is d:
@@ -240,9 +269,9 @@ class Pool:
             for waiter in list(queue):
                 if waiter.deferred is d:
                     queue.remove(waiter)
-            d.errback(PoolTimeout(f"{what}: no pool connection within {self.getTimeout:g}s"))
+            d.errback(PoolTimeout(f"{what}: no pool connection within {timeout:g}s"))
 
-        queue.append(_Waiter(d, self.clock.callLater(self.getTimeout, expire)))
+        queue.append(_Waiter(d, self.clock.callLater(timeout, expire)))
         return d
 
     def incomingGet(self, newest: bool = False) -> Deferred[PoolConnection]:
@@ -261,18 +290,20 @@ class Pool:
                 return d
         return self._wait(self._incoming, "incomingGet")
 
-    def outgoingGet(self, ident: str) -> Deferred[PoolConnection]:
+    def outgoingGet(self, ident: str, timeout: float | None = None) -> Deferred[PoolConnection]:
         """
-        The connection with this ID, waiting up to C{getTimeout} for it.
+        The connection with this ID, waiting up to C{timeout} (default
+        C{getTimeout}) for it.  One the peer closed while it was parked is
+        returned too (with C{closed} set), as the reference finds it.
         """
-        conn = self.idle.pop(ident, None)
+        conn = self.idle.pop(ident, None) or self._gone.pop(ident, None)
         if conn is not None:
             conn.state = "taken"
             self.active.add(conn)
             d: Deferred[PoolConnection] = Deferred()
             d.callback(conn)
             return d
-        return self._wait(self._outgoing.setdefault(ident, []), f"outgoingGet {ident}")
+        return self._wait(self._outgoing.setdefault(ident, []), f"outgoingGet {ident}", timeout)
 
     def flush(self) -> None:
         """
@@ -285,12 +316,13 @@ class Pool:
 
     def close(self) -> None:
         """
-        Close parked and in-use connections and fail every waiter.
+        Close parked connections and fail every waiter.  Connections in use
+        are left to their relays (dataplane spec §13.3): they end by
+        themselves, or with the process.
         """
         self.closed = True
         self.flush()
-        for conn in list(self.active):
-            conn.close()
+        self._gone.clear()
         waiters = self._incoming + [w for ws in self._outgoing.values() for w in ws]
         self._incoming, self._outgoing = [], {}
         for waiter in waiters:
@@ -397,6 +429,7 @@ class ClientPool(Pool):
         self._connecting: set[PoolConnection] = set()
         self._round: IDelayedCall | None = None
         self.dialFailures = 0
+        self._tlsWarned = False
 
     def start(self) -> None:
         self._runRound()
@@ -413,7 +446,9 @@ class ClientPool(Pool):
         need = self.capacity - idle - len(self._connecting)
         attempts = [self._dialOne() for _ in range(max(0, need))]
         if not attempts:
-            self._schedule()
+            # A round that needed nothing still adjusts the capacity (it
+            # shrinks back towards min while the pool sits idle).
+            self._roundDone(0)
             return
         results: list[bool] = []
 
@@ -463,6 +498,7 @@ class ClientPool(Pool):
         conn.ident = ident
         created: Deferred[bool] | None = getattr(conn, "created", None)
         if ident in self.idle:
+            conn.state = "rejected"
             conn.close()
             if created is not None and not created.called:
                 created.callback(False)
@@ -475,6 +511,18 @@ class ClientPool(Pool):
         super().lost(conn)
         if conn in self._connecting:
             self._connecting.discard(conn)
+            reason = getattr(conn, "lostReason", None)
+            if conn.tls and reason is not None and not self._tlsWarned:
+                from OpenSSL.SSL import Error as TLSFailure
+
+                if reason.check(TLSFailure):
+                    # Once per pool: a certificate the client does not trust
+                    # fails every connection the same way.
+                    self._tlsWarned = True
+                    log.warn(
+                        "Pool connection TLS handshake failed: {reason}",
+                        reason=reason.getErrorMessage(),
+                    )
             created: Deferred[bool] | None = getattr(conn, "created", None)
             if created is not None and not created.called:
                 created.callback(False)

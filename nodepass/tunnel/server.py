@@ -157,8 +157,8 @@ class TunnelServer(TunnelPeer):
         self.factory.pool = poolFactory
         log.info("Getting tunnel pool ready...")
         try:
-            control = await pool.outgoingGet(CONTROL_ID).addTimeout(
-                self.settings.handshakeTimeout + self.settings.poolGetTimeout, self.reactor
+            control = await pool.outgoingGet(
+                CONTROL_ID, self.settings.handshakeTimeout + self.settings.poolGetTimeout
             )
         except Exception:
             pool.close()

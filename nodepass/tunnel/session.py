@@ -500,8 +500,10 @@ class Session:
             self._udpListener = listener
 
     def start(self) -> None:
-        self.controlConn.attach(_ControlConsumer(self))
+        # Our ping goes first (spec §15.5), then whatever the peer sent while
+        # the control connection was parked is handled.
         self.control.start()
+        self.controlConn.attach(_ControlConsumer(self))
         if self.tlsMode:
             log.info("TLS certificate fingerprint verifying...")
             Deferred.fromCoroutine(self._sendVerify()).addErrback(self._verifyFailed)
@@ -554,6 +556,9 @@ class Session:
     # -- relays ------------------------------------------------------------
 
     def relay(self, local: RelayProtocol, conn: PoolConnection) -> None:
+        # End-to-end half-close only between our own peers (spec §16.1); with
+        # a v1.14.0 peer an EOF from the pool ends the session as it does there.
+        conn.halfClose = conn.halfClose and self.ext
         shared = self.shared
         relay = Relay(
             self.clock,
@@ -636,6 +641,9 @@ class Session:
         except Exception as reason:
             self.pool.errors += 1
             raise SessionError(f"request timeout: {reason}") from None
+        if conn.closed:
+            self.pool.errors += 1
+            raise SessionError(f"pool connection {signal.id} was already closed")
         if not shared.slots.tryAcquire("tcp"):
             log.error(
                 "commonTCPOnce: TCP slot limit reached: {tcp}/{limit}",
@@ -726,7 +734,7 @@ class Session:
         if self._ownFingerprint is not None:
             fingerprint = self._ownFingerprint()
         else:
-            fingerprint = self._peerFingerprint(conn.transport)
+            fingerprint = self._fingerprintOf(conn)
         if not fingerprint:
             raise SessionError("incomingVerify: no TLS certificate on the pool connection")
         log.debug("TLS verify signal: cid {id} -> peer", id=conn.ident)
@@ -744,7 +752,7 @@ class Session:
                 conn = await self.pool.outgoingGet(signal.id)
             except Exception:
                 raise SessionError("outgoingVerify: request timeout") from None
-            seen = self._peerFingerprint(conn.transport) if self._peerFingerprint else ""
+            seen = self._fingerprintOf(conn)
             conn.close()
         # else: both peers named the same connection at once; we already
         # took it out for our own verify and noted what we saw on it.
@@ -759,6 +767,19 @@ class Session:
         log.info("TLS certificate fingerprint verified: {fp}", fp=signal.fp)
         self.verified = True
         self._maybeOpen()
+
+    def _fingerprintOf(self, conn: PoolConnection) -> str:
+        """
+        The fingerprint of the server certificate seen on C{conn} (client).
+        """
+        certificate = getattr(conn, "peerCertificate", None)
+        if certificate is not None:
+            from nodepass.tls import certificateFingerprint
+
+            return certificateFingerprint(certificate)  # type: ignore[arg-type]
+        if self._peerFingerprint is None:
+            return ""
+        return self._peerFingerprint(conn.transport) or ""
 
     def _verifyFailed(self, reason: Failure) -> None:
         if self.stopped:

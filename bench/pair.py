@@ -1,0 +1,1145 @@
+#!/usr/bin/env python3
+"""Benchmark: the dual-end NodePass tunnel (server + client) vs one- and two-hop baselines.
+
+    python bench/pair.py                    # full run (~4 min): tls=0 and tls=1, all baselines
+    python bench/pair.py --quick            # smoke run (~1 min)
+    python bench/pair.py --tls 0 --systems direct,haproxy-chain,nodepass --json out.json
+
+The tunnel under test is two processes, started for each TLS mode T::
+
+    python -m nodepass "server://benchkey@127.0.0.1:TUNNEL/127.0.0.1:ENTRY?mode=1&tls=T&log=event"
+    python -m nodepass "client://benchkey@127.0.0.1:TUNNEL/127.0.0.1:TARGET?mode=2&log=event"
+
+The server listens on ENTRY for users (flow ``-``) and the client dials
+TARGET. Readiness: the first ``CHECK_POINT`` line of each process, then 20
+echo round trips through ENTRY. Baselines in the same run: ``direct``,
+``socat`` and ``haproxy`` (one hop), ``socat-chain`` and ``haproxy-chain``
+(two processes in a row, like the tunnel), and, for tls=1,
+``haproxy-tls-chain`` (hop 1 talks TLS 1.3 to hop 2, which terminates it
+with a self-signed certificate). haproxy runs with nbthread 1 in every
+process. Target and load generator are separate processes from
+``bench/_common.py``. All on 127.0.0.1; every child is killed at the end, on
+errors and on Ctrl-C.
+
+See docs/benchmarks.md, section "Dual-end tunnel", for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C
+
+ALL_SYSTEMS = (
+    "direct",
+    "socat",
+    "socat-chain",
+    "haproxy",
+    "haproxy-chain",
+    "haproxy-tls-chain",
+    "nodepass",
+)
+PHASES = ("tput1", "tputN", "connrate", "rtt")
+HAPROXY_THREADS = 1
+TUNNEL_KEY = "benchkey"
+DEFAULT_SERVER_URL = (
+    "server://{key}@127.0.0.1:{tunnel}/127.0.0.1:{entry}?mode=1&tls={tls}&log={log}"
+)
+DEFAULT_CLIENT_URL = "client://{key}@127.0.0.1:{tunnel}/127.0.0.1:{target}?mode=2&log={log}"
+SUSTAIN_MIN = 0.5  # last second's connections >= this x first second's
+CHECKPOINT_RE = re.compile(r"CHECK_POINT\|MODE=(\d+)\|PING=(\d+)ms\|POOL=(\d+)\|TCPS=(\d+)")
+
+
+class StartError(RuntimeError):
+    pass
+
+
+class PortClash(StartError):
+    """A process exited during start-up; new ports may help."""
+
+
+# --------------------------------------------------------------------------
+# Systems under test: one or more processes ("hops") between user and target
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Hop:
+    role: str  # "entry" (users connect to it) or "exit" (it dials the target)
+    proc: subprocess.Popen[Any]
+    log_path: str
+    argv: list[str]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 10) -> str:
+        return "\n".join(self.log_text().strip().splitlines()[-n:])
+
+
+@dataclass
+class System:
+    name: str
+    port: int  # where users connect
+    hops: list[Hop] = field(default_factory=list)
+    killed_reason: str | None = None
+
+    def alive(self) -> bool:
+        return all(h.alive() for h in self.hops)
+
+    def dead_hops(self) -> str:
+        return ", ".join(f"{h.role} rc={h.proc.returncode}" for h in self.hops if not h.alive())
+
+    def pids(self) -> list[int]:
+        return [h.pid for h in self.hops]
+
+    def stop(self) -> None:
+        for h in reversed(self.hops):
+            C.REGISTRY.kill(h.proc)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = C.REPO_ROOT + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def spawn_hop(role: str, argv: list[str], log_path: str) -> Hop:
+    with open(log_path, "wb") as logf:
+        try:
+            proc = C.REGISTRY.spawn(
+                argv, stdout=logf, stderr=subprocess.STDOUT, cwd=C.REPO_ROOT, env=child_env()
+            )
+        except OSError as exc:
+            raise StartError(f"cannot run {argv[0]}: {exc}") from exc
+    return Hop(role, proc, log_path, argv)
+
+
+def haproxy_maxconn() -> int:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 20000
+    return max(256, min(20000, (hard - 200) // 2))
+
+
+def haproxy_config(listen: int, upstream: int, bind_ssl: str = "", server_ssl: str = "") -> str:
+    maxconn = haproxy_maxconn()
+    return f"""\
+# generated by bench/pair.py
+global
+    nbthread {HAPROXY_THREADS}
+    maxconn {maxconn}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    maxconn {maxconn}
+
+listen hop
+    bind 127.0.0.1:{listen}{bind_ssl}
+    server next 127.0.0.1:{upstream}{server_ssl}
+"""
+
+
+def make_cert(tmpdir: str) -> str:
+    """A self-signed P-256 certificate + key in one PEM file (what haproxy's ``crt`` wants)."""
+    path = os.path.join(tmpdir, "bench-cert.pem")
+    if os.path.exists(path):
+        return path
+    from nodepass.tls import generateSelfSigned
+
+    cert, key = generateSelfSigned("nodepass-bench")
+    with open(path, "wb") as f:
+        f.write(cert + (b"" if cert.endswith(b"\n") else b"\n") + key)
+    return path
+
+
+def hop_argv(kind: str, listen: int, upstream: int, tmpdir: str, tls: str = "") -> list[str]:
+    """argv of one socat/haproxy hop listening on ``listen`` and dialling ``upstream``.
+
+    ``tls``: "" plain, "client" dial ``upstream`` with TLS, "server" terminate TLS.
+    """
+    if kind == "socat":
+        return [
+            "socat",
+            f"TCP-LISTEN:{listen},fork,reuseaddr,bind=127.0.0.1",
+            f"TCP:127.0.0.1:{upstream}",
+        ]
+    bind_ssl = server_ssl = ""
+    if tls == "server":
+        bind_ssl = f" ssl crt {make_cert(tmpdir)} ssl-min-ver TLSv1.3"
+    elif tls == "client":
+        server_ssl = " ssl verify none ssl-min-ver TLSv1.3"
+    cfg = os.path.join(tmpdir, f"haproxy-{listen}.cfg")
+    with open(cfg, "w") as f:
+        f.write(haproxy_config(listen, upstream, bind_ssl, server_ssl))
+    return ["haproxy", "-db", "-f", cfg]
+
+
+def start_chain(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
+    """socat / haproxy: one hop, or two (exit hop started first)."""
+    kind = name.split("-")[0]
+    two = name.endswith("chain")
+    tls = "tls" in name
+    if not two:
+        listen = C.free_port()
+        hop = spawn_hop(
+            "entry",
+            hop_argv(kind, listen, target, tmpdir),
+            os.path.join(tmpdir, f"{name}-{listen}.log"),
+        )
+        sysm = System(name, listen, [hop])
+        wait_hop(sysm, hop, listen, args)
+        return sysm
+    p_exit = C.free_port()
+    exit_hop = spawn_hop(
+        "exit",
+        hop_argv(kind, p_exit, target, tmpdir, "server" if tls else ""),
+        os.path.join(tmpdir, f"{name}-exit-{p_exit}.log"),
+    )
+    sysm = System(name, 0, [exit_hop])
+    wait_hop(sysm, exit_hop, p_exit, args)
+    p_entry = C.free_port()
+    entry_hop = spawn_hop(
+        "entry",
+        hop_argv(kind, p_entry, p_exit, tmpdir, "client" if tls else ""),
+        os.path.join(tmpdir, f"{name}-entry-{p_entry}.log"),
+    )
+    sysm.hops.insert(0, entry_hop)
+    sysm.port = p_entry
+    wait_hop(sysm, entry_hop, p_entry, args)
+    return sysm
+
+
+def wait_hop(sysm: System, hop: Hop, port: int, args: argparse.Namespace) -> None:
+    if C.wait_listening(port, args.start_timeout, hop.proc):
+        return
+    tail = hop.log_tail()
+    exited = not hop.alive()
+    sysm.stop()
+    msg = (
+        f"{hop.role} exited rc={hop.proc.returncode}"
+        if exited
+        else f"{hop.role} not listening on {port} after {args.start_timeout:.0f}s"
+    )
+    if tail:
+        msg += "; output:\n    " + tail.replace("\n", "\n    ")
+    raise (PortClash if exited else StartError)(msg)
+
+
+def tcp_listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:``port`` (read from /proc: no connection made)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[1] == want and parts[3] == "0A":  # 0A = TCP_LISTEN
+                    return True
+    except (OSError, StopIteration, IndexError):
+        pass
+    return False
+
+
+def start_nodepass(
+    name: str, tls: int, target: int, tmpdir: str, args: argparse.Namespace
+) -> System:
+    """Server (entry, flow ``-``) then client (exit); ready at each one's first CHECK_POINT."""
+    tunnel, entry = C.free_port(), C.free_port()
+    fill = {
+        "key": TUNNEL_KEY,
+        "tunnel": tunnel,
+        "entry": entry,
+        "target": target,
+        "tls": tls,
+        "log": args.np_log,
+    }
+    py = [sys.executable, "-m", "nodepass"]
+    server = spawn_hop(
+        "entry",
+        [*py, args.server_url.format(**fill)],
+        os.path.join(tmpdir, f"{name}-server-{tunnel}.log"),
+    )
+    sysm = System(name, entry, [server])
+    # The client is started once the server listens on the tunnel port, so that
+    # its first dial is not refused (it would then wait out the 3 s cooldown).
+    deadline = time.monotonic() + args.start_timeout
+    while not tcp_listening(tunnel) and time.monotonic() < deadline:
+        if not server.alive():
+            tail = server.log_tail(5)
+            sysm.stop()
+            raise PortClash(f"server exited rc={server.proc.returncode}: {tail!r}")
+        time.sleep(0.02)
+    client = spawn_hop(
+        "exit",
+        [*py, args.client_url.format(**fill)],
+        os.path.join(tmpdir, f"{name}-client-{tunnel}.log"),
+    )
+    sysm.hops.append(client)
+    want_checkpoint = args.np_log in ("debug", "info", "warn", "error", "event")
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if not sysm.alive():
+            tails = "; ".join(
+                f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops if not h.alive() and h.log_tail()
+            )
+            sysm.stop()
+            raise PortClash(f"{sysm.dead_hops()} during start-up" + (f"; {tails}" if tails else ""))
+        if want_checkpoint:
+            if all("CHECK_POINT" in h.log_text() for h in sysm.hops):
+                return sysm
+        else:  # log=none: nothing to wait for but a working echo
+            try:
+                C.echo_once(entry, timeout=1.0)
+                return sysm
+            except OSError:
+                pass
+        time.sleep(0.05)
+    tails = "; ".join(f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops)
+    sysm.stop()
+    raise StartError(f"no CHECK_POINT from both ends within {args.start_timeout:.0f}s; {tails}")
+
+
+def start_system(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
+    last: StartError | None = None
+    for _attempt in range(3):  # a port picked by free_port() may be taken meanwhile
+        try:
+            if name == "direct":
+                sysm = System(name, target)
+            elif name.startswith("nodepass-tls"):
+                sysm = start_nodepass(name, int(name[-1]), target, tmpdir, args)
+            else:
+                sysm = start_chain(name, target, tmpdir, args)
+            break
+        except PortClash as exc:
+            last = exc
+    else:
+        assert last is not None
+        raise last
+    # Preflight: it must really forward; also warms it up.
+    deadline = time.monotonic() + args.start_timeout
+    ok, err = 0, ""
+    while ok < 20 and time.monotonic() < deadline:
+        try:
+            C.echo_once(sysm.port, timeout=3.0)
+            ok += 1
+        except OSError as exc:
+            err = repr(exc)
+            time.sleep(0.1)
+    if ok < 20:
+        tails = "; ".join(f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops)
+        sysm.stop()
+        raise StartError(f"accepts on {sysm.port} but does not forward: {err}; {tails}")
+    if name.startswith("nodepass"):
+        time.sleep(args.pool_settle)  # let the client top its pool up again
+    return sysm
+
+
+# --------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------
+
+
+def phase_stream(
+    sysm: System, srv: C.TargetServer, streams: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    srv.reset()
+    spec: dict[str, Any] = {
+        "kind": "stream",
+        "port": sysm.port,
+        "streams": streams,
+        "chunk": args.chunk,
+        "duration": args.duration,
+    }
+    load = C.run_load(spec, timeout=args.duration + 30)
+    if "fatal" in load:
+        return {"error": load["fatal"]}
+    st, complete = srv.wait_sinks_closed(streams, timeout=args.drain_timeout)
+    received = st["bytes"] + (0 if complete else st["open_bytes"])
+    t_end = st["t_last"] if complete and st["t_last"] else st["now"]
+    elapsed = t_end - load["t0"]
+    res: dict[str, Any] = {
+        "streams": streams,
+        "sent_bytes": load["sent_bytes"],
+        "received_bytes": received,
+        "elapsed_s": elapsed,
+        "drain_s": max(0.0, t_end - load["t_send_done"]),
+        "mb_s": received / elapsed / 1e6 if elapsed > 0 else math.nan,
+        "complete": complete,
+    }
+    errors = list(load["errors"])
+    if not complete:
+        errors.append(
+            f"only {st['closed']}/{streams} streams reached the sink's EOF within "
+            f"{args.drain_timeout:.0f}s after sending stopped"
+        )
+    elif received != load["sent_bytes"]:
+        errors.append(f"data lost: sent {load['sent_bytes']} B, sink got {received} B")
+    if errors:
+        res["error"] = "; ".join(errors)
+    return res
+
+
+def phase_connrate(sysm: System, srv: C.TargetServer, args: argparse.Namespace) -> dict[str, Any]:
+    load = C.run_load(
+        {
+            "kind": "connrate_series",
+            "port": sysm.port,
+            "workers": args.workers,
+            "duration": args.conn_duration,
+        },
+        timeout=args.conn_duration + 30,
+    )
+    if "fatal" in load:
+        return {"error": load["fatal"]}
+    per_s = load["per_second"]
+    first, last = per_s[0], per_s[-1]
+    res: dict[str, Any] = {
+        "workers": args.workers,
+        "count": load["count"],
+        "rate": load["rate"],
+        "p50_ms": load["latency_s"]["p50"] * 1e3,
+        "p99_ms": load["latency_s"]["p99"] * 1e3,
+        "latency_ms": {k: (v * 1e3 if k != "n" else v) for k, v in load["latency_s"].items()},
+        "errors": load["errors"],
+        "per_second": per_s,
+        "errors_per_second": load["errors_per_second"],
+        "first_s": first,
+        "last_s": last,
+        "sustain": last / first if first else math.nan,
+    }
+    n_err = sum(load["errors"].values())
+    if n_err:
+        msg = f"{n_err} failed connections: {load['errors']}"
+        if load["count"] == 0 or n_err > 0.01 * load["count"]:
+            res["error"] = msg
+        else:
+            res["warning"] = msg
+    return res
+
+
+def phase_rtt(sysm: System, srv: C.TargetServer, args: argparse.Namespace) -> dict[str, Any]:
+    # Pinned to one CPU, as in forward.py: unpinned, a cross-CPU wake-up on this
+    # VM (~75 us) dominates and the figure says where the scheduler put things.
+    pin = args.rtt_cpu >= 0
+    every_cpu = os.sched_getaffinity(0)
+    pids = [srv.proc.pid, *sysm.pids()]
+    if pin:
+        for pid in pids:
+            C.set_tree_affinity(pid, {args.rtt_cpu})
+    try:
+        load = C.run_load(
+            {
+                "kind": "rtt",
+                "port": sysm.port,
+                "duration": args.rtt_duration,
+                "cpu": args.rtt_cpu if pin else None,
+            },
+            timeout=args.rtt_duration + 30,
+        )
+    finally:
+        if pin:
+            for pid in pids:
+                C.set_tree_affinity(pid, every_cpu)
+    if "fatal" in load:
+        return {"error": load["fatal"]}
+    lat = load["latency_s"]
+    return {
+        "count": lat["n"],
+        "p50_us": lat["p50"] * 1e6,
+        "p99_us": lat["p99"] * 1e6,
+        "latency_us": {k: (v * 1e6 if k != "n" else v) for k, v in lat.items()},
+    }
+
+
+def cpu_seconds(sysm: System) -> float | None:
+    vals = [C.proc_cpu_seconds(p) for p in sysm.pids()]
+    if not vals or any(v is None for v in vals):
+        return None
+    return sum(v for v in vals if v is not None)
+
+
+def scan_nodepass_log(text: str) -> dict[str, Any]:
+    """CHECK_POINT pool sizes and non-event lines (warnings, errors, tracebacks)."""
+    pools, tcps = [], []
+    other: list[str] = []
+    for line in text.splitlines():
+        m = CHECKPOINT_RE.search(line)
+        if m:
+            pools.append(int(m.group(3)))
+            tcps.append(int(m.group(4)))
+        elif line.strip() and "Init log level" not in line:
+            other.append(line.strip())
+    return {
+        "checkpoints": len(pools),
+        "pool_min": min(pools) if pools else None,
+        "pool_max": max(pools) if pools else None,
+        "tcps_max": max(tcps) if tcps else None,
+        "other_lines": len(other),
+        "other_sample": other[:8],
+    }
+
+
+def run_system(
+    name: str,
+    srv: C.TargetServer,
+    tmpdir: str,
+    args: argparse.Namespace,
+    tag: str,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """Start ``name``, run the phases, stop it; results go into ``run`` as they come."""
+    run.update(system=name, phases={}, errors=[])
+    try:
+        sysm = start_system(name, srv.port, tmpdir, args)
+    except StartError as exc:
+        run["errors"].append(f"start: {exc}")
+        C.log(f"[{tag}] FAILED to start: {exc}")
+        return run
+    run["argv"] = [h.argv for h in sysm.hops]
+    samplers: list[C.TreeMemorySampler] = []
+    try:
+        for hop in sysm.hops:
+
+            def on_limit(kb: int, sysm: System = sysm, role: str = hop.role) -> None:
+                sysm.killed_reason = (
+                    f"killed: {role} process tree RSS {kb / 1024:.0f} MiB > --rss-limit "
+                    f"{args.rss_limit:.0f} MiB"
+                )
+                C.log(f"[{tag}] {sysm.killed_reason}")
+                sysm.stop()
+
+            smp = C.TreeMemorySampler(
+                hop.pid, interval=0.1, limit_kb=int(args.rss_limit * 1024), on_limit=on_limit
+            )
+            smp.start()
+            samplers.append(smp)
+        phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("tput1", lambda: phase_stream(sysm, srv, 1, args)),
+            ("tputN", lambda: phase_stream(sysm, srv, args.streams, args)),
+            ("connrate", lambda: phase_connrate(sysm, srv, args)),
+            ("rtt", lambda: phase_rtt(sysm, srv, args)),
+        ]
+        for pname, fn in phases:
+            if pname not in args.phases:
+                continue
+            if not sysm.alive():
+                why = sysm.killed_reason or f"died ({sysm.dead_hops()})"
+                run["errors"].append(f"{pname}: skipped, {why}")
+                continue
+            cpu0 = cpu_seconds(sysm) if sysm.hops else None
+            t0 = time.monotonic()
+            try:
+                res = fn()
+            except (OSError, ValueError, RuntimeError) as exc:
+                res = {"error": f"{type(exc).__name__}: {exc}"}
+            time.sleep(args.settle)
+            wall = time.monotonic() - t0
+            cpu1 = cpu_seconds(sysm) if sysm.hops else None
+            if cpu0 is not None and cpu1 is not None:
+                res["fwd_cpu_cores"] = (cpu1 - cpu0) / max(wall - args.settle, 1e-9)
+            if not sysm.alive():
+                extra = sysm.killed_reason or f"died during the test ({sysm.dead_hops()})"
+                res["error"] = "; ".join(filter(None, [res.get("error"), extra]))
+            run["phases"][pname] = res
+            if res.get("error"):
+                run["errors"].append(f"{pname}: {res['error']}")
+            if res.get("warning"):
+                run.setdefault("warnings", []).append(f"{pname}: {res['warning']}")
+            C.log(f"[{tag}] {pname:8s} {describe_phase(pname, res)}")
+    finally:
+        run["memory"] = {
+            hop.role: smp.stop() for hop, smp in zip(sysm.hops, samplers, strict=False)
+        }
+        for hop in sysm.hops:
+            if not hop.alive() and not sysm.killed_reason:
+                run["errors"].append(
+                    f"{hop.role} exited early rc={hop.proc.returncode}: {hop.log_tail(5)}"
+                )
+        # Read the logs before stopping: the shutdown itself logs errors
+        # ("control connection closed") that say nothing about the test.
+        if name.startswith("nodepass"):
+            run["logs"] = {h.role: scan_nodepass_log(h.log_text()) for h in sysm.hops}
+        sysm.stop()
+    return run
+
+
+def describe_phase(pname: str, res: dict[str, Any]) -> str:
+    if "mb_s" in res:
+        s = f"{res['mb_s']:9.1f} MB/s  ({res['received_bytes'] / 1e6:.0f} MB, drain {res['drain_s']:.2f}s)"
+    elif "rate" in res:
+        s = (
+            f"{res['rate']:9.0f} conn/s  p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms"
+            f"  per second {res['per_second']}"
+        )
+        if any(res["errors_per_second"]):
+            s += f"  failed per second {res['errors_per_second']}"
+    elif "p50_us" in res:
+        s = f"p50 {res['p50_us']:.1f} us  p99 {res['p99_us']:.1f} us  ({res['count']} round trips)"
+    else:
+        s = ""
+    if "fwd_cpu_cores" in res:
+        s += f"  fwd cpu {res['fwd_cpu_cores']:.2f} cores"
+    if res.get("error"):
+        s += f"  ERROR: {res['error']}"
+    return s
+
+
+# --------------------------------------------------------------------------
+# Aggregation and report
+# --------------------------------------------------------------------------
+
+
+# key, label, higher_is_better (None: shown without a ratio)
+def metric_defs(args: argparse.Namespace) -> list[tuple[str, str, bool | None]]:
+    return [
+        ("tput1_mb_s", "throughput, 1 stream (MB/s)", True),
+        ("tputN_mb_s", f"throughput, {args.streams} streams (MB/s)", True),
+        ("conn_rate", f"conn rate, {args.workers} workers (conn/s)", True),
+        ("conn_p50_ms", "  connect+echo+close p50 (ms)", False),
+        ("conn_p99_ms", "  connect+echo+close p99 (ms)", False),
+        ("conn_first", "  connections in first second", None),
+        ("conn_last", "  connections in last second", None),
+        ("conn_sustain", "  last / first second", None),
+        ("rtt_p50_us", "64 B round trip p50 (us)", False),
+        ("rtt_p99_us", "64 B round trip p99 (us)", False),
+        ("rss_entry_mib", "peak RSS entry process, VmHWM (MiB)", False),
+        ("rss_exit_mib", "peak RSS exit process, VmHWM (MiB)", False),
+        ("rss_total_mib", "peak RSS all hops, trees (MiB)", False),
+        ("cpu_tput1", "fwd CPU, 1-stream test (cores)", None),
+        ("cpu_tputN", f"fwd CPU, {args.streams}-stream test (cores)", None),
+        ("cpu_conn", "fwd CPU, conn-rate test (cores)", None),
+    ]
+
+
+def flatten(run: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    ph = run["phases"]
+
+    def ok(p: str) -> dict[str, Any] | None:
+        r = ph.get(p)
+        return r if r and not r.get("error") else None
+
+    if r := ok("tput1"):
+        out["tput1_mb_s"] = r["mb_s"]
+    if r := ok("tputN"):
+        out["tputN_mb_s"] = r["mb_s"]
+    if r := ok("connrate"):
+        out["conn_rate"] = r["rate"]
+        out["conn_p50_ms"] = r["p50_ms"]
+        out["conn_p99_ms"] = r["p99_ms"]
+    # The per-second counts are kept even when the phase was voided by failures:
+    # a rate that collapses is exactly what they are there to show.
+    if (r := ph.get("connrate")) and "per_second" in r:
+        out["conn_first"] = r["first_s"]
+        out["conn_last"] = r["last_s"]
+        out["conn_sustain"] = r["sustain"]
+    if r := ok("rtt"):
+        out["rtt_p50_us"] = r["p50_us"]
+        out["rtt_p99_us"] = r["p99_us"]
+    for p, key in (("tput1", "cpu_tput1"), ("tputN", "cpu_tputN"), ("connrate", "cpu_conn")):
+        if (r := ok(p)) and "fwd_cpu_cores" in r:
+            out[key] = r["fwd_cpu_cores"]
+    mem = run.get("memory") or {}
+    if mem.get("entry", {}).get("main_hwm_kb"):
+        out["rss_entry_mib"] = mem["entry"]["main_hwm_kb"] / 1024
+    if mem.get("exit", {}).get("main_hwm_kb"):
+        out["rss_exit_mib"] = mem["exit"]["main_hwm_kb"] / 1024
+    if mem and all(m.get("tree_peak_kb") for m in mem.values()):
+        out["rss_total_mib"] = sum(m["tree_peak_kb"] for m in mem.values()) / 1024
+    return out
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median over rounds; memory: the maximum (it is a peak); sustain: the worst."""
+    flat = [flatten(r) for r in runs]
+    keys = {k for f in flat for k in f}
+    out = {}
+    for k in keys:
+        vals = [f[k] for f in flat if k in f]
+        if k.startswith("rss_"):
+            out[k] = max(vals)
+        elif k == "conn_sustain":
+            out[k] = min(vals)
+        else:
+            out[k] = statistics.median(vals)
+    return out
+
+
+def baselines_for(variant: str, systems: list[str]) -> list[str]:
+    tls_variant = variant.endswith("1")
+    return [
+        s
+        for s in systems
+        if not s.startswith("nodepass") and (tls_variant or s != "haproxy-tls-chain")
+    ]
+
+
+def compute_ratios(summary: dict[str, dict[str, float]], systems: list[str]) -> dict[str, Any]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for variant in (s for s in systems if s.startswith("nodepass") and s in summary):
+        out[variant] = {}
+        for base in baselines_for(variant, systems):
+            if base not in summary:
+                continue
+            out[variant][base] = {
+                k: summary[variant][k] / v
+                for k, v in summary[base].items()
+                if k in summary[variant] and v
+            }
+    return out
+
+
+def sustain_verdicts(results: dict[str, Any], systems: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for s in systems:
+        for r in results["runs"].get(s, []):
+            ph = r["phases"].get("connrate")
+            if not ph or "per_second" not in ph:
+                continue
+            first, last = ph["first_s"], ph["last_s"]
+            ok = bool(first) and last >= SUSTAIN_MIN * first
+            prev = out.get(s)
+            if prev is None or (prev["pass"] and not ok):
+                out[s] = {
+                    "round": r["round"],
+                    "first": first,
+                    "last": last,
+                    "ratio": last / first if first else math.nan,
+                    "pass": ok,
+                    "per_second": ph["per_second"],
+                    "failed_per_second": ph["errors_per_second"],
+                }
+    return out
+
+
+def raw_table(results: dict[str, Any], args: argparse.Namespace, markdown: bool) -> str:
+    summary = results["summary"]
+    systems = [s for s in args.run_systems if s in summary]
+    rows = []
+    for key, label, hib in metric_defs(args):
+        if not any(key in summary[s] for s in systems):
+            continue
+        row = [label.strip() if markdown else label]
+        for s in systems:
+            v = summary[s].get(key)
+            if key == "conn_sustain":
+                row.append("-" if v is None or math.isnan(v) else f"{v:.2f}")
+                continue
+            digits = 3 if key.startswith(("conn_p", "cpu_")) else 1
+            if key in ("conn_first", "conn_last"):
+                digits = 0
+            row.append(C.fmt_num(v, digits))
+        row.append("higher" if hib else ("" if hib is None else "lower"))
+        rows.append(row)
+    return C.render_table(["metric", *systems, "better"], rows, markdown=markdown)
+
+
+def ratio_table(
+    results: dict[str, Any], variant: str, args: argparse.Namespace, markdown: bool
+) -> str:
+    ratios = results["ratios"].get(variant, {})
+    bases = [b for b in baselines_for(variant, args.run_systems) if b in ratios]
+    rows = []
+    for key, label, hib in metric_defs(args):
+        if hib is None or not any(key in ratios[b] for b in bases):
+            continue
+        row = [label.strip() if markdown else label]
+        for b in bases:
+            r = ratios[b].get(key)
+            row.append("-" if r is None else f"{r:.2f}x")
+        row.append("higher" if hib else "lower")
+        rows.append(row)
+    header = [f"{variant} / baseline", *bases, "better"]
+    return C.render_table(header, rows, markdown=markdown)
+
+
+def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    out = [f"{s}: skipped, {why}" for s, why in results["skipped"].items()]
+    for s in args.run_systems:
+        for r in results["runs"].get(s, []):
+            for e in r["errors"]:
+                out.append(f"{s} (round {r['round']}): {e}")
+            for w in r.get("warnings", []):
+                out.append(f"{s} (round {r['round']}, warning): {w}")
+            mem = r.get("memory") or {}
+            if s.startswith("socat") and mem:
+                kids = max(m["max_children"] for m in mem.values())
+                child = max(m["child_hwm_max_kb"] for m in mem.values()) / 1024
+                out.append(
+                    f"{s} (round {r['round']}): forks up to {kids} children per hop, "
+                    f"largest child VmHWM {child:.1f} MiB"
+                )
+            for role, lg in (r.get("logs") or {}).items():
+                side = "server" if role == "entry" else "client"
+                line = (
+                    f"{s} (round {r['round']}) {side} log: {lg['checkpoints']} CHECK_POINT lines, "
+                    f"POOL min {lg['pool_min']} max {lg['pool_max']}, TCPS max {lg['tcps_max']}"
+                )
+                if lg["other_lines"]:
+                    line += f"; {lg['other_lines']} other lines, e.g. {lg['other_sample'][:3]}"
+                out.append(line)
+    return out
+
+
+def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    meta = results["meta"]
+    print()
+    print(
+        f"NodePass dual-end tunnel benchmark  {meta['date']}  host={meta['host']}  "
+        f"cpus={meta['cpus']}  python={meta['python']}"
+    )
+    la0, la1 = meta["loadavg_start"][0], meta["loadavg_end"][0]
+    print(
+        f"cpu: {meta['cpu_model']}  kernel {meta['kernel']}  "
+        f"load average (1 min) {la0:.2f} at start, {la1:.2f} at end"
+    )
+    print(
+        f"rounds={args.rounds} (median; RSS = max)  stream={args.duration:g}s"
+        f"  conn={args.conn_duration:g}s x {args.workers} workers  rtt={args.rtt_duration:g}s"
+        + (f" (pinned to CPU {args.rtt_cpu})" if args.rtt_cpu >= 0 else " (not pinned)")
+    )
+    for s, v in meta["versions"].items():
+        print(f"  {s}: {v}")
+    print(
+        f"  haproxy: nbthread {HAPROXY_THREADS} per process; socat: a fork per connection; "
+        "*-chain: two processes in a row; MB = 10^6 bytes"
+    )
+    print()
+    print(raw_table(results, args, markdown=False))
+    for variant in results["ratios"]:
+        print()
+        print(ratio_table(results, variant, args, markdown=False))
+    print()
+    print(
+        f"Sustained connection rate (requirement: last second >= {SUSTAIN_MIN:.0%} of first; "
+        "worst round):"
+    )
+    for s, v in results["sustain"].items():
+        verdict = "PASS" if v["pass"] else "FAIL"
+        mark = f"{verdict}" if s.startswith("nodepass") else f"({verdict}, baseline)"
+        print(
+            f"  {s:18s} first {v['first']:6d}  last {v['last']:6d}  last/first {v['ratio']:.2f}"
+            f"  {mark}   per second {v['per_second']}"
+            + (f" failed {v['failed_per_second']}" if any(v["failed_per_second"]) else "")
+        )
+    ns = notes(results, args)
+    if ns:
+        print()
+        for n in ns:
+            print("note: " + n)
+    if args.markdown:
+        print()
+        print(raw_table(results, args, markdown=True))
+        for variant in results["ratios"]:
+            print()
+            print(ratio_table(results, variant, args, markdown=True))
+
+
+def collect_meta(args: argparse.Namespace, tools: dict[str, str | None]) -> dict[str, Any]:
+    versions = {}
+    if tools.get("socat"):
+        versions["socat"] = C.command_version(["socat", "-V"])
+    if tools.get("haproxy"):
+        versions["haproxy"] = C.command_version(["haproxy", "-v"])
+    if any(s.startswith("nodepass") for s in args.run_systems):
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", "import nodepass; print(nodepass.__version__)"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                cwd=C.REPO_ROOT,
+            )
+            versions["nodepass"] = out.stdout.strip() or "?"
+        except (OSError, subprocess.SubprocessError):
+            versions["nodepass"] = "?"
+        versions["nodepass server"] = args.server_url
+        versions["nodepass client"] = args.client_url
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "haproxy_nbthread": HAPROXY_THREADS,
+        "loadavg_start": os.getloadavg(),
+        "args": dict(vars(args)),
+    }
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark the dual-end NodePass tunnel against one- and two-hop "
+        "socat/haproxy baselines.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--systems",
+        default=",".join(ALL_SYSTEMS),
+        help="comma-separated subset of " + ",".join(ALL_SYSTEMS),
+    )
+    p.add_argument(
+        "--tls",
+        default="0,1",
+        help="nodepass server tls modes to run (0 and/or 1); haproxy-tls-chain runs only with 1",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 s streams, 2 s conn rate, 0.5 s rtt",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds; the system order alternates (ABBA) and medians are reported",
+    )
+    p.add_argument("--duration", type=float, default=3.0, help="seconds each throughput test sends")
+    p.add_argument(
+        "--streams", type=int, default=8, help="parallel streams for the multi-stream test"
+    )
+    p.add_argument("--chunk", type=int, default=256 * 1024, help="bytes per send() call")
+    p.add_argument(
+        "--conn-duration",
+        type=float,
+        default=10.0,
+        help="seconds of the conn-rate test (whole seconds are binned for the sustained-rate check)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=8, help="concurrent workers in the conn-rate test"
+    )
+    p.add_argument("--rtt-duration", type=float, default=2.0, help="seconds of the round-trip test")
+    p.add_argument(
+        "--rtt-cpu",
+        type=int,
+        default=0,
+        help="pin load generator, every hop and the target to this CPU during the "
+        "round-trip test (-1: no pinning)",
+    )
+    p.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="phases to run: tput1, tputN, connrate, rtt",
+    )
+    p.add_argument(
+        "--np-log",
+        default="event",
+        help="nodepass log level for both ends; 'event' gives the CHECK_POINT lines used for "
+        "readiness and the pool figures; 'warn' also records warnings (diagnosis); "
+        "'none' makes readiness poll an echo instead",
+    )
+    p.add_argument(
+        "--server-url",
+        default=DEFAULT_SERVER_URL,
+        help="nodepass server URL ({key}, {tunnel}, {entry}, {tls}, {log})",
+    )
+    p.add_argument(
+        "--client-url",
+        default=DEFAULT_CLIENT_URL,
+        help="nodepass client URL ({key}, {tunnel}, {target}, {log})",
+    )
+    p.add_argument(
+        "--pool-settle",
+        type=float,
+        default=1.0,
+        help="seconds to wait after the preflight so the client's pool is full again",
+    )
+    p.add_argument(
+        "--start-timeout", type=float, default=15.0, help="seconds for a system to forward"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="seconds after sending stops for all streams to reach the sink",
+    )
+    p.add_argument("--settle", type=float, default=0.3, help="pause after each phase (s)")
+    p.add_argument(
+        "--rss-limit",
+        type=float,
+        default=2048.0,
+        help="MiB; a system one of whose process trees grows past this is killed",
+    )
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not apt-get install missing socat/haproxy (skip those systems)",
+    )
+    p.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="keep every process's output (and the generated configs) in DIR "
+        "instead of a temporary directory",
+    )
+    p.add_argument("--json", metavar="FILE", help="write raw results as JSON")
+    p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    args = p.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    bad = [s for s in args.systems if s not in ALL_SYSTEMS]
+    if bad:
+        p.error(f"unknown system(s): {', '.join(bad)}")
+    try:
+        args.tls = sorted({int(t) for t in args.tls.split(",") if t.strip()})
+    except ValueError:
+        p.error("--tls takes a list of 0 and 1")
+    if not args.tls or any(t not in (0, 1) for t in args.tls):
+        p.error("--tls takes a list of 0 and 1")
+    args.phases = [s.strip() for s in args.phases.split(",") if s.strip()]
+    bad = [s for s in args.phases if s not in PHASES]
+    if bad:
+        p.error(f"unknown phase(s): {', '.join(bad)} (known: {', '.join(PHASES)})")
+    if args.np_log not in ("none", "debug", "info", "warn", "error", "event"):
+        p.error("--np-log: none, debug, info, warn, error or event")
+    if args.quick:
+        args.duration = min(args.duration, 1.0)
+        args.conn_duration = min(args.conn_duration, 2.0)
+        args.rtt_duration = min(args.rtt_duration, 0.5)
+        args.pool_settle = min(args.pool_settle, 0.5)
+    if args.conn_duration < 2:
+        p.error("--conn-duration must be >= 2 (first and last second are compared)")
+    if args.rtt_cpu >= 0 and args.rtt_cpu not in os.sched_getaffinity(0):
+        p.error(f"--rtt-cpu {args.rtt_cpu} is not available to this process")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    return args
+
+
+def expand_systems(args: argparse.Namespace, skipped: dict[str, str]) -> list[str]:
+    out = []
+    for s in args.systems:
+        if s == "nodepass":
+            out += [f"nodepass-tls{t}" for t in args.tls]
+        elif s == "haproxy-tls-chain" and 1 not in args.tls:
+            skipped[s] = "only run with --tls including 1"
+        else:
+            out.append(s)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    C.install_signal_handlers()
+    atexit.register(C.REGISTRY.kill_all)
+    t_start = time.monotonic()
+
+    kinds = {s.split("-")[0] for s in args.systems}
+    needed = {c: c for c in ("socat", "haproxy") if c in kinds}
+    tools = C.ensure_commands(needed, install=not args.no_install) if needed else {}
+    skipped: dict[str, str] = {}
+    systems = []
+    for s in expand_systems(args, skipped):
+        tool = s.split("-")[0]
+        if tool in tools and not tools[tool]:
+            skipped[s] = f"{tool} not installed"
+            C.log(f"[setup] skipping {s}: {tool} not installed")
+        else:
+            systems.append(s)
+    args.run_systems = systems
+    results: dict[str, Any] = {
+        "meta": collect_meta(args, tools),
+        "runs": {},
+        "skipped": skipped,
+    }
+
+    interrupted = False
+    srv = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="nodepass-pair-") as tmpdir:
+            if args.log_dir:
+                os.makedirs(args.log_dir, exist_ok=True)
+                tmpdir = args.log_dir  # configs, certificate and process logs are kept
+            srv = C.TargetServer.start()
+            C.log(f"[setup] target (sink+echo) pid {srv.proc.pid} on 127.0.0.1:{srv.port}")
+            for rnd in range(args.rounds):
+                order = systems if rnd % 2 == 0 else list(reversed(systems))
+                for s in order:
+                    if srv.proc.poll() is not None:
+                        raise RuntimeError("target server died")
+                    run: dict[str, Any] = {"round": rnd + 1}
+                    results["runs"].setdefault(s, []).append(run)
+                    run_system(s, srv, tmpdir, args, f"{s} r{rnd + 1}", run)
+    except KeyboardInterrupt:
+        interrupted = True
+        C.log("\ninterrupted: stopping children, reporting what was measured")
+    finally:
+        if srv is not None:
+            srv.stop()
+        C.REGISTRY.kill_all()
+
+    results["summary"] = {s: aggregate(r) for s, r in results["runs"].items()}
+    results["ratios"] = compute_ratios(results["summary"], systems)
+    results["sustain"] = sustain_verdicts(results, systems)
+    results["meta"]["wall_s"] = time.monotonic() - t_start
+    results["meta"]["loadavg_end"] = os.getloadavg()
+    results["meta"]["interrupted"] = interrupted
+    print_report(results, args)
+    print(f"\n(total {results['meta']['wall_s']:.0f} s)")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(f"raw results: {args.json}")
+    if interrupted:
+        return 130
+    failed = [s for s in systems if not results["summary"].get(s)]
+    sustain_fail = [
+        s for s, v in results["sustain"].items() if s.startswith("nodepass") and not v["pass"]
+    ]
+    return 1 if failed or skipped or sustain_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
