@@ -163,7 +163,7 @@ def test_half_close_is_carried_end_to_end(flow: str) -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
-@pytest.mark.parametrize(("flow", "tls"), [("-", 0), ("+", 1)])
+@pytest.mark.parametrize(("flow", "tls"), FLOWS_AND_TLS)
 def test_100_concurrent_connections(flow: str, tls: int) -> None:
     results: list[bool] = []
     lock = threading.Lock()
@@ -315,7 +315,7 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
 @pytest.mark.parametrize("flow", ["-", "+"])
 def test_tls2_with_certificate_files(flow: str, tmp_path: Path) -> None:
     ca, crt, key = _certificates(tmp_path)
-    payload = os.urandom(4 << 20)
+    payload = os.urandom(SIZE)
     with (
         TCPServer(digestAfterLength) as target,
         pair(

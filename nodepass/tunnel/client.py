@@ -26,7 +26,7 @@ from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.tunnel.handshake import clientHandshake
 from nodepass.tunnel.peer import TunnelPeer
-from nodepass.tunnel.pool import CONTROL_ID, ClientPool, PoolConnection
+from nodepass.tunnel.pool import ClientPool, PoolConnection
 from nodepass.tunnel.session import Session, Shared
 from nodepass.url import Config
 
@@ -89,13 +89,7 @@ class TunnelClient(TunnelPeer):
         )
         started = self.reactor.seconds()
         self.ext = tunnelConfig.ext
-        log.info(
-            "Loading tunnel config: FLOW={flow}|MAX={max}|TLS={tls}|TYPE={type}",
-            flow=tunnelConfig.flow,
-            max=tunnelConfig.max,
-            tls=tunnelConfig.tls,
-            type=tunnelConfig.type,
-        )
+        self.logTunnelConfig("Loading", tunnelConfig)
         tlsMode = int(tunnelConfig.tls) if tunnelConfig.tls in ("1", "2") else 0
         if tunnelConfig.type not in ("0",):
             raise RuntimeError(
@@ -112,18 +106,7 @@ class TunnelClient(TunnelPeer):
             maxInterval=settings.maxPoolInterval,
         )
         pool.start()
-        log.info("Getting tunnel pool ready...")
-        try:
-            control = await pool.outgoingGet(
-                CONTROL_ID, settings.handshakeTimeout + settings.poolGetTimeout
-            )
-        except Exception:
-            pool.close()
-            raise
-        log.info(
-            "Marking tunnel handshake as complete in {ms}ms",
-            ms=int((self.reactor.seconds() - started) * 1000),
-        )
+        control = await self.awaitControl(pool, started)
         entry = tunnelConfig.flow == "+"
         if entry:
             try:

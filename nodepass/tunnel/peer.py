@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from nodepass.log import checkpointLine, logEvent
 from nodepass.relay import Counters
 from nodepass.settings import Settings
+from nodepass.tunnel.pool import CONTROL_ID, Pool, PoolConnection
 from nodepass.tunnel.session import Session, Shared, _EntryUDP, _UserFactory
 from nodepass.url import Config, describe
 
@@ -136,6 +137,37 @@ class TunnelPeer(Service):
             return cooldown
         delay = min(MAX_BACKOFF, cooldown * 2 ** (self._failures - 1))
         return float(delay * self._rng.uniform(0.8, 1.2))
+
+    def logTunnelConfig(self, verb: str, tunnelConfig: Any) -> None:
+        """
+        ``Sending tunnel config: ...`` (server) / ``Loading ...`` (client).
+        """
+        log.info(
+            "{verb} tunnel config: FLOW={flow}|MAX={max}|TLS={tls}|TYPE={type}",
+            verb=verb,
+            flow=tunnelConfig.flow,
+            max=tunnelConfig.max,
+            tls=tunnelConfig.tls,
+            type=tunnelConfig.type,
+        )
+
+    async def awaitControl(self, pool: Pool, started: float) -> PoolConnection:
+        """
+        Wait for the control connection ``00000000`` (dataplane spec §4.3).
+        """
+        log.info("Getting tunnel pool ready...")
+        try:
+            control = await pool.outgoingGet(
+                CONTROL_ID, self.settings.handshakeTimeout + self.settings.poolGetTimeout
+            )
+        except Exception:
+            pool.close()
+            raise
+        log.info(
+            "Marking tunnel handshake as complete in {ms}ms",
+            ms=int((self.reactor.seconds() - started) * 1000),
+        )
+        return control
 
     def newSession(self, session: Session) -> Session:
         self.session = session

@@ -22,7 +22,7 @@ from nodepass.settings import Settings
 from nodepass.tls import ServerCredentials
 from nodepass.tunnel.handshake import HandshakeResource, TunnelConfig, handshakeFactory
 from nodepass.tunnel.peer import TunnelPeer
-from nodepass.tunnel.pool import CONTROL_ID, ServerPool
+from nodepass.tunnel.pool import ServerPool
 from nodepass.tunnel.session import Session, Shared
 from nodepass.url import Config
 
@@ -136,13 +136,7 @@ class TunnelServer(TunnelPeer):
         clientIP, tunnelConfig = await accepted
         started = self.reactor.seconds()
         self.ext = tunnelConfig.ext
-        log.info(
-            "Sending tunnel config: FLOW={flow}|MAX={max}|TLS={tls}|TYPE={type}",
-            flow=tunnelConfig.flow,
-            max=tunnelConfig.max,
-            tls=tunnelConfig.tls,
-            type=tunnelConfig.type,
-        )
+        self.logTunnelConfig("Sending", tunnelConfig)
         pool = ServerPool(
             self.reactor,
             config.max,
@@ -155,19 +149,11 @@ class TunnelServer(TunnelPeer):
             poolFactory = TLSMemoryBIOFactory(self.credentials.contextFactory(), False, poolFactory)
         self.factory.handshake = None
         self.factory.pool = poolFactory
-        log.info("Getting tunnel pool ready...")
         try:
-            control = await pool.outgoingGet(
-                CONTROL_ID, self.settings.handshakeTimeout + self.settings.poolGetTimeout
-            )
+            control = await self.awaitControl(pool, started)
         except Exception:
-            pool.close()
             self.factory.pool = None
             raise
-        log.info(
-            "Marking tunnel handshake as complete in {ms}ms",
-            ms=int((self.reactor.seconds() - started) * 1000),
-        )
         credentials = self.credentials
         session = Session(
             self.shared,

@@ -19,13 +19,14 @@ from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nodepass import proxyproto, sniff
+from nodepass import proxyproto
 from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import checkpointLine, logEvent
 from nodepass.relay import Counters, Relay, RelayProtocol, Throttle
 from nodepass.settings import Settings
+from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
 from nodepass.tunnel.pool import Pool, PoolConnection
 from nodepass.url import Config
@@ -33,16 +34,16 @@ from nodepass.url import Config
 log = Logger()
 
 
+class _NoSlot(Exception):
+    """
+    The slot limit refused an exit-side session (already logged).
+    """
+
+
 class SessionError(NodePassError):
     """
     The session cannot go on (control channel lost, verification failed).
     """
-
-
-def hostPort(address: Any) -> str:
-    host = getattr(address, "host", "?")
-    port = getattr(address, "port", 0)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def splitRemote(remote: str) -> tuple[str, int]:
@@ -108,56 +109,27 @@ class DatagramCodec:
 # -- TCP ----------------------------------------------------------------------
 
 
-class _User(RelayProtocol):
+class _User(AdmittedUser):
     """
     A user connection accepted on the entry side's target listener.
     """
 
     factory: _UserFactory
 
+    @property
+    def slots(self) -> Slots:
+        return self.factory.session.shared.slots
+
+    @property
+    def block(self) -> str:
+        return self.factory.session.shared.config.block
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        session = self.factory.session
-        shared = session.shared
-        self.peerText = hostPort(self.transport.getPeer())  # type: ignore[union-attr]
-        self.hasSlot = shared.slots.tryAcquire("tcp")
-        if not self.hasSlot:
-            log.error(
-                "commonTCPLoop: TCP slot limit reached: {tcp}/{limit}",
-                tcp=shared.slots.tcp,
-                limit=shared.slots.limit,
-            )
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        self.sniffing = sniff.needsSniff(shared.config.block)
-        if not self.sniffing:
-            self._take()
+        if self.admit():
+            self.screen()
 
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        if self.relay is None and self.sniffing:
-            if sum(map(len, self.pending)) >= sniff.PEEK_SIZE:
-                self._sniffed()
-
-    def readConnectionLost(self) -> None:
-        super().readConnectionLost()
-        if self.relay is None and self.sniffing:
-            self._sniffed()
-
-    def _sniffed(self) -> None:
-        self.sniffing = False
-        session = self.factory.session
-        blocked = sniff.detect(
-            b"".join(self.pending)[: sniff.PEEK_SIZE], session.shared.config.block
-        )
-        if blocked is not None:
-            log.warn(
-                "commonTCPLoop: blocked {proto} protocol from {peer}",
-                proto=blocked,
-                peer=self.peerText,
-            )
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
+    def proceed(self) -> None:
         self._take()
 
     def _take(self) -> None:
@@ -181,12 +153,6 @@ class _User(RelayProtocol):
         log.warn("commonTCPLoop: request timeout: {reason}", reason=reason.getErrorMessage())
         if not self.closed:
             self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        super().connectionLost(reason)
-        if self.relay is None and getattr(self, "hasSlot", False):
-            self.factory.session.shared.slots.release("tcp")
-            self.hasSlot = False
 
 
 class _UserFactory(Factory):
@@ -634,8 +600,12 @@ class Session:
 
     # -- exit side ------------------------------------------------------------
 
-    async def _exitTCP(self, signal: Signal) -> None:
-        shared = self.shared
+    async def _named(self, signal: Signal, kind: str) -> PoolConnection:
+        """
+        The exit side's first steps for a ``tcp``/``udp`` signal: take the
+        named pool connection (counting failures for the health rule), then
+        a slot (L{_NoSlot} when the limit is reached).
+        """
         try:
             conn = await self.pool.outgoingGet(signal.id)
         except Exception as reason:
@@ -644,13 +614,23 @@ class Session:
         if conn.closed:
             self.pool.errors += 1
             raise SessionError(f"pool connection {signal.id} was already closed")
-        if not shared.slots.tryAcquire("tcp"):
+        slots = self.shared.slots
+        if not slots.tryAcquire(kind):
             log.error(
-                "commonTCPOnce: TCP slot limit reached: {tcp}/{limit}",
-                tcp=shared.slots.tcp,
-                limit=shared.slots.limit,
+                "common{kind}Once: {kind} slot limit reached: {used}/{limit}",
+                kind=kind.upper(),
+                used=slots.tcp + slots.udp,
+                limit=slots.limit,
             )
             conn.close()
+            raise _NoSlot()
+        return conn
+
+    async def _exitTCP(self, signal: Signal) -> None:
+        shared = self.shared
+        try:
+            conn = await self._named(signal, "tcp")
+        except _NoSlot:
             return
         target = _Target()
         try:
@@ -679,21 +659,12 @@ class Session:
 
     async def _exitUDP(self, signal: Signal) -> None:
         shared = self.shared
-        try:
-            conn = await self.pool.outgoingGet(signal.id)
-        except Exception as reason:
-            self.pool.errors += 1
-            raise SessionError(f"request timeout: {reason}") from None
         old = self.exitUDP.get(signal.remote)
         if old is not None:
             old.end()
-        if not shared.slots.tryAcquire("udp"):
-            log.error(
-                "commonUDPOnce: UDP slot limit reached: {udp}/{limit}",
-                udp=shared.slots.udp,
-                limit=shared.slots.limit,
-            )
-            conn.close()
+        try:
+            conn = await self._named(signal, "udp")
+        except _NoSlot:
             return
         udp = _ExitUDPSession(self, signal.remote, conn)
         self.exitUDP[signal.remote] = udp

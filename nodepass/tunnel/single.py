@@ -28,6 +28,7 @@ from nodepass.log import checkpointLine, logEvent, wants
 from nodepass.relay import Counters, Relay, RelayProtocol, Throttle
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
+from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.url import Config, HostPort
 
 log = Logger()
@@ -53,83 +54,45 @@ def _tune(transport: Any) -> None:
         transport.bufferSize = RELAY_BUFFER_SIZE
 
 
-def _hostPort(address: Any) -> str:
-    host = getattr(address, "host", "?")
-    port = getattr(address, "port", 0)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class _Target(RelayProtocol):
     """
     The outbound (target) end of a forwarded connection.
     """
 
 
-class _Inbound(RelayProtocol):
+class _Inbound(AdmittedUser):
     """
     An accepted user connection: take a slot, optionally sniff the first
     bytes (``block=``), connect a target, then relay.
     """
 
     factory: _InboundFactory
-    hasSlot = False
-    sniffing = False
+    loop = "singleTCPLoop"
 
     @property
-    def peerText(self) -> str:
-        """
-        The user's address as log lines show it (only built when logged).
-        """
-        return _hostPort(self.transport.getPeer())  # type: ignore[union-attr]
+    def slots(self) -> Slots:
+        return self.factory.forwarder.slots
+
+    @property
+    def block(self) -> str:
+        return self.factory.forwarder.config.block
 
     def connectionMade(self) -> None:
         super().connectionMade()
         forwarder = self.factory.forwarder
-        if not forwarder.slots.tryAcquire("tcp"):
-            log.error(
-                "singleTCPLoop: TCP slot limit reached: {tcp}/{limit}",
-                tcp=forwarder.slots.tcp,
-                limit=forwarder.slots.limit,
-            )
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if not self.admit():
             return
-        self.hasSlot = True
         forwarder.inbound.add(self)
         _tune(self.transport)
         if forwarder.logDebug:
             log.debug(
                 "Tunnel connection: {local} <-> {peer}",
-                local=_hostPort(self.transport.getHost()),  # type: ignore[union-attr]
+                local=hostPort(self.transport.getHost()),  # type: ignore[union-attr]
                 peer=self.peerText,
             )
-        if forwarder.sniff:
-            self.sniffing = True
-        else:
-            self._dial()
+        self.screen()
 
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        if self.sniffing and self.relay is None:
-            if sum(map(len, self.pending)) >= sniff.PEEK_SIZE:
-                self._sniffed()
-
-    def readConnectionLost(self) -> None:
-        super().readConnectionLost()
-        if self.sniffing and self.relay is None:
-            self._sniffed()
-
-    def _sniffed(self) -> None:
-        self.sniffing = False
-        forwarder = self.factory.forwarder
-        blocked = sniff.detect(b"".join(self.pending)[: sniff.PEEK_SIZE], forwarder.config.block)
-        if blocked is not None:
-            log.warn(
-                "singleTCPLoop: blocked {proto} protocol from {peer}",
-                proto=blocked,
-                peer=self.peerText,
-            )
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
+    def proceed(self) -> None:
         self._dial()
 
     def _dial(self) -> None:
@@ -150,8 +113,8 @@ class _Inbound(RelayProtocol):
         if forwarder.logDebug:
             log.debug(
                 "Target connection: {local} <-> {target}",
-                local=_hostPort(target.transport.getHost()),  # type: ignore[union-attr]
-                target=_hostPort(targetHost),
+                local=hostPort(target.transport.getHost()),  # type: ignore[union-attr]
+                target=hostPort(targetHost),
             )
         if forwarder.config.proxy in (1, 2):
             user: Any = self.transport.getPeer()  # type: ignore[union-attr]
@@ -171,7 +134,7 @@ class _Inbound(RelayProtocol):
             log.info(
                 "Starting exchange: {peer} <-> {target}",
                 peer=self.peerText,
-                target=_hostPort(targetHost),
+                target=hostPort(targetHost),
             )
         relay = Relay(
             forwarder.clock,
@@ -194,11 +157,7 @@ class _Inbound(RelayProtocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         super().connectionLost(reason)
-        forwarder = self.factory.forwarder
-        forwarder.inbound.discard(self)
-        if self.relay is None and self.hasSlot:
-            forwarder.slots.release("tcp")
-            self.hasSlot = False
+        self.factory.forwarder.inbound.discard(self)
 
 
 class _InboundFactory(Factory):
@@ -465,7 +424,7 @@ class SingleEnd(Service):
             session.transport.connect(ip, target.port)  # type: ignore[union-attr]
             log.debug(
                 "Target connection: {source} <-> {target}",
-                source=_hostPort(self.udpPort.getHost()) if self.udpPort else "?",  # type: ignore[attr-defined]
+                source=hostPort(self.udpPort.getHost()) if self.udpPort else "?",  # type: ignore[attr-defined]
                 target=target,
             )
             session.opened(port)
