@@ -1,0 +1,79 @@
+"""Pool transports: discovery of the installed ones.
+
+Transports are Twisted plugins providing L{INodePassTransport}; the
+built-ins are registered by ``twisted/plugins/nodepass_transports.py`` and
+third-party packages add their own the same way (docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.logger import Logger
+
+from nodepass.errors import NodePassError
+from nodepass.transports.interface import INodePassTransport, PoolAddress
+
+__all__ = [
+    "INodePassTransport",
+    "PoolAddress",
+    "TransportError",
+    "available",
+    "forType",
+]
+
+log = Logger()
+
+
+class TransportError(NodePassError):
+    """
+    A transport is unknown, or two plugins claim the same name or type.
+    """
+
+
+def _scan() -> Iterable[INodePassTransport]:
+    from twisted.plugin import getPlugins
+
+    import twisted.plugins
+
+    return getPlugins(INodePassTransport, twisted.plugins)
+
+
+def available(plugins: Iterable[INodePassTransport] | None = None) -> dict[str, INodePassTransport]:
+    """
+    The installed transports by C{typeCode}.  Two plugins claiming the same
+    name or type code fail loudly, naming both.  (A plugin module that fails
+    to import is logged by Twisted and skipped: only its transport is gone.)
+    """
+    byType: dict[str, INodePassTransport] = {}
+    byName: dict[str, INodePassTransport] = {}
+    for plugin in _scan() if plugins is None else plugins:
+        for key, table in ((plugin.typeCode, byType), (plugin.name, byName)):
+            other = table.get(key)
+            if other is not None and other is not plugin:
+                raise TransportError(
+                    f"pool transports {_describe(other)} and {_describe(plugin)} "
+                    f"both claim {key!r}"
+                )
+            table[key] = plugin
+    return byType
+
+
+def _describe(plugin: INodePassTransport) -> str:
+    kind = type(plugin)
+    return f"{plugin.name!r} ({kind.__module__}.{kind.__qualname__})"
+
+
+def forType(typeCode: str, plugins: Iterable[INodePassTransport] | None = None) -> INodePassTransport:
+    """
+    The transport serving C{type=typeCode}; L{TransportError} lists the
+    available ones when there is none.
+    """
+    table = available(plugins)
+    plugin = table.get(typeCode)
+    if plugin is None:
+        choices = ", ".join(f"{code} ({p.name})" for code, p in sorted(table.items()))
+        raise TransportError(
+            f"no pool transport for type={typeCode}; available: {choices or 'none'}"
+        )
+    return plugin

@@ -1,0 +1,5 @@
+# The built-in NodePass pool transports, found by twisted.plugin.getPlugins.
+# Kept import-light: each transport imports its heavy libraries only when used.
+from nodepass.transports.tcp import tcp
+
+__all__ = ["tcp"]
