@@ -236,13 +236,19 @@ def buildService(
 
 
 def _startServer(root: NodePassService, config: Config, reactor: Any, settings: Settings) -> None:
+    from nodepass.transports import TransportError, forType
     from nodepass.tunnel.server import TunnelServer
 
-    if config.type != "0":
-        raise StartupError(
-            f"pool transport type={config.type} is not available in this version (available: 0, TCP/TLS)"
-        )
+    try:
+        transport = forType(config.type)
+    except TransportError as error:
+        raise StartupError(str(error)) from None
     credentials, tlsMode = _credentials(config, reactor, settings)
+    if credentials is None and transport.minimumTLS:
+        from nodepass.tls import ServerCredentials
+
+        log.info("TLS code-1: RAM cert with TLS 1.3 for stream pool")
+        credentials, tlsMode = ServerCredentials.selfSigned(), transport.minimumTLS
     resolver = _resolver(config, reactor)
     TunnelServer(
         config,
@@ -251,6 +257,7 @@ def _startServer(root: NodePassService, config: Config, reactor: Any, settings: 
         _shared(config, reactor, settings, resolver),
         credentials,
         tlsMode,
+        transport,
     ).setServiceParent(root)
 
 

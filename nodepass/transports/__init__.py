@@ -52,8 +52,7 @@ def available(plugins: Iterable[INodePassTransport] | None = None) -> dict[str, 
             other = table.get(key)
             if other is not None and other is not plugin:
                 raise TransportError(
-                    f"pool transports {_describe(other)} and {_describe(plugin)} "
-                    f"both claim {key!r}"
+                    f"pool transports {_describe(other)} and {_describe(plugin)} both claim {key!r}"
                 )
             table[key] = plugin
     return byType
@@ -64,7 +63,9 @@ def _describe(plugin: INodePassTransport) -> str:
     return f"{plugin.name!r} ({kind.__module__}.{kind.__qualname__})"
 
 
-def forType(typeCode: str, plugins: Iterable[INodePassTransport] | None = None) -> INodePassTransport:
+def forType(
+    typeCode: str, plugins: Iterable[INodePassTransport] | None = None
+) -> INodePassTransport:
     """
     The transport serving C{type=typeCode}; L{TransportError} lists the
     available ones when there is none.

@@ -25,7 +25,9 @@ class TCPTransport:
     minimumTLS = 0
     readyAfterHandshake = True
 
-    def serverFactory(self, reactor: Any, poolFactory: IProtocolFactory, tls: Any) -> IProtocolFactory:
+    def serverFactory(
+        self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
+    ) -> IProtocolFactory:
         if tls is None:
             return poolFactory
         from twisted.protocols.tls import TLSMemoryBIOFactory

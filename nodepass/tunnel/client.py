@@ -12,18 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-    wrapClientTLS,
-)
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
 from nodepass import tls
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
+from nodepass.transports import PoolAddress, forType
 from nodepass.tunnel.handshake import clientHandshake
 from nodepass.tunnel.peer import TunnelPeer
 from nodepass.tunnel.pool import ClientPool, PoolConnection
@@ -57,18 +52,18 @@ class TunnelClient(TunnelPeer):
             self._creators[mode] = creator
         return creator
 
-    def _dialer(self, tlsMode: int) -> Any:
+    def _dialer(self, transport: Any, tlsMode: int) -> Any:
         tunnel = self.config.tunnel
         timeout = self.settings.tcpDialTimeout
+        creator = self._creator(tlsMode) if tlsMode else None
 
         def dial(conn: PoolConnection) -> Deferred[Any]:
             async def connect() -> Any:
                 ip = await self.resolver.resolve(tunnel.host) or "127.0.0.1"
-                kind = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
-                endpoint: Any = kind(self.reactor, ip, tunnel.port, timeout)
-                if tlsMode:
-                    endpoint = wrapClientTLS(self._creator(tlsMode), endpoint)
-                return await connectProtocol(endpoint, conn)
+                address = PoolAddress(
+                    tunnel.host, ip, tunnel.port, tunnel.text, self.config.serverName
+                )
+                return await transport.connect(self.reactor, address, conn, creator, timeout)
 
             return Deferred.fromCoroutine(connect())
 
@@ -91,16 +86,13 @@ class TunnelClient(TunnelPeer):
         self.ext = tunnelConfig.ext
         self.logTunnelConfig("Loading", tunnelConfig)
         tlsMode = int(tunnelConfig.tls) if tunnelConfig.tls in ("1", "2") else 0
-        if tunnelConfig.type not in ("0",):
-            raise RuntimeError(
-                f"pool transport type {tunnelConfig.type!r} announced by the server is not available"
-            )
+        transport = forType(tunnelConfig.type)
         pool = ClientPool(
             self.reactor,
-            self._dialer(tlsMode),
+            self._dialer(transport, tlsMode),
             config.min,
             tunnelConfig.max,
-            tls=tlsMode != 0,
+            tls=tlsMode != 0 and transport.readyAfterHandshake,
             getTimeout=settings.poolGetTimeout,
             minInterval=settings.minPoolInterval,
             maxInterval=settings.maxPoolInterval,

@@ -15,7 +15,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from nodepass.errors import StartupError
 from nodepass.settings import Settings
@@ -59,8 +58,14 @@ class TunnelServer(TunnelPeer):
         shared: Shared,
         credentials: ServerCredentials | None,
         tlsMode: int = 0,
+        transport: Any = None,
     ) -> None:
         super().__init__(config, reactor, settings, shared)
+        if transport is None:
+            from nodepass.transports import forType
+
+            transport = forType(config.type)
+        self.transport = transport
         self.credentials = credentials
         self.tlsMode = tlsMode if credentials is not None else 0
         self.tunnelPort: IListeningPort | None = None
@@ -143,10 +148,13 @@ class TunnelServer(TunnelPeer):
             clientIP=clientIP if config.type != "2" else None,
             getTimeout=self.settings.poolGetTimeout,
         )
-        poolFactory: Any = pool.factory(self.tlsMode != 0)
+        transport = self.transport
+        poolFactory: Any = pool.factory(self.tlsMode != 0 and transport.readyAfterHandshake)
+        creator = None
         if self.tlsMode:
             assert self.credentials is not None
-            poolFactory = TLSMemoryBIOFactory(self.credentials.contextFactory(), False, poolFactory)
+            creator = self.credentials.contextFactory()
+        poolFactory = transport.serverFactory(self.reactor, poolFactory, creator)
         self.factory.handshake = None
         self.factory.pool = poolFactory
         try:
