@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from twisted.python import usage
 
-from nodepass.service import USAGE, Options, buildService, versionText
+from nodepass.service import USAGE, Options, buildService, transportsText, versionText
 
 
 def _fail(message: str) -> NoReturn:
@@ -27,7 +27,7 @@ def _fail(message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE + "\n")
+        sys.stdout.write(USAGE + "\n\n" + transportsText() + "\n")
         raise SystemExit(0 if args else 1)
     if args[0] in ("-V", "--version", "version"):
         sys.stdout.write(versionText() + "\n")

@@ -47,6 +47,20 @@ Example: nodepass "client://127.0.0.1:8080/127.0.0.1:80"
 Parameters are described in docs/url.md."""
 
 
+def transportsText() -> str:
+    """
+    One line naming the installed pool transports (``type=`` values).
+    """
+    from nodepass.transports import TransportError, available
+
+    try:
+        table = available()
+    except TransportError as error:
+        return f"Pool transports: {error}"
+    listed = ", ".join(f"type={code} ({plugin.name})" for code, plugin in sorted(table.items()))
+    return f"Pool transports installed: {listed or 'none'}"
+
+
 def versionText() -> str:
     return f"nodepass {__version__} (compatible with NodePass {COMPATIBLE_VERSION})"
 
@@ -54,6 +68,9 @@ def versionText() -> str:
 class Options(usage.Options):
     synopsis = "URL"
     longdesc = USAGE
+
+    def getUsage(self, width: int | None = None) -> str:
+        return str(super().getUsage(width)) + "\n" + transportsText() + "\n"
 
     def parseArgs(self, url: str | None = None) -> None:  # type: ignore[override]
         if url is None:
