@@ -737,16 +737,14 @@ class RefillTests(SynchronousTestCase):
         self.assertEqual(len(dial.calls), 10)
         for ident in list(pool.idle):
             self.successResultOf(pool.outgoingGet(ident))
-        clock.advance(pool.interval)
-        self.assertEqual(pool.interval, pytest.approx(0.9))
-        self.assertEqual(len(dial.calls), 20)
-        # Still empty at the next round (attempts not finished yet do not block the
-        # adjustment, they only delay the round): fill and drain again.
-        fill(dial, 10, ids(10, 100))
-        for ident in list(pool.idle):
-            self.successResultOf(pool.outgoingGet(ident))
-        clock.advance(pool.interval)
-        self.assertEqual(pool.interval, pytest.approx(0.8))
+        # Refill on demand: once fewer than half the capacity are idle, the
+        # next round starts at once (6 taken, 4 idle -> 6 new dials) instead
+        # of after the 1 s interval.
+        self.assertEqual(len(dial.calls), 16)
+        self.assertEqual(pool.interval, pytest.approx(1.0))
+        # The round in flight is not doubled by further takes.
+        self.assertEqual(pool.idle, {})
+        self.assertEqual(len(dial.calls), 16)
 
     def test_intervalBounds(self) -> None:
         clock, dial, pool = clientPool(5, 5, minInterval=0.5, maxInterval=0.6)
