@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
@@ -118,6 +118,7 @@ class _Peer(Protocol):
         self.ready = _Event()
         self.readLost = _Event()
         self.lost = _Event()
+        self.lostReason: Failure | None = None
         self._wanted: list[tuple[int, _Event]] = []
 
     def connectionMade(self) -> None:
@@ -164,7 +165,8 @@ class _Peer(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self.lost.fire(reason)
+        self.lostReason = reason
+        self.lost.fire()
 
 
 class _Server(_Peer):
@@ -446,8 +448,8 @@ class TransportConformanceMixin(_Base):
 
         # A port that was just in use and is closed now.
         port = self._listen(_ServerFactory(lambda: _PlainServer(False)), None)
-        number = port.getHost().port
-        await port.stopListening()
+        number = self._portNumber(port)
+        await maybeDeferred(port.stopListening)
         client = _PlainClient(False)
         try:
             await self._within(
@@ -479,13 +481,15 @@ class TransportConformanceMixin(_Base):
             host=_LOOPBACK, ip=_LOOPBACK, port=port, text=f"{_LOOPBACK}:{port}", serverName="none"
         )
 
+    def _portNumber(self, port: IListeningPort) -> int:
+        host: Any = port.getHost()
+        return int(host.port)
+
     def _listen(self, factory: _ServerFactory, serverTLS: Any) -> IListeningPort:
         from twisted.internet import reactor
 
         serving = self.transport.serverFactory(reactor, factory, serverTLS)
-        self.assertTrue(
-            IProtocolFactory.providedBy(serving), f"serverFactory returned {serving!r}"
-        )
+        self.assertTrue(IProtocolFactory.providedBy(serving), f"serverFactory returned {serving!r}")
         port: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
             0, serving, interface=_LOOPBACK
         )
@@ -517,7 +521,7 @@ class TransportConformanceMixin(_Base):
         self.addCleanup(self._closeAll, client, factory)
         connected = await self._within(
             self.transport.connect(
-                reactor, self._address(port.getHost().port), client, clientTLS, STEP_TIMEOUT
+                reactor, self._address(self._portNumber(port)), client, clientTLS, STEP_TIMEOUT
             ),
             "connect",
         )

@@ -331,3 +331,61 @@ def test_tls2_with_certificate_files(flow: str, tmp_path: Path) -> None:
         with socket.create_connection((LOOPBACK, tunnel.entry), timeout=60) as sock:
             sock.sendall(struct.pack("!Q", len(payload)) + payload)
             assert recvAll(sock, 32) == hashlib.sha256(payload).digest()
+
+
+WS_CASES = [("-", 0), ("+", 1)]
+
+
+@pytest.mark.parametrize(("flow", "tls"), WS_CASES)
+def test_websocket_pool_16mib_both_ways(flow: str, tls: int) -> None:
+    payload = os.urandom(SIZE)
+    with (
+        TCPServer(digestAfterLength) as target,
+        pair(flow, tls, target=target.port, serverQuery="type=2") as tunnel,
+    ):
+        assert "TYPE=2" in tunnel.client.stdout
+        with socket.create_connection((LOOPBACK, tunnel.entry), timeout=60) as sock:
+            sock.sendall(struct.pack("!Q", len(payload)) + payload)
+            assert recvAll(sock, 32) == hashlib.sha256(payload).digest()
+    with (
+        TCPServer(source(payload)) as target,
+        pair(flow, tls, target=target.port, serverQuery="type=2") as tunnel,
+    ):
+        with socket.create_connection((LOOPBACK, tunnel.entry), timeout=60) as sock:
+            sock.settimeout(60)
+            sock.sendall(b"!")
+            assert hashlib.sha256(recvAll(sock)).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize(("flow", "tls"), WS_CASES)
+def test_websocket_pool_100_concurrent_and_udp(flow: str, tls: int) -> None:
+    port = freePort()
+    with (
+        TCPServer(echo, port=port) as target,
+        UDPEcho(port=port),
+        pair(flow, tls, target=target.port, serverQuery="type=2") as tunnel,
+    ):
+        results: list[bool] = []
+
+        def one(index: int) -> None:
+            data = os.urandom(1000 + index)
+            try:
+                with socket.create_connection((LOOPBACK, tunnel.entry), timeout=30) as sock:
+                    sock.sendall(data)
+                    results.append(recvAll(sock, len(data)) == data)
+            except OSError:
+                results.append(False)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results.count(True) == 100, tunnel.logs()[-3000:]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(10)
+        with sock:
+            for size in (1, 700, 3000, 9000):
+                datagram = os.urandom(size)
+                sock.sendto(datagram, (LOOPBACK, tunnel.entry))
+                assert sock.recvfrom(65536)[0] == datagram

@@ -116,6 +116,7 @@ class TunnelClient(TunnelPeer):
             entry=entry,
             ext=self.ext,
             tlsMode=tlsMode,
+            poolHalfClose=transport.halfClose and tlsMode == 0,
             peerFingerprint=tls.peerFingerprint,
         )
         self.newSession(session)

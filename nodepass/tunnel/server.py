@@ -172,6 +172,7 @@ class TunnelServer(TunnelPeer):
             entry=self.flow == "-",
             ext=self.ext,
             tlsMode=self.tlsMode,
+            poolHalfClose=transport.halfClose and self.tlsMode == 0,
             ownFingerprint=(lambda: credentials.fingerprint) if credentials is not None else None,
         )
         self.newSession(session)

@@ -405,6 +405,8 @@ class Session:
     @param ownFingerprint: the server's own leaf fingerprint (server only).
     @param peerFingerprint: how to read the peer leaf fingerprint seen on a
         pool connection (client only).
+    @param poolHalfClose: pool connections can carry a half-close (plain TCP
+        without TLS); used only between our own peers.
     """
 
     def __init__(
@@ -420,6 +422,7 @@ class Session:
         tlsMode: int,
         ownFingerprint: Any = None,
         peerFingerprint: Any = None,
+        poolHalfClose: bool = True,
     ) -> None:
         self.shared = shared
         self.clock = shared.reactor
@@ -432,6 +435,7 @@ class Session:
         self._ownFingerprint = ownFingerprint
         self._peerFingerprint = peerFingerprint
         self.controlConn = control
+        self.poolHalfClose = poolHalfClose
         self.ended: Deferred[None] = Deferred()
         self.stopped = False
         self.ping = 0
@@ -524,7 +528,7 @@ class Session:
     def relay(self, local: RelayProtocol, conn: PoolConnection) -> None:
         # End-to-end half-close only between our own peers (spec §16.1); with
         # a v1.14.0 peer an EOF from the pool ends the session as it does there.
-        conn.halfClose = conn.halfClose and self.ext
+        conn.halfClose = self.poolHalfClose and self.ext
         shared = self.shared
         relay = Relay(
             self.clock,

@@ -1,0 +1,150 @@
+"""
+Pool transport discovery (L{nodepass.transports.available} and
+L{nodepass.transports.forType}) and the built-in TCP transport checked by the
+conformance suite third parties use (L{nodepass.testing}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.plugin import IPlugin
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from nodepass.testing import TransportConformanceMixin
+from nodepass.transports import INodePassTransport, PoolAddress, TransportError, available, forType
+from nodepass.transports.tcp import TCPTransport, tcp
+from tests.support import ROOT
+
+
+@implementer(IPlugin, INodePassTransport)
+class FakeTransport:
+    """
+    A transport that is only ever discovered, never used.
+    """
+
+    halfClose = False
+    minimumTLS = 0
+    readyAfterHandshake = False
+
+    def __init__(self, name: str, typeCode: str) -> None:
+        self.name = name
+        self.typeCode = typeCode
+
+    def serverFactory(
+        self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
+    ) -> IProtocolFactory:
+        raise NotImplementedError
+
+    def connect(
+        self, reactor: Any, address: PoolAddress, protocol: IProtocol, tls: Any, timeout: float
+    ) -> Deferred[IProtocol]:
+        raise NotImplementedError
+
+
+class DiscoveryTests(SynchronousTestCase):
+    def test_builtinTCPIsInstalled(self) -> None:
+        """
+        The plugin scan finds the built-in TCP transport under type code 0.
+        """
+        found = available()
+        self.assertIn("0", found)
+        self.assertEqual(found["0"].name, "tcp")
+        self.assertIsInstance(found["0"], TCPTransport)
+        self.assertIs(forType("0"), found["0"])
+
+    def test_explicitPlugins(self) -> None:
+        """
+        Given plugins replace the scan; they are keyed by type code.
+        """
+        ws = FakeTransport("ws", "2")
+        mine = FakeTransport("mine", "mine")
+        self.assertEqual(available([tcp, ws, mine]), {"0": tcp, "2": ws, "mine": mine})
+        self.assertIs(forType("mine", [tcp, mine]), mine)
+
+    def test_samePluginTwice(self) -> None:
+        """
+        The same object found twice (two paths to one module) is no conflict.
+        """
+        self.assertEqual(available([tcp, tcp]), {"0": tcp})
+
+    def test_unknownType(self) -> None:
+        """
+        An unknown type fails with TransportError listing what is available.
+        """
+        error = self.assertRaises(TransportError, forType, "9")
+        message = str(error)
+        self.assertIn("type=9", message)
+        self.assertIn("0 (tcp)", message)
+
+    def test_unknownTypeAmongGiven(self) -> None:
+        error = self.assertRaises(
+            TransportError, forType, "9", [tcp, FakeTransport("mine", "mine")]
+        )
+        self.assertIn("available: 0 (tcp), mine (mine)", str(error))
+
+    def test_unknownTypeNothingInstalled(self) -> None:
+        error = self.assertRaises(TransportError, forType, "0", [])
+        self.assertIn("none", str(error))
+
+    def test_duplicateType(self) -> None:
+        """
+        Two plugins claiming one type code fail, naming both.
+        """
+        first, second = FakeTransport("alpha", "7"), FakeTransport("beta", "7")
+        error = self.assertRaises(TransportError, available, [first, second])
+        message = str(error)
+        self.assertIn("'alpha'", message)
+        self.assertIn("'beta'", message)
+        self.assertIn("'7'", message)
+        self.assertIn("FakeTransport", message)
+        # forType checks the whole table, not only the entry it looks up.
+        self.assertRaises(TransportError, forType, "0", [tcp, first, second])
+
+    def test_duplicateName(self) -> None:
+        """
+        Two plugins claiming one name fail, naming both.
+        """
+        error = self.assertRaises(TransportError, available, [tcp, FakeTransport("tcp", "tcp")])
+        message = str(error)
+        self.assertIn("TCPTransport", message)
+        self.assertIn("FakeTransport", message)
+        self.assertIn("'tcp'", message)
+
+
+def test_pluginDirectoryIsNotAPackage() -> None:
+    """
+    Twisted skips a twisted/plugins directory that is a package, and an
+    installed __init__.py would overwrite Twisted's own.
+    """
+    assert (ROOT / "twisted" / "plugins" / "nodepass_transports.py").is_file()
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+def test_pluginModulesAreNamespaced() -> None:
+    """
+    Every plugin module we ship is prefixed with the distribution's name
+    (the dropin cache is keyed by file name across all plugin directories).
+    """
+    modules = sorted(path.name for path in (ROOT / "twisted" / "plugins").glob("*.py"))
+    assert modules
+    assert all(name.startswith("nodepass_") for name in modules), modules
+
+
+class TCPTransportConformanceTests(TransportConformanceMixin, TestCase):
+    """
+    The built-in TCP/TLS transport passes the suite third parties run.
+    """
+
+    transport = tcp
+
+
+@pytest.mark.parametrize("attribute", ["name", "typeCode", "halfClose", "minimumTLS"])
+def test_tcpDeclarations(attribute: str) -> None:
+    expected = {"name": "tcp", "typeCode": "0", "halfClose": True, "minimumTLS": 0}
+    assert getattr(tcp, attribute) == expected[attribute]
