@@ -43,19 +43,20 @@ class TunnelClient(TunnelPeer):
         super().__init__(config, reactor, settings, shared)
         self.resolver = resolver
         self._agent = Agent(reactor)
-        self._creators: dict[int, Any] = {}
+        self._creators: dict[tuple[int, tuple[bytes, ...]], Any] = {}
 
-    def _creator(self, mode: int) -> Any:
-        creator = self._creators.get(mode)
+    def _creator(self, mode: int, alpn: list[bytes] | None = None) -> Any:
+        key = (mode, tuple(alpn or ()))
+        creator = self._creators.get(key)
         if creator is None:
-            creator = tls.clientContextFactory(mode, self.config.serverName)
-            self._creators[mode] = creator
+            creator = tls.clientContextFactory(mode, self.config.serverName, alpn=alpn)
+            self._creators[key] = creator
         return creator
 
     def _dialer(self, transport: Any, tlsMode: int) -> Any:
         tunnel = self.config.tunnel
         timeout = self.settings.tcpDialTimeout
-        creator = self._creator(tlsMode) if tlsMode else None
+        creator = self._creator(tlsMode, getattr(transport, "alpn", None)) if tlsMode else None
 
         def dial(conn: PoolConnection) -> Deferred[Any]:
             async def connect() -> Any:

@@ -153,7 +153,7 @@ class TunnelServer(TunnelPeer):
         creator = None
         if self.tlsMode:
             assert self.credentials is not None
-            creator = self.credentials.contextFactory()
+            creator = self.credentials.contextFactory(alpn=getattr(transport, "alpn", None))
         poolFactory = transport.serverFactory(self.reactor, poolFactory, creator)
         self.factory.handshake = None
         self.factory.pool = poolFactory
