@@ -95,12 +95,12 @@ class DiscoveryTests(SynchronousTestCase):
         """
         Two plugins claiming one type code fail, naming both.
         """
-        first, second = FakeTransport("alpha", "7"), FakeTransport("beta", "7")
+        first, second = FakeTransport("alpha", "3"), FakeTransport("beta", "3")
         error = self.assertRaises(TransportError, available, [first, second])
         message = str(error)
         self.assertIn("'alpha'", message)
         self.assertIn("'beta'", message)
-        self.assertIn("'7'", message)
+        self.assertIn("'3'", message)
         self.assertIn("FakeTransport", message)
         # forType checks the whole table, not only the entry it looks up.
         self.assertRaises(TransportError, forType, "0", [tcp, first, second])
@@ -148,3 +148,19 @@ class TCPTransportConformanceTests(TransportConformanceMixin, TestCase):
 def test_tcpDeclarations(attribute: str) -> None:
     expected = {"name": "tcp", "typeCode": "0", "halfClose": True, "minimumTLS": 0}
     assert getattr(tcp, attribute) == expected[attribute]
+
+
+class PluginSyntaxTests(SynchronousTestCase):
+    """
+    Transports that no URL could select are refused, naming the plugin.
+    """
+
+    def test_invalidName(self) -> None:
+        error = self.assertRaises(TransportError, available, [FakeTransport("Bad Name", "0")])
+        self.assertIn("invalid name", str(error))
+
+    def test_typeCodeMustBeBuiltinOrName(self) -> None:
+        error = self.assertRaises(TransportError, available, [FakeTransport("mine", "7")])
+        message = str(error)
+        self.assertIn("'mine'", message)
+        self.assertIn("'7'", message)

@@ -7,6 +7,7 @@ third-party packages add their own the same way (docs/plugins.md).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from twisted.logger import Logger
@@ -48,6 +49,7 @@ def available(plugins: Iterable[INodePassTransport] | None = None) -> dict[str, 
     byType: dict[str, INodePassTransport] = {}
     byName: dict[str, INodePassTransport] = {}
     for plugin in _scan() if plugins is None else plugins:
+        _check(plugin)
         for key, table in ((plugin.typeCode, byType), (plugin.name, byName)):
             other = table.get(key)
             if other is not None and other is not plugin:
@@ -56,6 +58,26 @@ def available(plugins: Iterable[INodePassTransport] | None = None) -> dict[str, 
                 )
             table[key] = plugin
     return byType
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_BUILTIN_CODES = ("0", "1", "2", "3")
+
+
+def _check(plugin: INodePassTransport) -> None:
+    """
+    A transport must be selectable from a URL: a lower-case token as its
+    name, and as its type code either one of the reference's numeric codes
+    or its own name.
+    """
+    name, code = getattr(plugin, "name", None), getattr(plugin, "typeCode", None)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise TransportError(f"pool transport {plugin!r} has an invalid name {name!r}")
+    if code not in _BUILTIN_CODES and code != name:
+        raise TransportError(
+            f"pool transport {_describe(plugin)} has type code {code!r}: "
+            f"expected its name or one of {', '.join(_BUILTIN_CODES)}"
+        )
 
 
 def _describe(plugin: INodePassTransport) -> str:
