@@ -171,7 +171,10 @@ def _credentials(config: Config, reactor: Any, settings: Settings) -> tuple[Any,
             return ServerCredentials.selfSigned(), 1
         log.info("TLS code-2: {cn} with TLS 1.3", cn=credentials.commonName)
         return credentials, 2
-    log.info("TLS code-1: RAM cert with TLS 1.3")
+    if config.tls == 0:
+        log.info("TLS code-1: RAM cert with TLS 1.3 for stream pool")
+    else:
+        log.info("TLS code-1: RAM cert with TLS 1.3")
     return ServerCredentials.selfSigned(), 1
 
 

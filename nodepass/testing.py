@@ -474,7 +474,13 @@ class TransportConformanceMixin(_Base):
             return None, None
         from nodepass.tls import ServerCredentials, clientContextFactory
 
-        return ServerCredentials.selfSigned().contextFactory(), clientContextFactory(1, "none")
+        # A transport that negotiates an application protocol (HTTP/2: h2)
+        # names it in an ``alpn`` attribute; both ends must offer it.
+        alpn = getattr(self.transport, "alpn", None)
+        return (
+            ServerCredentials.selfSigned().contextFactory(alpn=alpn),
+            clientContextFactory(1, "none", alpn=alpn),
+        )
 
     def _address(self, port: int) -> PoolAddress:
         return PoolAddress(

@@ -64,6 +64,7 @@ def pair(
     clientQuery: str = "",
     env: dict[str, str] | None = None,
     key: str = KEY,
+    expectTLS: bool = False,
 ) -> Iterator[Pair]:
     """
     Flow ``-``: the server listens on the entry port and the client dials
@@ -93,7 +94,7 @@ def pair(
                 20,
                 "both ends to report",
             )
-            if tls:
+            if tls or expectTLS:
                 side = server if flow == "-" else client
                 side.waitForOutput("TLS certificate fingerprint verified", 20)
         except AssertionError:
@@ -389,3 +390,43 @@ def test_websocket_pool_100_concurrent_and_udp(flow: str, tls: int) -> None:
                 datagram = os.urandom(size)
                 sock.sendto(datagram, (LOOPBACK, tunnel.entry))
                 assert sock.recvfrom(65536)[0] == datagram
+
+
+@pytest.mark.parametrize(("flow", "tls"), [("-", 1), ("+", 0)])
+def test_http2_pool_16mib_concurrent_and_udp(flow: str, tls: int) -> None:
+    """type=3 always runs TLS with ALPN h2 (tls=0 is raised to a generated certificate)."""
+    payload = os.urandom(SIZE)
+    port = freePort()
+    with (
+        TCPServer(digestAfterLength, port=port) as target,
+        UDPEcho(port=port),
+        pair(flow, tls, target=target.port, serverQuery="type=3", expectTLS=True) as tunnel,
+    ):
+        assert "TYPE=3" in tunnel.client.stdout and "TLS=1" in tunnel.client.stdout
+        with socket.create_connection((LOOPBACK, tunnel.entry), timeout=60) as sock:
+            sock.sendall(struct.pack("!Q", len(payload)) + payload)
+            assert recvAll(sock, 32) == hashlib.sha256(payload).digest()
+        results: list[bool] = []
+
+        def one(index: int) -> None:
+            data = os.urandom(500 + index)
+            try:
+                with socket.create_connection((LOOPBACK, tunnel.entry), timeout=30) as conn:
+                    conn.sendall(struct.pack("!Q", len(data)) + data)
+                    results.append(recvAll(conn, 32) == hashlib.sha256(data).digest())
+            except OSError:
+                results.append(False)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results.count(True) == 100, tunnel.logs()[-3000:]
+        dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dgram.settimeout(10)
+        with dgram:
+            for size in (1, 700, 3000, 9000):
+                datagram = os.urandom(size)
+                dgram.sendto(datagram, (LOOPBACK, tunnel.entry))
+                assert dgram.recvfrom(65536)[0] == datagram
