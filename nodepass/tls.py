@@ -414,6 +414,14 @@ class ServerCredentials:
             creator = self._creators[key] = _ServerConnectionCreator(self, key)
         return creator
 
+    def keyAndChain(self) -> tuple[Any, list[x509.Certificate]]:
+        """
+        The current private key and certificate chain (leaf first), after any
+        reload that is due: for TLS stacks that take them directly (QUIC).
+        """
+        pair = self._currentPair()
+        return pair._key, list(pair._chain)
+
     def _currentPair(self) -> _KeyPair:
         if self._reloader is not None:
             self._pair = self._reloader.current(self._pair)

@@ -392,17 +392,26 @@ def test_websocket_pool_100_concurrent_and_udp(flow: str, tls: int) -> None:
                 assert sock.recvfrom(65536)[0] == datagram
 
 
-@pytest.mark.parametrize(("flow", "tls"), [("-", 1), ("+", 0)])
-def test_http2_pool_16mib_concurrent_and_udp(flow: str, tls: int) -> None:
-    """type=3 always runs TLS with ALPN h2 (tls=0 is raised to a generated certificate)."""
+@pytest.mark.parametrize(
+    ("flow", "tls", "poolType"),
+    [("-", 1, "3"), ("+", 0, "3"), ("-", 0, "1"), ("+", 1, "1")],
+    ids=["h2-flow-tls1", "h2-flow+tls0", "quic-flow-tls0", "quic-flow+tls1"],
+)
+def test_tls_only_pools_16mib_concurrent_and_udp(flow: str, tls: int, poolType: str) -> None:
+    """
+    type=3 (HTTP/2, ALPN h2) and type=1 (QUIC on the tunnel port's UDP twin,
+    ALPN np-quic) always run TLS: tls=0 is raised to a generated certificate.
+    """
     payload = os.urandom(SIZE)
     port = freePort()
     with (
         TCPServer(digestAfterLength, port=port) as target,
         UDPEcho(port=port),
-        pair(flow, tls, target=target.port, serverQuery="type=3", expectTLS=True) as tunnel,
+        pair(
+            flow, tls, target=target.port, serverQuery=f"type={poolType}", expectTLS=True
+        ) as tunnel,
     ):
-        assert "TYPE=3" in tunnel.client.stdout and "TLS=1" in tunnel.client.stdout
+        assert f"TYPE={poolType}" in tunnel.client.stdout and "TLS=1" in tunnel.client.stdout
         with socket.create_connection((LOOPBACK, tunnel.entry), timeout=60) as sock:
             sock.sendall(struct.pack("!Q", len(payload)) + payload)
             assert recvAll(sock, 32) == hashlib.sha256(payload).digest()

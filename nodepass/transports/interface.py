@@ -14,6 +14,20 @@ A transport must deliver exactly that stream in both directions, keep
 write order, and report the end of the stream as the protocol's
 C{connectionLost} (and C{readConnectionLost} when it supports half-close).
 
+Optional extras a transport may offer (looked up with C{getattr}):
+
+* C{alpn}: a list of ALPN protocol names both TLS ends must offer (HTTP/2);
+* C{wantsCredentials}: when true, the server passes its
+  L{nodepass.tls.ServerCredentials} (not a pyOpenSSL creator) as C{tls}, and
+  the client passes the TLS mode (1 or 2) instead of a creator (QUIC builds
+  its own TLS);
+* C{listenPool(reactor, (host, port), poolFactory, tls, clientIP=None)}: the
+  server calls it after the handshake to serve the pool on a listener of the
+  transport's own (QUIC: the UDP port with the tunnel port's number) and
+  stops the returned port when the session ends;
+* C{disconnectAll()}: the client calls it when a session ends, to drop
+  shared carrier connections (HTTP/2, QUIC) at once.
+
 Implementations are plugins: objects providing both
 L{twisted.plugin.IPlugin} and L{INodePassTransport}, made available from a
 module in a ``twisted/plugins/`` directory (see docs/plugins.md).

@@ -56,7 +56,12 @@ class TunnelClient(TunnelPeer):
     def _dialer(self, transport: Any, tlsMode: int) -> Any:
         tunnel = self.config.tunnel
         timeout = self.settings.tcpDialTimeout
-        creator = self._creator(tlsMode, getattr(transport, "alpn", None)) if tlsMode else None
+        creator: Any
+        if getattr(transport, "wantsCredentials", False):
+            # Such a transport builds its own TLS from the mode (QUIC).
+            creator = tlsMode or None
+        else:
+            creator = self._creator(tlsMode, getattr(transport, "alpn", None)) if tlsMode else None
 
         def dial(conn: PoolConnection) -> Deferred[Any]:
             async def connect() -> Any:
@@ -122,4 +127,9 @@ class TunnelClient(TunnelPeer):
         )
         self.newSession(session)
         session.start()
-        await session.ended
+        try:
+            await session.ended
+        finally:
+            disconnectAll = getattr(transport, "disconnectAll", None)
+            if disconnectAll is not None:
+                disconnectAll()

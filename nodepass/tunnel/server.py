@@ -150,10 +150,25 @@ class TunnelServer(TunnelPeer):
         )
         transport = self.transport
         poolFactory: Any = pool.factory(self.tlsMode != 0 and transport.readyAfterHandshake)
-        creator = None
+        creator: Any = None
         if self.tlsMode:
             assert self.credentials is not None
-            creator = self.credentials.contextFactory(alpn=getattr(transport, "alpn", None))
+            if getattr(transport, "wantsCredentials", False):
+                creator = self.credentials
+            else:
+                creator = self.credentials.contextFactory(alpn=getattr(transport, "alpn", None))
+        # A transport with its own listener (QUIC on the tunnel port's UDP
+        # twin) serves the pool there; the TCP port then refuses pool use.
+        listenPool = getattr(transport, "listenPool", None)
+        poolPort: Any = None
+        if listenPool is not None:
+            poolPort = listenPool(
+                self.reactor,
+                (config.tunnel.host, config.tunnel.port),
+                poolFactory,
+                creator,
+                clientIP=clientIP,
+            )
         poolFactory = transport.serverFactory(self.reactor, poolFactory, creator)
         self.factory.handshake = None
         self.factory.pool = poolFactory
@@ -161,6 +176,8 @@ class TunnelServer(TunnelPeer):
             control = await self.awaitControl(pool, started)
         except Exception:
             self.factory.pool = None
+            if poolPort is not None:
+                await poolPort.stopListening()
             raise
         credentials = self.credentials
         session = Session(
@@ -181,6 +198,8 @@ class TunnelServer(TunnelPeer):
             await session.ended
         finally:
             self.factory.pool = None
+            if poolPort is not None:
+                await poolPort.stopListening()
 
     def stopExtra(self) -> list[Deferred[Any]]:
         self.factory.pool = self.factory.handshake = None
