@@ -264,6 +264,16 @@ class _Pair:
         self.server = server
 
 
+def _stopOnce(port: IListeningPort) -> Any:
+    """
+    Stop a listener that a test may already have stopped.
+    """
+    if getattr(port, "_npStopped", False):
+        return None
+    port._npStopped = True  # type: ignore[attr-defined]
+    return port.stopListening()
+
+
 class TransportConformanceMixin(_Base):
     """
     The contract of L{INodePassTransport}, as tests.  Mix into
@@ -447,13 +457,15 @@ class TransportConformanceMixin(_Base):
         from twisted.internet import reactor
 
         # A port that was just in use and is closed now.
-        port = self._listen(_ServerFactory(lambda: _PlainServer(False)), None)
+        tls = self.transport.minimumTLS >= 1
+        serverTLS, clientTLS = self._credentials(tls)
+        port = self._listen(_ServerFactory(lambda: _PlainServer(False)), serverTLS)
         number = self._portNumber(port)
-        await maybeDeferred(port.stopListening)
+        await maybeDeferred(_stopOnce, port)
         client = _PlainClient(False)
         try:
             await self._within(
-                self.transport.connect(reactor, self._address(number), client, None, 2.0),
+                self.transport.connect(reactor, self._address(number), client, clientTLS, 2.0),
                 "connect to fail",
             )
         except self.failureException:
@@ -474,6 +486,9 @@ class TransportConformanceMixin(_Base):
             return None, None
         from nodepass.tls import ServerCredentials, clientContextFactory
 
+        if getattr(self.transport, "wantsCredentials", False):
+            # It runs its own TLS stack: credentials in, the mode out.
+            return ServerCredentials.selfSigned(), 1
         # A transport that negotiates an application protocol (HTTP/2: h2)
         # names it in an ``alpn`` attribute; both ends must offer it.
         alpn = getattr(self.transport, "alpn", None)
@@ -496,10 +511,17 @@ class TransportConformanceMixin(_Base):
 
         serving = self.transport.serverFactory(reactor, factory, serverTLS)
         self.assertTrue(IProtocolFactory.providedBy(serving), f"serverFactory returned {serving!r}")
-        port: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
-            0, serving, interface=_LOOPBACK
-        )
-        self.addCleanup(lambda: port.stopListening() if port.connected else None)  # type: ignore[attr-defined]
+        listenPool = getattr(self.transport, "listenPool", None)
+        port: IListeningPort
+        if listenPool is not None:
+            # The transport serves the pool on a listener of its own.
+            port = listenPool(reactor, (_LOOPBACK, 0), factory, serverTLS)
+        else:
+            port = reactor.listenTCP(0, serving, interface=_LOOPBACK)  # type: ignore[attr-defined]
+        disconnectAll = getattr(self.transport, "disconnectAll", None)
+        if disconnectAll is not None:
+            self.addCleanup(disconnectAll)
+        self.addCleanup(_stopOnce, port)
         return port
 
     async def _connect(self, tls: bool, tail: bytes = b"") -> _Pair:

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import nodepass.transports.quic as quicModule
+from nodepass.testing import TransportConformanceMixin
 from nodepass.tls import ServerCredentials, certificateFingerprint, peerFingerprint
 from nodepass.transports.interface import INodePassTransport, PoolAddress
 from nodepass.transports.quic import (
@@ -714,3 +715,12 @@ def _failure(d: Deferred[Any]) -> Deferred[Exception]:
         raise AssertionError(f"expected a failure, got {value!r}")
 
     return Deferred.fromCoroutine(wait())
+
+
+class QUICConformanceTests(TransportConformanceMixin, TestCase):
+    """
+    The plugin contract, on 127.0.0.1, through the transport's own UDP
+    listener.
+    """
+
+    transport = quic

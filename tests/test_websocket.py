@@ -33,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from nodepass.testing import TransportConformanceMixin
 from nodepass.tls import ServerCredentials, clientContextFactory
 from nodepass.transports.interface import INodePassTransport, PoolAddress
 from nodepass.transports.websocket import (
@@ -837,3 +838,11 @@ def deferLater(reactor: Any, seconds: float) -> Deferred[None]:
     from twisted.internet.task import deferLater as later
 
     return later(reactor, seconds)
+
+
+class WebSocketConformanceTests(TransportConformanceMixin, TestCase):
+    """
+    The plugin contract, on 127.0.0.1.
+    """
+
+    transport = ws
