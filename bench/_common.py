@@ -202,11 +202,44 @@ def install_signal_handlers() -> None:
 # --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """An ephemeral port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+def free_port(udp_too: bool = False) -> int:
+    """An ephemeral port on 127.0.0.1 that was free a moment ago.
+
+    ``udp_too``: the same number must also be free for UDP (a transport such
+    as QUIC binds both on one port).
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if not udp_too:
+            return port
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((HOST, port))
+            return port
+        except OSError:
+            continue
+    raise OSError("no port free for both TCP and UDP")
+
+
+def port_bound(port: int, proto: str = "tcp") -> bool:
+    """Whether 127.0.0.1:``port`` (or the wildcard) has a listening TCP / bound UDP socket.
+
+    Read from ``/proc/net/{tcp,udp}``: no connection is made, no datagram sent.
+    """
+    want = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    state = "0A" if proto == "tcp" else "07"  # TCP_LISTEN; an unconnected UDP socket
+    try:
+        with open(f"/proc/net/{proto}") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if len(parts) > 3 and parts[1] in want and parts[3] == state:
+                    return True
+    except (OSError, StopIteration):
+        pass
+    return False
 
 
 def wait_listening(port: int, timeout: float, proc: subprocess.Popen[Any] | None = None) -> bool:

@@ -4,15 +4,25 @@
     python bench/pair.py                    # full run (~4 min): tls=0 and tls=1, all baselines
     python bench/pair.py --quick            # smoke run (~1 min)
     python bench/pair.py --tls 0 --systems direct,haproxy-chain,nodepass --json out.json
+    python bench/pair.py --systems haproxy-chain,nodepass --types 0,ws   # pool transports
 
-The tunnel under test is two processes, started for each TLS mode T::
+The tunnel under test is two processes, started for each TLS mode T and pool
+transport type Y (``--types``; default: every one ``python -m nodepass --help``
+lists as installed)::
 
-    python -m nodepass "server://benchkey@127.0.0.1:TUNNEL/127.0.0.1:ENTRY?mode=1&tls=T&log=event"
+    python -m nodepass "server://benchkey@127.0.0.1:TUNNEL/127.0.0.1:ENTRY?mode=1&tls=T&log=event&type=Y"
     python -m nodepass "client://benchkey@127.0.0.1:TUNNEL/127.0.0.1:TARGET?mode=2&log=event"
 
+``&type=Y`` is left out for the TCP pool (type 0): that system is
+``nodepass-tlsT``; the others are ``nodepass-tlsT-NAME`` (``nodepass-tls1-ws``).
+A transport that always runs over TLS (h2, quic) runs only with T=1. A
+"transports" table gives each one's figures as a ratio to the TCP pool of the
+same TLS mode.
+
 The server listens on ENTRY for users (flow ``-``) and the client dials
-TARGET. Readiness: the first ``CHECK_POINT`` line of each process, then 20
-echo round trips through ENTRY. Baselines in the same run: ``direct``,
+TARGET. Readiness: the tunnel port listening, the first ``CHECK_POINT`` line
+of each process, then 20 echo round trips through ENTRY, all within
+``--ready-timeout`` (a failed start is retried once). Baselines in the same run: ``direct``,
 ``socat`` and ``haproxy`` (one hop), ``socat-chain`` and ``haproxy-chain``
 (two processes in a row, like the tunnel), and, for tls=1,
 ``haproxy-tls-chain`` (hop 1 talks TLS 1.3 to hop 2, which terminates it
@@ -65,10 +75,85 @@ DEFAULT_SERVER_URL = (
 DEFAULT_CLIENT_URL = "client://{key}@127.0.0.1:{tunnel}/127.0.0.1:{target}?mode=2&log={log}"
 SUSTAIN_MIN = 0.5  # last second's connections >= this x first second's
 CHECKPOINT_RE = re.compile(r"CHECK_POINT\|MODE=(\d+)\|PING=(\d+)ms\|POOL=(\d+)\|TCPS=(\d+)")
+HELP_TRANSPORTS_RE = re.compile(r"type=(\S+) \(([^)]+)\)")
+# Transports that always run over TLS, used when the registry cannot be asked
+# for their ``minimumTLS`` (QUIC and HTTP/2, the reference's type codes).
+ALWAYS_TLS = {"1": "quic", "3": "h2"}
+# Metrics of the transports table: key, label, higher_is_better.
+TRANSPORT_METRICS = (
+    ("tput1_mb_s", "1 stream MB/s", True),
+    ("tputN_mb_s", "{streams} streams MB/s", True),
+    ("conn_rate", "conn/s", True),
+    ("rtt_p50_us", "64 B rtt p50 us", False),
+)
 
 
 class StartError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Transport:
+    code: str  # the value of type=
+    name: str  # "tcp", "ws", "h2", "quic", ...
+    min_tls: int  # 1: always runs over TLS
+
+
+_MIN_TLS_PROBE = """\
+import json
+from nodepass.transports import available
+print(json.dumps({c: int(getattr(p, "minimumTLS", 0) or 0) for c, p in available().items()}))
+"""
+
+
+def installed_transports() -> tuple[list[Transport], str]:
+    """The pool transports on the last line of ``python -m nodepass --help``, and that line.
+
+    Which of them always run over TLS is asked of the plugin registry
+    (``minimumTLS``); if that fails, h2 and quic do.
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "nodepass", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=C.REPO_ROOT,
+            env=child_env(),
+        )
+        text = (out.stdout or "") + (out.stderr or "")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"python -m nodepass --help failed: {exc}"
+    line = next(
+        (ln.strip() for ln in reversed(text.splitlines()) if ln.startswith("Pool transports")),
+        "",
+    )
+    found = HELP_TRANSPORTS_RE.findall(line) if line.startswith("Pool transports installed") else []
+    mins: dict[str, int] = {}
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _MIN_TLS_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=C.REPO_ROOT,
+            env=child_env(),
+        )
+        mins = {
+            str(k): int(v) for k, v in json.loads(probe.stdout.strip().splitlines()[-1]).items()
+        }
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError, AttributeError):
+        pass
+    out_list = []
+    for code, name in found:
+        fallback = 1 if code in ALWAYS_TLS or name in ALWAYS_TLS.values() else 0
+        out_list.append(Transport(code, name, mins.get(code, fallback)))
+    return out_list, line or "(no 'Pool transports' line in nodepass --help)"
+
+
+def np_tls(name: str) -> int:
+    """The TLS mode of a ``nodepass-tlsT[-NAME]`` system."""
+    return int(name.split("-")[1][3:])
 
 
 class PortClash(StartError):
@@ -111,6 +196,9 @@ class System:
     port: int  # where users connect
     hops: list[Hop] = field(default_factory=list)
     killed_reason: str | None = None
+    # seconds from the first spawn: "listen", "checkpoint" (nodepass), "forward"
+    ready: dict[str, float] = field(default_factory=dict)
+    t_spawn: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         return all(h.alive() for h in self.hops)
@@ -262,26 +350,15 @@ def wait_hop(sysm: System, hop: Hop, port: int, args: argparse.Namespace) -> Non
     raise (PortClash if exited else StartError)(msg)
 
 
-def tcp_listening(port: int) -> bool:
-    """Whether a socket listens on 127.0.0.1:``port`` (read from /proc: no connection made)."""
-    want = f"0100007F:{port:04X}"
-    try:
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                if parts[1] == want and parts[3] == "0A":  # 0A = TCP_LISTEN
-                    return True
-    except (OSError, StopIteration, IndexError):
-        pass
-    return False
+def start_nodepass(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
+    """Server (entry, flow ``-``) then client (exit); ready at each one's first CHECK_POINT.
 
-
-def start_nodepass(
-    name: str, tls: int, target: int, tmpdir: str, args: argparse.Namespace
-) -> System:
-    """Server (entry, flow ``-``) then client (exit); ready at each one's first CHECK_POINT."""
-    tunnel, entry = C.free_port(), C.free_port()
+    Every wait is bounded by ``--ready-timeout`` from the server's start, and
+    a line of progress is logged every 10 s, so that a slow transport is
+    seen waiting rather than hanging.
+    """
+    tls, tr = args.np_variants[name]
+    tunnel, entry = C.free_port(udp_too=True), C.free_port()
     fill = {
         "key": TUNNEL_KEY,
         "tunnel": tunnel,
@@ -289,23 +366,46 @@ def start_nodepass(
         "target": target,
         "tls": tls,
         "log": args.np_log,
+        "type": tr.code,
     }
+    server_url = args.server_url.format(**fill)
+    if "{type}" not in args.server_url and tr.code != "0":
+        server_url += ("&" if "?" in server_url else "?") + f"type={tr.code}"
     py = [sys.executable, "-m", "nodepass"]
     server = spawn_hop(
         "entry",
-        [*py, args.server_url.format(**fill)],
+        [*py, server_url],
         os.path.join(tmpdir, f"{name}-server-{tunnel}.log"),
     )
     sysm = System(name, entry, [server])
+    deadline = sysm.t_spawn + args.ready_timeout
+    next_note = time.monotonic() + 10
+
+    def progress(what: str) -> None:
+        nonlocal next_note
+        if time.monotonic() >= next_note:
+            next_note += 10
+            C.log(f"[{name}] still waiting for {what} ({time.monotonic() - sysm.t_spawn:.0f}s)")
+
     # The client is started once the server listens on the tunnel port, so that
     # its first dial is not refused (it would then wait out the 3 s cooldown).
-    deadline = time.monotonic() + args.start_timeout
-    while not tcp_listening(tunnel) and time.monotonic() < deadline:
+    # The control channel is TCP for every transport. (QUIC binds its UDP pool
+    # port only after the client's handshake: nothing more to wait for here.)
+    while not C.port_bound(tunnel, "tcp"):
         if not server.alive():
             tail = server.log_tail(5)
             sysm.stop()
             raise PortClash(f"server exited rc={server.proc.returncode}: {tail!r}")
+        if time.monotonic() >= deadline:
+            tail = server.log_tail(5)
+            sysm.stop()
+            raise StartError(
+                f"server not listening on tunnel port {tunnel} after "
+                f"{args.ready_timeout:g}s: {tail!r}"
+            )
+        progress(f"the server's tunnel port {tunnel}")
         time.sleep(0.02)
+    sysm.ready["listen"] = time.monotonic() - sysm.t_spawn
     client = spawn_hop(
         "exit",
         [*py, args.client_url.format(**fill)],
@@ -313,7 +413,6 @@ def start_nodepass(
     )
     sysm.hops.append(client)
     want_checkpoint = args.np_log in ("debug", "info", "warn", "error", "event")
-    deadline = time.monotonic() + args.start_timeout
     while time.monotonic() < deadline:
         if not sysm.alive():
             tails = "; ".join(
@@ -323,49 +422,87 @@ def start_nodepass(
             raise PortClash(f"{sysm.dead_hops()} during start-up" + (f"; {tails}" if tails else ""))
         if want_checkpoint:
             if all("CHECK_POINT" in h.log_text() for h in sysm.hops):
+                sysm.ready["checkpoint"] = time.monotonic() - sysm.t_spawn
                 return sysm
-        else:  # log=none: nothing to wait for but a working echo
-            try:
-                C.echo_once(entry, timeout=1.0)
-                return sysm
-            except OSError:
-                pass
+            progress("CHECK_POINT from both ends")
+        else:  # log=none: nothing to wait for but a working echo (start_system's preflight)
+            return sysm
         time.sleep(0.05)
     tails = "; ".join(f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops)
     sysm.stop()
-    raise StartError(f"no CHECK_POINT from both ends within {args.start_timeout:.0f}s; {tails}")
+    raise StartError(f"no CHECK_POINT from both ends within {args.ready_timeout:g}s; {tails}")
 
 
-def start_system(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
-    last: StartError | None = None
-    for _attempt in range(3):  # a port picked by free_port() may be taken meanwhile
-        try:
-            if name == "direct":
-                sysm = System(name, target)
-            elif name.startswith("nodepass-tls"):
-                sysm = start_nodepass(name, int(name[-1]), target, tmpdir, args)
-            else:
-                sysm = start_chain(name, target, tmpdir, args)
-            break
-        except PortClash as exc:
-            last = exc
+def start_once(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
+    """Start ``name`` and check that it forwards: 20 echoes through its entry port."""
+    nodepass = name.startswith("nodepass-tls")
+    if name == "direct":
+        sysm = System(name, target)
+    elif nodepass:
+        sysm = start_nodepass(name, target, tmpdir, args)
     else:
-        assert last is not None
-        raise last
-    # Preflight: it must really forward; also warms it up.
-    deadline = time.monotonic() + args.start_timeout
-    ok, err = 0, ""
+        sysm = start_chain(name, target, tmpdir, args)
+    # Preflight: it must really forward; also warms it up. A pool transport
+    # may accept users before its pool is up: failures are retried until
+    # the deadline, with a per-echo timeout long enough for a first dial.
+    if nodepass:
+        deadline = sysm.t_spawn + args.ready_timeout
+        echo_timeout = 5.0
+    else:
+        deadline = time.monotonic() + args.start_timeout
+        echo_timeout = 3.0
+    ok, fails, err = 0, 0, ""
+    next_note = time.monotonic() + 10
     while ok < 20 and time.monotonic() < deadline:
+        if sysm.hops and not sysm.alive():
+            break
         try:
-            C.echo_once(sysm.port, timeout=3.0)
+            C.echo_once(sysm.port, timeout=min(echo_timeout, max(0.5, deadline - time.monotonic())))
             ok += 1
         except OSError as exc:
+            fails += 1
             err = repr(exc)
-            time.sleep(0.1)
+            time.sleep(min(0.5, 0.05 * fails))
+        if time.monotonic() >= next_note:
+            next_note += 10
+            C.log(
+                f"[{name}] still waiting for echoes: {ok}/20 passed, {fails} failed "
+                f"({time.monotonic() - sysm.t_spawn:.0f}s)"
+            )
     if ok < 20:
         tails = "; ".join(f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops)
+        dead = f" ({sysm.dead_hops()})" if sysm.hops and not sysm.alive() else ""
         sysm.stop()
-        raise StartError(f"accepts on {sysm.port} but does not forward: {err}; {tails}")
+        raise StartError(
+            f"accepts on {sysm.port} but does not forward{dead}: {ok}/20 echoes passed, "
+            f"{fails} failed, last {err}; {tails}"
+        )
+    sysm.ready["forward"] = time.monotonic() - sysm.t_spawn
+    sysm.ready["echo_failures"] = fails
+    return sysm
+
+
+def start_system(
+    name: str, target: int, tmpdir: str, args: argparse.Namespace, warnings: list[str]
+) -> System:
+    """``start_once`` with new ports after a port clash (3 tries), and one more try for a
+    nodepass pair that did not get ready; each failed try is added to ``warnings``."""
+    clashes, retried = 0, False
+    while True:
+        try:
+            sysm = start_once(name, target, tmpdir, args)
+            break
+        except PortClash as exc:
+            clashes += 1
+            if clashes >= 3:
+                raise
+            warnings.append(f"start attempt failed (new ports): {exc}")
+        except StartError as exc:
+            if retried or not name.startswith("nodepass"):
+                raise
+            retried = True
+            warnings.append(f"start attempt failed, retrying once: {exc}")
+            C.log(f"[{name}] start failed, retrying once: {exc}")
     if name.startswith("nodepass"):
         time.sleep(args.pool_settle)  # let the client top its pool up again
     return sysm
@@ -526,13 +663,26 @@ def run_system(
 ) -> dict[str, Any]:
     """Start ``name``, run the phases, stop it; results go into ``run`` as they come."""
     run.update(system=name, phases={}, errors=[])
+    warnings: list[str] = []
     try:
-        sysm = start_system(name, srv.port, tmpdir, args)
+        sysm = start_system(name, srv.port, tmpdir, args, warnings)
     except StartError as exc:
         run["errors"].append(f"start: {exc}")
+        if warnings:
+            run["warnings"] = warnings
         C.log(f"[{tag}] FAILED to start: {exc}")
         return run
+    if warnings:
+        run["warnings"] = warnings
     run["argv"] = [h.argv for h in sysm.hops]
+    run["ready"] = dict(sysm.ready)
+    C.log(
+        f"[{tag}] ready: "
+        + ", ".join(
+            f"{k} {v:.2f}s" if k != "echo_failures" else f"{int(v)} echo failures"
+            for k, v in sysm.ready.items()
+        )
+    )
     samplers: list[C.TreeMemorySampler] = []
     try:
         for hop in sysm.hops:
@@ -645,6 +795,7 @@ def metric_defs(args: argparse.Namespace) -> list[tuple[str, str, bool | None]]:
         ("cpu_tput1", "fwd CPU, 1-stream test (cores)", None),
         ("cpu_tputN", f"fwd CPU, {args.streams}-stream test (cores)", None),
         ("cpu_conn", "fwd CPU, conn-rate test (cores)", None),
+        ("ready_s", "start until 20 echoes pass (s)", None),
     ]
 
 
@@ -683,6 +834,8 @@ def flatten(run: dict[str, Any]) -> dict[str, float]:
         out["rss_exit_mib"] = mem["exit"]["main_hwm_kb"] / 1024
     if mem and all(m.get("tree_peak_kb") for m in mem.values()):
         out["rss_total_mib"] = sum(m["tree_peak_kb"] for m in mem.values()) / 1024
+    if "forward" in (run.get("ready") or {}):
+        out["ready_s"] = run["ready"]["forward"]
     return out
 
 
@@ -703,7 +856,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def baselines_for(variant: str, systems: list[str]) -> list[str]:
-    tls_variant = variant.endswith("1")
+    tls_variant = np_tls(variant) == 1
     return [
         s
         for s in systems
@@ -749,6 +902,70 @@ def sustain_verdicts(results: dict[str, Any], systems: list[str]) -> dict[str, d
     return out
 
 
+def transport_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per nodepass system: its figures and their ratio to the TCP pool
+    (``nodepass-tlsT``) of the same TLS mode in the same run."""
+    summary = results["summary"]
+    rows = []
+    for name in args.run_systems:
+        if name not in args.np_variants:
+            continue
+        tls, tr = args.np_variants[name]
+        ref = f"nodepass-tls{tls}"
+        mine, base = summary.get(name, {}), summary.get(ref, {})
+        ratios = {}
+        for key, _label, _hib in TRANSPORT_METRICS:
+            if key in mine and base.get(key):
+                ratios[key] = mine[key] / base[key]
+        verdict = results["sustain"].get(name)
+        rows.append(
+            {
+                "system": name,
+                "type": tr.code,
+                "transport": tr.name,
+                "tls": tls,
+                "reference": ref if ref in summary else None,
+                "values": {k: mine[k] for k, _l, _h in TRANSPORT_METRICS if k in mine},
+                "ratios": ratios,
+                "ready_s": mine.get("ready_s"),
+                "sustain": None if verdict is None else ("PASS" if verdict["pass"] else "FAIL"),
+                "sustain_ratio": None if verdict is None else verdict["ratio"],
+                "failed": not mine or any(r["errors"] for r in results["runs"].get(name, [])),
+            }
+        )
+    return rows
+
+
+def transport_table(results: dict[str, Any], args: argparse.Namespace, markdown: bool) -> str:
+    header = ["system", "type", "tls"]
+    for _key, label, _hib in TRANSPORT_METRICS:
+        header.append(label.format(streams=args.streams))
+    header += ["ready (s)", "sustained"]
+    rows = []
+    for r in results["transports"]:
+        row = [r["system"], f"{r['type']} ({r['transport']})", str(r["tls"])]
+        for key, _label, _hib in TRANSPORT_METRICS:
+            v = r["values"].get(key)
+            if v is None:
+                row.append("-")
+                continue
+            digits = 0 if key == "conn_rate" else 1
+            cell = C.fmt_num(v, digits)
+            if r["system"] == r["reference"]:
+                cell += " (ref)"
+            elif key in r["ratios"]:
+                cell += f" ({r['ratios'][key]:.2f}x)"
+            row.append(cell)
+        row.append(C.fmt_num(r["ready_s"], 2))
+        if r["sustain"] is None:
+            row.append("-")
+        else:
+            verdict = f"**{r['sustain']}**" if markdown else r["sustain"]
+            row.append(f"{verdict} ({r['sustain_ratio']:.2f})")
+        rows.append(row)
+    return C.render_table(header, rows, markdown=markdown)
+
+
 def raw_table(results: dict[str, Any], args: argparse.Namespace, markdown: bool) -> str:
     summary = results["summary"]
     systems = [s for s in args.run_systems if s in summary]
@@ -762,7 +979,7 @@ def raw_table(results: dict[str, Any], args: argparse.Namespace, markdown: bool)
             if key == "conn_sustain":
                 row.append("-" if v is None or math.isnan(v) else f"{v:.2f}")
                 continue
-            digits = 3 if key.startswith(("conn_p", "cpu_")) else 1
+            digits = 3 if key.startswith(("conn_p", "cpu_")) else 2 if key == "ready_s" else 1
             if key in ("conn_first", "conn_last"):
                 digits = 0
             row.append(C.fmt_num(v, digits))
@@ -844,13 +1061,15 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print()
     print(raw_table(results, args, markdown=False))
     for variant in results["ratios"]:
+        if results["ratios"][variant]:
+            print()
+            print(ratio_table(results, variant, args, markdown=False))
+    if results["sustain"]:
         print()
-        print(ratio_table(results, variant, args, markdown=False))
-    print()
-    print(
-        f"Sustained connection rate (requirement: last second >= {SUSTAIN_MIN:.0%} of first; "
-        "worst round):"
-    )
+        print(
+            f"Sustained connection rate (requirement: last second >= {SUSTAIN_MIN:.0%} of first; "
+            "worst round):"
+        )
     for s, v in results["sustain"].items():
         verdict = "PASS" if v["pass"] else "FAIL"
         mark = f"{verdict}" if s.startswith("nodepass") else f"({verdict}, baseline)"
@@ -859,6 +1078,15 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"  {mark}   per second {v['per_second']}"
             + (f" failed {v['failed_per_second']}" if any(v["failed_per_second"]) else "")
         )
+    if results["transports"]:
+        print()
+        print(
+            "Pool transports (type=): figure (ratio to the TCP pool nodepass-tlsT of the same "
+            "TLS mode, same run;\n  MB/s and conn/s: higher is better, rtt: lower is better); "
+            "ready = start until 20 echoes pass;\n  sustained = conn-rate test, last second / "
+            f"first second >= {SUSTAIN_MIN:.0%}:"
+        )
+        print(transport_table(results, args, markdown=False))
     ns = notes(results, args)
     if ns:
         print()
@@ -868,8 +1096,12 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         print()
         print(raw_table(results, args, markdown=True))
         for variant in results["ratios"]:
+            if results["ratios"][variant]:
+                print()
+                print(ratio_table(results, variant, args, markdown=True))
+        if results["transports"]:
             print()
-            print(ratio_table(results, variant, args, markdown=True))
+            print(transport_table(results, args, markdown=True))
 
 
 def collect_meta(args: argparse.Namespace, tools: dict[str, str | None]) -> dict[str, Any]:
@@ -892,6 +1124,7 @@ def collect_meta(args: argparse.Namespace, tools: dict[str, str | None]) -> dict
             versions["nodepass"] = "?"
         versions["nodepass server"] = args.server_url
         versions["nodepass client"] = args.client_url
+        versions["pool transports"] = args.transports_line
     model = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -911,7 +1144,12 @@ def collect_meta(args: argparse.Namespace, tools: dict[str, str | None]) -> dict
         "versions": versions,
         "haproxy_nbthread": HAPROXY_THREADS,
         "loadavg_start": os.getloadavg(),
-        "args": dict(vars(args)),
+        "args": {
+            k: ({n: [t, vars(tr)] for n, (t, tr) in v.items()} if k == "np_variants" else v)
+            for k, v in vars(args).items()
+            if k != "transports"
+        },
+        "transports": [vars(t) for t in args.transports],
     }
 
 
@@ -935,6 +1173,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tls",
         default="0,1",
         help="nodepass server tls modes to run (0 and/or 1); haproxy-tls-chain runs only with 1",
+    )
+    p.add_argument(
+        "--types",
+        default="",
+        help="pool transports to run, by type code or name (e.g. 0,2 or tcp,ws,h2,quic); "
+        "default: every one 'python -m nodepass --help' lists as installed. Those that "
+        "always use TLS (h2, quic) run only with tls=1",
     )
     p.add_argument(
         "--quick",
@@ -984,7 +1229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--server-url",
         default=DEFAULT_SERVER_URL,
-        help="nodepass server URL ({key}, {tunnel}, {entry}, {tls}, {log})",
+        help="nodepass server URL ({key}, {tunnel}, {entry}, {tls}, {log}, {type}); without "
+        "{type}, '&type=Y' is appended for every pool transport but TCP (type 0)",
     )
     p.add_argument(
         "--client-url",
@@ -998,7 +1244,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds to wait after the preflight so the client's pool is full again",
     )
     p.add_argument(
-        "--start-timeout", type=float, default=15.0, help="seconds for a system to forward"
+        "--start-timeout",
+        type=float,
+        default=15.0,
+        help="seconds for a socat/haproxy system to listen, and then to forward",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=45.0,
+        help="seconds from starting a nodepass pair until its tunnel port listens, both ends "
+        "print CHECK_POINT and 20 echoes pass; a pair that misses it is restarted once",
     )
     p.add_argument(
         "--drain-timeout",
@@ -1057,11 +1313,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def resolve_types(
+    args: argparse.Namespace, installed: list[Transport], skipped: dict[str, str]
+) -> list[Transport]:
+    """``--types`` as Transports (by code or name); unknown ones go to ``skipped``."""
+    if not args.types:
+        return list(installed)
+    out: list[Transport] = []
+    for want in (t.strip() for t in args.types.split(",") if t.strip()):
+        tr = next((t for t in installed if want in (t.code, t.name)), None)
+        if tr is None:
+            listed = ", ".join(f"{t.code} ({t.name})" for t in installed) or "none"
+            skipped[f"type={want}"] = f"not installed (installed: {listed})"
+            C.log(f"[setup] skipping type={want}: not installed (installed: {listed})")
+        elif tr not in out:
+            out.append(tr)
+    return sorted(out, key=installed.index)  # TCP, the reference, first
+
+
 def expand_systems(args: argparse.Namespace, skipped: dict[str, str]) -> list[str]:
     out = []
+    args.np_variants = {}
     for s in args.systems:
         if s == "nodepass":
-            out += [f"nodepass-tls{t}" for t in args.tls]
+            for t in args.tls:
+                for tr in args.transports:
+                    name = f"nodepass-tls{t}" if tr.code == "0" else f"nodepass-tls{t}-{tr.name}"
+                    if t < tr.min_tls:
+                        # h2/quic with tls=0: the server would force TLS, so it would
+                        # only repeat the tls=1 system. Not a skip when tls=1 runs too.
+                        if 1 not in args.tls and args.types:
+                            skipped[name] = f"type={tr.code} always uses TLS: needs --tls 1"
+                        continue
+                    args.np_variants[name] = (t, tr)
+                    out.append(name)
         elif s == "haproxy-tls-chain" and 1 not in args.tls:
             skipped[s] = "only run with --tls including 1"
         else:
@@ -1075,10 +1360,18 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(C.REGISTRY.kill_all)
     t_start = time.monotonic()
 
+    if "nodepass" in args.systems:
+        installed, args.transports_line = installed_transports()
+        C.log(f"[setup] {args.transports_line}")
+        if not installed:  # an older tree without the line: the TCP pool alone
+            installed = [Transport("0", "tcp", 0)]
+    else:
+        installed, args.transports_line = [], ""
+    skipped: dict[str, str] = {}
+    args.transports = resolve_types(args, installed, skipped)
     kinds = {s.split("-")[0] for s in args.systems}
     needed = {c: c for c in ("socat", "haproxy") if c in kinds}
     tools = C.ensure_commands(needed, install=not args.no_install) if needed else {}
-    skipped: dict[str, str] = {}
     systems = []
     for s in expand_systems(args, skipped):
         tool = s.split("-")[0]
@@ -1122,6 +1415,7 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = {s: aggregate(r) for s, r in results["runs"].items()}
     results["ratios"] = compute_ratios(results["summary"], systems)
     results["sustain"] = sustain_verdicts(results, systems)
+    results["transports"] = transport_rows(results, args)
     results["meta"]["wall_s"] = time.monotonic() - t_start
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["interrupted"] = interrupted
