@@ -100,7 +100,9 @@ def formatLine(level: str, message: str, when: float, color: bool) -> str:
 
 def _message(event: LogEvent, includeTraceback: bool) -> str:
     text = formatEvent(event)
-    failure = event.get("log_failure")
+    # Legacy twisted.python.log.err events (plugin scanning uses it) carry
+    # the failure under "failure".
+    failure = event.get("log_failure") or event.get("failure")
     if failure is not None:
         reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
         text = f"{text}: {reason}" if text else reason

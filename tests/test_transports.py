@@ -164,3 +164,36 @@ class PluginSyntaxTests(SynchronousTestCase):
         message = str(error)
         self.assertIn("'mine'", message)
         self.assertIn("'7'", message)
+
+
+class BrokenPluginTests(SynchronousTestCase):
+    """
+    A plugin module that fails to import disables only itself: the other
+    transports are still found, and the failure is logged.
+    """
+
+    def test_brokenModuleIsSkippedAndLogged(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from twisted.logger import globalLogPublisher
+
+        import twisted.plugins
+
+        directory = Path(tempfile.mkdtemp())
+        (directory / "broken_nodepass_transport.py").write_text(
+            "raise ImportError('this transport needs a library that is missing')\n"
+        )
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        twisted.plugins.__path__.append(str(directory))
+        self.addCleanup(twisted.plugins.__path__.remove, str(directory))
+        table = available()
+        self.assertIn("0", table)
+        self.flushLoggedErrors(ImportError)
+        failures = [e.get("log_failure") or e.get("failure") for e in events]
+        self.assertTrue(
+            any(f is not None and "missing" in f.getErrorMessage() for f in failures),
+            "the import failure was not logged",
+        )
