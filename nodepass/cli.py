@@ -24,8 +24,16 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+#: How a supervising master hands an instance its URL without putting it on
+#: the command line, where other local users could read the key (spec §16.6).
+URL_VARIABLE = "NP_INSTANCE_URL"
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
+    handed = os.environ.pop(URL_VARIABLE, None)
+    if not args and handed:
+        args = [handed]
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE + "\n\n" + transportsText() + "\n")
         raise SystemExit(0 if args else 1)

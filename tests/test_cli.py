@@ -241,3 +241,30 @@ def test_twistd_master_says_it_is_not_available_yet() -> None:
     assert result.returncode == 1
     assert "master mode is not available" in result.stdout + result.stderr
     assert "master://127.0.0.1:9090/api" in result.stdout
+
+
+def test_url_from_the_environment_stays_off_the_command_line() -> None:
+    """A master hands the URL (with its key) over in NP_INSTANCE_URL."""
+    port = freePort()
+    environ = env()
+    environ["NP_INSTANCE_URL"] = f"client://envkey@{LOOPBACK}:{port}/{LOOPBACK}:9?mode=1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodepass"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    try:
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")))  # type: ignore[union-attr]
+        reader.start()
+        waitFor(lambda: any(b"CHECK_POINT" in line for line in lines), 15, "start-up")
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as cmdline:
+            assert b"envkey" not in cmdline.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
