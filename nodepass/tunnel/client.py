@@ -132,4 +132,8 @@ class TunnelClient(TunnelPeer):
         finally:
             disconnectAll = getattr(transport, "disconnectAll", None)
             if disconnectAll is not None:
-                disconnectAll()
+                done = disconnectAll()
+                if isinstance(done, Deferred):
+                    done.addErrback(
+                        lambda failure: log.failure("Dropping pool connections failed", failure)
+                    )
