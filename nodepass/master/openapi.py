@@ -1,0 +1,907 @@
+"""
+The master's API description: C{P/openapi.json} and the C{P/docs} page (spec §8.10).
+
+L{document} builds an OpenAPI 3.1 document from plain data structures.  It describes every
+route of the route table (§3) relative to the server URL C{P = <prefix>/v1}, the
+C{X-API-Key} header scheme (§5), the instance object (§6.1), each request body, and, for
+every operation, each status code the handlers can answer with, the error messages of §8
+given as examples of the C{{"error": …}} body.
+
+Two things cannot be expressed per operation and are described once, in C{info.description}
+and in each path's description: every protected route answers C{OPTIONS} with 200 and no
+authentication (CORS preflight, §4.1), and a method the path does not handle gets 405
+C{{"error":"Method not allowed"}} (after authentication).
+
+L{docsPage} renders the C{P/docs} page.  When a Swagger UI 5 bundle is installed (the
+C{swagger_ui_bundle} module, shipped by the C{swagger-ui-bundle-v2} distribution), the page
+loads it from C{P/docs/static/}, which the application serves from L{staticDirectory}.  Swagger
+UI 4 (the older C{swagger-ui-bundle} distribution) cannot render OpenAPI 3.1, so it is not
+used.  Without a usable bundle the page is a small self-contained table of the routes, filled
+in from C{openapi.json} by a few lines of inline script.  Either way the page loads nothing
+from another host (unlike Go, §17 a22), so it works offline.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import json
+import os
+import re
+from typing import Any
+from urllib.parse import quote
+
+__all__ = [
+    "DOCS_STATIC_FILES",
+    "OPENAPI_VERSION",
+    "apiPrefix",
+    "docsPage",
+    "document",
+    "documentJSON",
+    "staticDirectory",
+]
+
+#: The OpenAPI version the document declares.
+OPENAPI_VERSION = "3.1.1"
+
+#: The version of the API itself (the C{v1} in the route prefix), as C{info.version}.
+API_VERSION = "v1"
+
+#: Files of the Swagger UI bundle that the docs page loads from C{P/docs/static/}.
+DOCS_STATIC_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
+
+_KEY_SCHEME = "ApiKeyAuth"
+_REF = "#/components/schemas/"
+_JSON = "application/json"
+
+# Characters that may stay literal in a URL path (RFC 3986 pchar plus "/").
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
+
+def apiPrefix(prefix: str) -> str:
+    """
+    Return the route prefix C{P} for a C{prefix} (the part before C{/v1}, §2).
+
+    @param prefix: the decoded path prefix, already normalised (C{"/api"}, C{"/a/b"} or
+        C{""}).
+    @return: C{prefix + "/v1"}.
+    """
+    return prefix + "/" + API_VERSION
+
+
+def _encodedPrefix(prefix: str) -> str:
+    # The prefix is a decoded path: percent-encode what may not appear in a URL.
+    return quote(apiPrefix(prefix), safe=_PATH_SAFE)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _int(fmt: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "format": fmt, "description": description, **extra}
+
+
+def _counter(description: str) -> dict[str, Any]:
+    return _int("int64", description, minimum=0)
+
+
+def _object(
+    properties: dict[str, Any],
+    description: str,
+    required: bool = True,
+    closed: bool = True,
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "description": description}
+    schema["properties"] = properties
+    if required:
+        schema["required"] = list(properties)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+_LIMIT = "At most 256 bytes of UTF-8."
+
+
+def _schemas() -> dict[str, Any]:
+    peer = _object(
+        {
+            "sid": _string("Peer service identifier, chosen by the client."),
+            "type": _string("Peer type, free text (dashboards use digits such as `0`-`7`)."),
+            "alias": _string("Peer display name."),
+        },
+        "The peer an instance belongs to. Always an object with these three strings.",
+    )
+    meta = _object(
+        {
+            "peer": _ref("Peer"),
+            "tags": {
+                "type": "object",
+                "description": "Free-form labels, name to value. Never null; `{}` when empty.",
+                "additionalProperties": {"type": "string"},
+            },
+        },
+        "Client-owned metadata, stored and returned verbatim.",
+    )
+    instance = _object(
+        {
+            "id": _string(
+                "Eight lowercase hex characters. `********` is the reserved record that "
+                "holds the master's API key, alias and ID.",
+                examples=["1a2b3c4d"],
+            ),
+            "alias": _string("Display name; empty when unset. Always present."),
+            "type": _string(
+                "The URL scheme of the tunnel; empty for the `********` record.",
+                enum=["server", "client", ""],
+            ),
+            "status": _string(
+                "Process state; empty for the `********` record. `error` means the child "
+                "could not be spawned, exited abnormally, reported an error or went silent.",
+                enum=["running", "stopped", "error", ""],
+            ),
+            "url": _string(
+                "The tunnel URL passed to the child process, with the master's `log` and "
+                "(for servers) TLS settings added and the query keys sorted. For the "
+                "`********` record this is empty, except in the response to the key "
+                "regeneration request, where it carries the new key."
+            ),
+            "config": _string(
+                "The tunnel URL with every default made explicit, query keys sorted. For "
+                "the `********` record: the master ID."
+            ),
+            "restart": {
+                "type": "boolean",
+                "description": "Whether the instance is started when the master boots. "
+                "`true` for new instances; `false` for the `********` record.",
+            },
+            "meta": _ref("Meta"),
+            "mode": _int("int32", "Last mode reported by the child.", minimum=0),
+            "ping": _int("int32", "Last reported round-trip latency, milliseconds.", minimum=0),
+            "pool": _int("int32", "Last reported number of pooled connections.", minimum=0),
+            "tcps": _int("int32", "Open TCP connections.", minimum=0),
+            "udps": _int("int32", "Active UDP sessions.", minimum=0),
+            "tcprx": _counter("TCP bytes received, cumulative across restarts."),
+            "tcptx": _counter("TCP bytes sent, cumulative across restarts."),
+            "udprx": _counter("UDP bytes received, cumulative across restarts."),
+            "udptx": _counter("UDP bytes sent, cumulative across restarts."),
+        },
+        "A tunnel instance managed by the master. All fields are always present.",
+    )
+    error = _object(
+        {"error": _string("What went wrong, in English.")},
+        "The body of every 4xx response that has one.",
+    )
+    create = _object(
+        {
+            "url": _string(
+                "`server://…` or `client://…` tunnel URL (scheme case-insensitive).",
+                minLength=1,
+                examples=["server://0.0.0.0:10101/127.0.0.1:8080"],
+            ),
+            "alias": _string("Optional display name. " + _LIMIT, maxLength=256),
+        },
+        "Body of `POST /instances`. Other fields are ignored.",
+        closed=False,
+    )
+    create["required"] = ["url"]
+    peerUpdate = _object(
+        {
+            "sid": {"type": ["string", "null"], "maxLength": 256},
+            "type": {"type": ["string", "null"], "maxLength": 256},
+            "alias": {"type": ["string", "null"], "maxLength": 256},
+        },
+        "Replaces the stored peer. Missing or null fields become empty strings; an object "
+        "with no fields leaves the peer unchanged. " + _LIMIT,
+        required=False,
+        closed=False,
+    )
+    metaUpdate = _object(
+        {
+            "peer": {"oneOf": [_ref("PeerUpdate"), {"type": "null"}]},
+            "tags": {
+                "type": ["object", "null"],
+                "description": "Replaces the whole tag map (`{}` clears it). Keys and "
+                "values: " + _LIMIT + " Duplicate keys are rejected.",
+                "additionalProperties": {"type": "string", "maxLength": 256},
+            },
+        },
+        "Metadata change. A part that is absent or null is left as it is.",
+        required=False,
+        closed=False,
+    )
+    patch = _object(
+        {
+            "action": _string(
+                "`start` (only from `stopped`), `stop`, `restart` (stop if needed, then "
+                "start) or `reset` (zero the traffic counters). Start, stop and restart run "
+                "in the background: the response shows the state from before the action "
+                "and the outcome arrives on `/events`. On `********`, `restart` replaces "
+                "the API key.",
+                enum=["start", "stop", "restart", "reset"],
+            ),
+            "alias": _string(
+                "New display name; an empty string means 'not given'. " + _LIMIT,
+                maxLength=256,
+            ),
+            "restart": {"type": "boolean", "description": "Start at master boot or not."},
+            "meta": _ref("MetaUpdate"),
+        },
+        "Body of `PATCH /instances/{id}`. Every field is optional and they combine; the "
+        "whole request is validated before anything is applied. An empty body changes "
+        "nothing.",
+        required=False,
+        closed=False,
+    )
+    put = _object(
+        {
+            "url": _string(
+                "The new tunnel URL; the scheme may change the instance type.",
+                minLength=1,
+                examples=["client://server.example:10101/127.0.0.1:8080"],
+            )
+        },
+        "Body of `PUT /instances/{id}`.",
+        closed=False,
+    )
+    info = _object(
+        {
+            "mid": _string("Master ID: 16 lowercase hex characters, fixed for life."),
+            "alias": _string("Master display name."),
+            "os": _string("Operating system, Go naming.", examples=["linux"]),
+            "arch": _string("CPU architecture, Go naming.", examples=["amd64", "arm64"]),
+            "cpu": _int(
+                "int64",
+                "CPU busy percentage over the last sample; -1 when unknown.",
+                minimum=-1,
+                maximum=100,
+            ),
+            "mem_total": _counter("Physical memory, bytes."),
+            "mem_used": _counter("Memory in use (total minus available), bytes."),
+            "swap_total": _counter("Swap size, bytes."),
+            "swap_used": _counter("Swap in use, bytes."),
+            "netrx": _counter("Bytes received on physical network interfaces."),
+            "nettx": _counter("Bytes sent on physical network interfaces."),
+            "diskr": _counter("Bytes read from disks."),
+            "diskw": _counter("Bytes written to disks."),
+            "sysup": _counter("System uptime, seconds."),
+            "ver": _string("NodePass version.", examples=["v1.14.0"]),
+            "name": _string("Host part of the master URL (or the TLS server name)."),
+            "uptime": _counter("Master uptime, seconds."),
+            "log": _string("The `log` setting of the master URL, as given."),
+            "tls": _string("Effective API TLS mode.", enum=["0", "1", "2"]),
+            "crt": _string("The `crt` setting of the master URL, as given."),
+            "key": _string("The `key` setting of the master URL, as given."),
+        },
+        "Master information and host figures. System figures are 0 (and `cpu` -1) on "
+        "systems other than Linux.",
+    )
+    aliasRequest = _object(
+        {"alias": _string("New master alias; empty or absent clears it. " + _LIMIT)},
+        "Body of `POST /info`.",
+        required=False,
+        closed=False,
+    )
+    tcping = _object(
+        {
+            "target": _string("The probed address, as given."),
+            "connected": {"type": "boolean", "description": "Whether the TCP connect worked."},
+            "latency": _int(
+                "int64", "Whole milliseconds to connect, DNS included; 0 on failure.", minimum=0
+            ),
+            "error": {
+                "type": ["string", "null"],
+                "description": "Null on success, otherwise why the probe failed "
+                "(`too many requests` when all probe slots stay busy for a second).",
+            },
+        },
+        "Result of a TCP reachability probe.",
+    )
+    event = _object(
+        {
+            "type": _string(
+                "Event kind.", enum=["initial", "create", "update", "delete", "log", "shutdown"]
+            ),
+            "time": _string("When the event was produced (RFC 3339).", format="date-time"),
+            "instance": {
+                "oneOf": [_ref("Instance"), {"type": "null"}],
+                "description": "The instance concerned; null for `shutdown`.",
+            },
+            "logs": _string("The output line for `log` events; empty otherwise."),
+        },
+        "The JSON carried by each `data:` line of `/events`.",
+    )
+    return {
+        "Instance": instance,
+        "Meta": meta,
+        "Peer": peer,
+        "Error": error,
+        "CreateInstanceRequest": create,
+        "UpdateInstanceRequest": patch,
+        "MetaUpdate": metaUpdate,
+        "PeerUpdate": peerUpdate,
+        "PutInstanceRequest": put,
+        "MasterInfo": info,
+        "UpdateMasterAliasRequest": aliasRequest,
+        "TCPingResult": tcping,
+        "InstanceEvent": event,
+    }
+
+
+def _jsonResponse(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errorResponse(description: str, *messages: str) -> dict[str, Any]:
+    """
+    A 4xx response with the error schema and one named example per message.
+    """
+    media: dict[str, Any] = {"schema": _ref("Error")}
+    if messages:
+        media["examples"] = {
+            re.sub(r"[^A-Za-z0-9]+", "-", message).strip("-"): {"value": {"error": message}}
+            for message in messages
+        }
+    return {"description": description, "content": {_JSON: media}}
+
+
+_UNAUTHORIZED = _errorResponse(
+    "The `X-API-Key` header is missing, empty or wrong.",
+    "Unauthorized: API key required",
+    "Unauthorized: Invalid API key",
+)
+_TOO_LARGE = _errorResponse("The request body is too large.")
+_ID_REQUIRED = "Instance ID is required"
+_NOT_FOUND = _errorResponse("No instance has this id.", "Instance not found")
+_FORBIDDEN = _errorResponse(
+    "The `********` record cannot be replaced or deleted.", "Forbidden: API Key"
+)
+_ALIAS_TOO_LONG = "Instance alias exceeds maximum length 256"
+_URL_ERRORS = ("Invalid request body", "Invalid URL format", "Invalid URL scheme")
+
+
+def _body(schema: str, description: str, **examples: Any) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": _ref(schema)}
+    if examples:
+        media["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return {"required": True, "description": description, "content": {_JSON: media}}
+
+
+def _operation(
+    operationId: str,
+    summary: str,
+    description: str,
+    tag: str,
+    responses: dict[str, Any],
+    requestBody: dict[str, Any] | None = None,
+    public: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": operationId,
+        "summary": summary,
+        "description": description,
+        "tags": [tag],
+    }
+    if public:
+        op["security"] = []
+    if requestBody is not None:
+        op["requestBody"] = requestBody
+    if not public:
+        responses = {**responses, "401": _UNAUTHORIZED}
+    op["responses"] = dict(sorted(responses.items()))
+    return op
+
+
+def _methodsNote(methods: str) -> str:
+    return (
+        f"Handles {methods}. `OPTIONS` answers 200 without authentication (CORS preflight); "
+        "any other method answers 405 `Method not allowed` once the key is accepted."
+    )
+
+
+def _paths() -> dict[str, Any]:
+    instance = _jsonResponse("The instance.", _ref("Instance"))
+    idParameter = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "Instance id (percent-decoded; everything after `/instances/`). "
+        "`********` is the record holding the API key.",
+        "schema": {"type": "string"},
+    }
+    return {
+        "/instances": {
+            "description": _methodsNote("`GET` and `POST`"),
+            "get": _operation(
+                "listInstances",
+                "List instances",
+                "Every instance, the `********` record first (its `url` is empty).",
+                "instances",
+                {
+                    "200": _jsonResponse(
+                        "All instances.", {"type": "array", "items": _ref("Instance")}
+                    )
+                },
+            ),
+            "post": _operation(
+                "createInstance",
+                "Create an instance",
+                "Stores a new instance and starts it in the background. Subscribers of "
+                "`/events` get a `create` event, then an `update` once the child is "
+                "spawned (or failed).",
+                "instances",
+                {
+                    "201": _jsonResponse("The new instance.", _ref("Instance")),
+                    "400": _errorResponse("The request is invalid.", *_URL_ERRORS, _ALIAS_TOO_LONG),
+                    "409": _errorResponse(
+                        "No free instance id could be allocated.", "Instance ID already exists"
+                    ),
+                    "413": _TOO_LARGE,
+                },
+                _body(
+                    "CreateInstanceRequest",
+                    "The tunnel URL and an optional alias.",
+                    server={"url": "server://0.0.0.0:10101/127.0.0.1:8080", "alias": "web"},
+                    client={"url": "client://server.example:10101/127.0.0.1:8080"},
+                ),
+            ),
+        },
+        "/instances/{id}": {
+            "description": _methodsNote("`GET`, `PATCH`, `PUT` and `DELETE`")
+            + " An empty id answers 400 and an unknown id 404 before the method is checked.",
+            "parameters": [idParameter],
+            "get": _operation(
+                "getInstance",
+                "Get an instance",
+                "One instance. For `********` the `url` is empty.",
+                "instances",
+                {
+                    "200": instance,
+                    "400": _errorResponse("The id is empty.", _ID_REQUIRED),
+                    "404": _NOT_FOUND,
+                },
+            ),
+            "patch": _operation(
+                "updateInstance",
+                "Change an instance or run an action",
+                "Applies any combination of alias, action, restart flag and metadata, all "
+                'or nothing. On `********`, only `{"action": "restart"}` does something: '
+                "it replaces the API key (the old key stops working at once, the response "
+                "carries the new key in `url`, and every event stream is closed); anything "
+                "else is ignored.",
+                "instances",
+                {
+                    "200": _jsonResponse(
+                        "The instance after the change (before any background action completes).",
+                        _ref("Instance"),
+                    ),
+                    "400": _errorResponse(
+                        "The id is empty or the request is invalid.",
+                        _ID_REQUIRED,
+                        "Invalid request body",
+                        "Invalid action: pause",
+                        _ALIAS_TOO_LONG,
+                        "Meta peer.sid exceeds maximum length 256",
+                        "Meta peer.type exceeds maximum length 256",
+                        "Meta peer.alias exceeds maximum length 256",
+                        "Meta tag key exceeds maximum length 256",
+                        "Meta tag value exceeds maximum length 256",
+                        "Duplicate meta tag key: region",
+                        "Meta size exceeds limit",
+                    ),
+                    "404": _NOT_FOUND,
+                    "413": _TOO_LARGE,
+                },
+                _body(
+                    "UpdateInstanceRequest",
+                    "What to change. Fields may be combined.",
+                    start={"action": "start"},
+                    stop={"action": "stop"},
+                    restart={"action": "restart"},
+                    reset={"action": "reset"},
+                    alias={"alias": "web"},
+                    restartFlag={"restart": False},
+                    tags={"meta": {"tags": {"region": "eu"}}},
+                    peer={"meta": {"peer": {"sid": "42", "type": "1", "alias": "edge"}}},
+                ),
+            ),
+            "put": _operation(
+                "replaceInstanceURL",
+                "Replace the tunnel URL",
+                "Stops the instance if needed, stores the new URL (the type follows the "
+                "scheme), and starts it in the background, even if it was stopped before.",
+                "instances",
+                {
+                    "200": _jsonResponse(
+                        "The instance with its new URL (normally still `stopped`).",
+                        _ref("Instance"),
+                    ),
+                    "400": _errorResponse(
+                        "The id is empty or the request is invalid.", _ID_REQUIRED, *_URL_ERRORS
+                    ),
+                    "403": _FORBIDDEN,
+                    "404": _NOT_FOUND,
+                    "409": _errorResponse(
+                        "The new URL is the same as the current one.", "Instance URL conflict"
+                    ),
+                    "413": _TOO_LARGE,
+                },
+                _body(
+                    "PutInstanceRequest",
+                    "The new URL.",
+                    url={"url": "server://0.0.0.0:10102/127.0.0.1:8081"},
+                ),
+            ),
+            "delete": _operation(
+                "deleteInstance",
+                "Delete an instance",
+                "Stops the instance if it runs, removes it, and announces a `delete` event.",
+                "instances",
+                {
+                    "204": {"description": "Deleted. No body."},
+                    "400": _errorResponse("The id is empty.", _ID_REQUIRED),
+                    "403": _FORBIDDEN,
+                    "404": _NOT_FOUND,
+                },
+            ),
+        },
+        "/events": {
+            "description": _methodsNote("`GET`"),
+            "get": _operation(
+                "streamEvents",
+                "Stream instance events",
+                "A Server-Sent Events stream. It opens with `retry: 3000`, then one "
+                "`initial` event per instance (the `********` record included), then one "
+                "event per change for as long as the connection lives. Every block is "
+                "`event: instance` followed by a single `data:` line holding an "
+                "`InstanceEvent` JSON object; there are no `id:` lines. A bare "
+                "`retry: 3000` block is repeated as a keepalive. A `shutdown` event "
+                "(instance null) precedes the server closing the stream.",
+                "events",
+                {
+                    "200": {
+                        "description": "The event stream.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "description": "SSE blocks whose `data:` lines are "
+                                    "`InstanceEvent` objects.",
+                                },
+                                "example": 'retry: 3000\n\nevent: instance\ndata: {"type":'
+                                '"initial","time":"2026-01-02T15:04:05.123456789Z",'
+                                '"instance":{…},"logs":""}\n\n',
+                            }
+                        },
+                    }
+                },
+            ),
+        },
+        "/info": {
+            "description": _methodsNote("`GET` and `POST`"),
+            "get": _operation(
+                "getMasterInfo",
+                "Master information",
+                "Master settings and host figures. Takes about 100 ms when a fresh CPU "
+                "sample is needed.",
+                "master",
+                {"200": _jsonResponse("Master information.", _ref("MasterInfo"))},
+            ),
+            "post": _operation(
+                "setMasterAlias",
+                "Set the master alias",
+                "Stores the master alias and answers like `GET /info`.",
+                "master",
+                {
+                    "200": _jsonResponse("Master information.", _ref("MasterInfo")),
+                    "400": _errorResponse(
+                        "The request is invalid.",
+                        "Invalid request body",
+                        "Master alias exceeds maximum length 256",
+                    ),
+                    "413": _TOO_LARGE,
+                },
+                _body("UpdateMasterAliasRequest", "The new alias.", alias={"alias": "edge-1"}),
+            ),
+        },
+        "/tcping": {
+            "description": _methodsNote("`GET`"),
+            "get": _operation(
+                "tcping",
+                "Probe a TCP address",
+                "Opens a TCP connection to `target` and closes it at once, without sending "
+                "data. The outcome is always reported with status 200. The probe can reach "
+                "any address the master can reach.",
+                "master",
+                {
+                    "200": _jsonResponse("Probe result.", _ref("TCPingResult")),
+                    "400": _errorResponse(
+                        "The `target` parameter is missing or empty.", "Target address required"
+                    ),
+                },
+            )
+            | {
+                "parameters": [
+                    {
+                        "name": "target",
+                        "in": "query",
+                        "required": True,
+                        "description": "`host:port`; IPv6 hosts in brackets (`[::1]:80`).",
+                        "schema": {"type": "string"},
+                        "allowReserved": True,
+                    }
+                ]
+            },
+        },
+        "/openapi.json": {
+            "description": "Public. Answers every method except `OPTIONS` (preflight) with "
+            "the document.",
+            "get": _operation(
+                "getOpenAPIDocument",
+                "This document",
+                "The OpenAPI description of this API. No key needed.",
+                "documentation",
+                {"200": _jsonResponse("The OpenAPI document.", {"type": "object"})},
+                public=True,
+            ),
+        },
+        "/docs": {
+            "description": "Public. Answers every method except `OPTIONS` (preflight) with "
+            "the page.",
+            "get": _operation(
+                "getDocsPage",
+                "Interactive documentation",
+                "An HTML page presenting this document, served entirely by the master.",
+                "documentation",
+                {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                public=True,
+            ),
+        },
+    }
+
+
+def _serverURL(prefix: str, serverURL: str | None) -> str:
+    path = _encodedPrefix(prefix)
+    if not serverURL:
+        return path
+    base = serverURL.rstrip("/")
+    if base.endswith(path):
+        return base
+    return base + path
+
+
+def document(prefix: str, version: str, serverURL: str | None = None) -> dict[str, Any]:
+    """
+    Build the OpenAPI 3.1 document of the master API.
+
+    @param prefix: the path before C{/v1} (§2): C{"/api"}, C{"/a/b"} or C{""}.  Characters
+        that may not appear in a URL are percent-encoded in C{servers}.
+    @param version: the NodePass version the master reports (C{/info.ver}).  It goes into
+        the description and C{info.x-nodepass-version}; C{info.version} is the API version,
+        C{"v1"}.
+    @param serverURL: an origin such as C{"https://host:9090"} to advertise an absolute
+        server URL; by default the server URL is the path C{P} alone, which clients resolve
+        against the address they fetched the document from.
+    @return: a new JSON-compatible C{dict}; callers may change it freely.
+    """
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "NodePass API",
+            "version": API_VERSION,
+            "x-nodepass-version": version,
+            "summary": "Manage NodePass tunnel instances through a NodePass master.",
+            "description": (
+                f"Control plane of a NodePass master (NodePass {version}). Every route "
+                "except `/openapi.json` and `/docs` needs the API key in the `X-API-Key` "
+                "header. `OPTIONS` on any route answers 200 without a key (CORS "
+                "preflight). A method a route does not handle answers 405 "
+                '`{"error":"Method not allowed"}` after authentication. Successful '
+                "responses are bare JSON values (no envelope); errors are "
+                '`{"error": "<message>"}`.'
+            ),
+            "license": {"name": "BSD-3-Clause", "identifier": "BSD-3-Clause"},
+        },
+        "servers": [
+            {"url": _serverURL(prefix, serverURL), "description": "This master."},
+        ],
+        "security": [{_KEY_SCHEME: []}],
+        "tags": [
+            {"name": "instances", "description": "Tunnel instances."},
+            {"name": "events", "description": "Live instance events."},
+            {"name": "master", "description": "The master itself."},
+            {"name": "documentation", "description": "This description."},
+        ],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                _KEY_SCHEME: {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "The master's API key (32 lowercase hex characters), "
+                    "printed when it is created or regenerated.",
+                }
+            },
+            "schemas": _schemas(),
+            "responses": {
+                "MethodNotAllowed": _errorResponse(
+                    "The route does not handle this method.", "Method not allowed"
+                )
+            },
+        },
+    }
+
+
+def documentJSON(prefix: str, version: str, serverURL: str | None = None) -> bytes:
+    """
+    L{document} as compact UTF-8 JSON, identical for identical arguments.
+    """
+    return json.dumps(
+        document(prefix, version, serverURL), ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def _bundleDirectory() -> str | None:
+    try:
+        module = importlib.import_module("swagger_ui_bundle")
+    except ImportError:
+        return None
+    path = getattr(module, "swagger_ui_path", None)
+    if path is None:
+        return None
+    directory = str(path)
+    match = re.search(r"swagger-ui-(\d+)\.", os.path.basename(directory))
+    if match is None or int(match.group(1)) < 5:
+        # Swagger UI before 5 cannot render OpenAPI 3.1.
+        return None
+    return directory
+
+
+def staticDirectory() -> str | None:
+    """
+    Return the directory of the installed Swagger UI (5 or later) assets, or C{None}.
+
+    The application serves it under C{P/docs/static/}; the page needs only
+    L{DOCS_STATIC_FILES} from it.
+    """
+    directory = _bundleDirectory()
+    if directory is None:
+        return None
+    for name in DOCS_STATIC_FILES:
+        if not os.path.isfile(os.path.join(directory, name)):
+            return None
+    return directory
+
+
+def _scriptString(value: str) -> str:
+    # A JSON string literal that is also safe inside an HTML <script> element.
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_SWAGGER_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>NodePass API</title>
+<link rel="stylesheet" href="{static}/swagger-ui.css">
+<style>body {{ margin: 0; }}</style>
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{static}/swagger-ui-bundle.js"></script>
+<script>
+window.addEventListener("load", function () {{
+  window.ui = SwaggerUIBundle({{
+    url: {specURL},
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout"
+  }});
+}});
+</script>
+</body>
+</html>
+"""
+
+_PLAIN_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>NodePass API</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
+th {{ background: #eee; }}
+code {{ font-size: 0.95em; }}
+</style>
+</head>
+<body>
+<h1>NodePass API</h1>
+<p>Base path <code>{base}</code>. Authenticate with the <code>X-API-Key</code> header.
+The full description is <a href="{specHref}">openapi.json</a>.</p>
+<table>
+<thead><tr><th>Method</th><th>Path</th><th>Summary</th><th>Statuses</th></tr></thead>
+<tbody id="routes"><tr><td colspan="4">Loading&hellip;</td></tr></tbody>
+</table>
+<noscript><p>Scripts are disabled: read <a href="{specHref}">openapi.json</a>.</p></noscript>
+<script>
+(function () {{
+  var methods = ["get", "post", "put", "patch", "delete"];
+  function cell(row, text) {{
+    var td = document.createElement("td");
+    td.textContent = text;
+    row.appendChild(td);
+  }}
+  fetch({specURL}).then(function (response) {{
+    if (!response.ok) {{ throw new Error("HTTP " + response.status); }}
+    return response.json();
+  }}).then(function (spec) {{
+    var body = document.getElementById("routes");
+    body.textContent = "";
+    Object.keys(spec.paths).forEach(function (path) {{
+      methods.forEach(function (method) {{
+        var op = spec.paths[path][method];
+        if (!op) {{ return; }}
+        var row = document.createElement("tr");
+        cell(row, method.toUpperCase());
+        cell(row, path);
+        cell(row, op.summary || "");
+        cell(row, Object.keys(op.responses || {{}}).join(", "));
+        body.appendChild(row);
+      }});
+    }});
+  }}).catch(function (error) {{
+    document.getElementById("routes").textContent = "Could not load the description: " + error;
+  }});
+}})();
+</script>
+</body>
+</html>
+"""
+
+
+def docsPage(prefix: str, swaggerUI: bool | None = None) -> bytes:
+    """
+    Render the C{P/docs} page as UTF-8 HTML.
+
+    Every URL in the page is an absolute path on the master itself: the document at
+    C{P/openapi.json} and, with Swagger UI, the assets at C{P/docs/static/}.
+
+    @param prefix: as for L{document}.
+    @param swaggerUI: use the Swagger UI page (C{True}) or the plain table (C{False}); by
+        default Swagger UI when L{staticDirectory} finds it.
+    """
+    if swaggerUI is None:
+        swaggerUI = staticDirectory() is not None
+    base = _encodedPrefix(prefix)
+    spec = base + "/openapi.json"
+    if swaggerUI:
+        page = _SWAGGER_PAGE.format(
+            static=html.escape(base + "/docs/static", quote=True),
+            specURL=_scriptString(spec),
+        )
+    else:
+        page = _PLAIN_PAGE.format(
+            base=html.escape(base),
+            specHref=html.escape(spec, quote=True),
+            specURL=_scriptString(spec),
+        )
+    return page.encode("utf-8")
