@@ -1,0 +1,1119 @@
+"""
+The instance registry of master mode: the domain logic behind C{P/instances} (master spec
+§6-§9, §11, §12).
+
+The registry ties together the pieces the master is built from:
+
+  - the durable state (L{nodepass.master.store}): every change the API acknowledges is
+    committed B{before} the method returns (§11.6), and nothing in memory changes unless the
+    write succeeded;
+  - the child processes (L{nodepass.master.supervisor.Supervisor}): the registry is its
+    L{ISupervisorObserver}, so status changes, checkpoints and output lines come back here and
+    become C{update} and C{log} events;
+  - the SSE hub (L{nodepass.master.events.EventHub}): C{create}, C{update}, C{delete},
+    C{log} and C{shutdown};
+  - the API key (L{nodepass.master.auth.KeyChecker}), owned here because the key lives in the
+    C{********} pseudo-instance (§5, §12).
+
+No HTTP here: the app decodes the body (L{decodeBody} reproduces Go's decoding rules), calls
+a method, and turns a L{RegistryError} into C{{"error": message}} with C{status}.
+
+Decisions worth knowing (see also the spec items cited):
+
+  - URL validation (§7, §8.2, §8.5).  Go only checks that the URL parses and that the scheme
+    is C{server} or C{client}; anything else surfaces later as a child in C{error}.  We run
+    the full L{nodepass.url.parse} (the same validation the child will run), so a URL the
+    child would reject is answered 400 at once instead of creating an instance doomed to
+    C{error}.  The messages stay Go's (C{Invalid URL scheme} for a scheme problem,
+    C{Invalid URL format} for anything else); the one-line reason from L{URLError} (which
+    never contains the tunnel key) is in L{RegistryError.detail} for the app to log or add.
+  - PATCH is validated as a whole before anything changes, then applied, persisted in one
+    write and announced with a single C{update} (§17 a17).  Actions then run asynchronously;
+    the response shows the status from before the action (§8.4).
+  - ID collisions on POST are retried with a fresh id (§17 a19); 409 only if the generator
+    keeps colliding.
+  - The API key is never in an instance object, except the regeneration response (§5).
+  - C{restart} in PATCH uses L{Supervisor.restart} (stop, wait for the child to be reaped,
+    start); Go's fixed 100 ms pause is not needed because the stop waits for the exit.
+  - While L{shutdown} runs and afterwards, mutating calls answer 503
+    C{Master is shutting down}.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, Protocol, TypeVar
+
+import attrs
+from attrs import field, frozen
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nodepass.errors import NodePassError, URLError
+from nodepass.master.auth import KeyChecker, generateKey
+from nodepass.master.events import truncateLogLine
+from nodepass.master.store import (
+    PSEUDO_ID,
+    MasterValues,
+    State,
+    StoredInstance,
+    defaultMeta,
+    keyDigest,
+)
+from nodepass.master.store import Traffic as StoredTraffic
+from nodepass.master.supervisor import (
+    TRAFFIC_FIELDS,
+    Checkpoint,
+    Event,
+    ISupervisorObserver,
+    Status,
+    Traffic,
+)
+from nodepass.url import enhance, parse, render
+
+__all__ = [
+    "MAX_META_BYTES",
+    "MAX_TAGS",
+    "MAX_VALUE_BYTES",
+    "PSEUDO_ID",
+    "LoadResult",
+    "MasterSettings",
+    "Registry",
+    "RegistryError",
+    "decodeBody",
+]
+
+log = Logger()
+
+#: Longest alias, peer field, tag key or tag value, in UTF-8 bytes (§6.3, Go's maxValueLen).
+MAX_VALUE_BYTES: Final = 256
+
+#: Most tags one instance may carry (§6.3 SHOULD; keeps every SSE event below 64 KiB).
+MAX_TAGS: Final = 64
+
+#: Largest serialised C{meta} object, in bytes (§6.3 SHOULD).
+MAX_META_BYTES: Final = 16 * 1024
+
+#: The PATCH actions (§8.4); C{status} is the read-only no-op NodePassDash sends (§8.4 MAY).
+ACTIONS: Final = ("start", "stop", "restart", "reset", "status")
+
+#: How often POST draws a new id when the generated one is taken (§17 a19).
+ID_ATTEMPTS: Final = 8
+
+#: Pause between two auto-starts at boot (§11.4).
+BOOT_START_DELAY: Final = 0.1
+
+#: Pause between stopping and starting again in PUT (§8.5).
+PUT_RESTART_DELAY: Final = 0.1
+
+#: Default bound on L{Registry.shutdown}'s wait for the children (§14, NP_SHUTDOWN_TIMEOUT).
+SHUTDOWN_TIMEOUT: Final = 5.0
+
+# The exact messages (§5, §8).
+INVALID_BODY: Final = "Invalid request body"
+INVALID_URL_FORMAT: Final = "Invalid URL format"
+INVALID_URL_SCHEME: Final = "Invalid URL scheme"
+ID_EXISTS: Final = "Instance ID already exists"
+ID_REQUIRED: Final = "Instance ID is required"
+NOT_FOUND: Final = "Instance not found"
+FORBIDDEN_KEY: Final = "Forbidden: API Key"
+URL_CONFLICT: Final = "Instance URL conflict"
+ALIAS_TOO_LONG: Final = f"Instance alias exceeds maximum length {MAX_VALUE_BYTES}"
+MASTER_ALIAS_TOO_LONG: Final = f"Master alias exceeds maximum length {MAX_VALUE_BYTES}"
+META_TOO_LARGE: Final = "Meta size exceeds limit"
+SHUTTING_DOWN: Final = "Master is shutting down"
+
+_T = TypeVar("_T")
+
+#: An instance object as the API shows it (§6.1).
+InstanceObject = dict[str, Any]
+_Objects = list[InstanceObject]
+
+
+class RegistryError(NodePassError):
+    """
+    A request the registry refuses.  The app answers C{status} with C{{"error": message}}.
+
+    @ivar status: the HTTP status code (400, 403, 404, 409, 503).
+    @ivar message: the exact error text of the spec.
+    @ivar detail: an optional one-line explanation for logs (never contains the key).
+    """
+
+    def __init__(self, status: int, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"RegistryError({self.status}, {self.message!r})"
+
+
+# -- collaborators -----------------------------------------------------------------------------
+
+
+class StoreFacade(Protocol):
+    """
+    What the registry needs from L{nodepass.master.store.Store}.
+    """
+
+    def load(self) -> Deferred[State]: ...
+
+    def put(self, record: StoredInstance) -> Deferred[None]: ...
+
+    def delete(self, id: str) -> Deferred[bool]: ...
+
+    def updateTrafficMany(self, totals: Mapping[str, StoredTraffic]) -> Deferred[int]: ...
+
+    def setMaster(
+        self,
+        *,
+        keyDigest: str | None = None,
+        masterID: str | None = None,
+        alias: str | None = None,
+    ) -> Deferred[MasterValues]: ...
+
+
+class SupervisorLike(Protocol):
+    """
+    What the registry needs from L{nodepass.master.supervisor.Supervisor}.
+    """
+
+    def status(self, instanceId: str) -> Status: ...
+
+    def start(
+        self, instanceId: str, url: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[None]: ...
+
+    def stop(self, instanceId: str) -> Deferred[None]: ...
+
+    def restart(
+        self, instanceId: str, url: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[None]: ...
+
+    def remove(self, instanceId: str) -> Deferred[None]: ...
+
+    def stopAll(self) -> Deferred[None]: ...
+
+
+class HubLike(Protocol):
+    """
+    What the registry needs from L{nodepass.master.events.EventHub}.
+    """
+
+    def publish(
+        self, eventType: str, instance: Mapping[str, Any] | None, logs: str = ""
+    ) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@frozen
+class MasterSettings:
+    """
+    The master URL values copied into instance URLs (§7).
+
+    @ivar log: the raw C{log} value of the master URL (possibly C{""}).
+    @ivar tls: the effective TLS code, C{"0"}, C{"1"} or C{"2"}.
+    @ivar crt: the C{crt} file of the master URL.
+    @ivar key: the C{key} file of the master URL.
+    """
+
+    log: str = ""
+    tls: str = "0"
+    crt: str = ""
+    key: str = ""
+
+
+@frozen
+class LoadResult:
+    """
+    What L{Registry.load} found.
+
+    @ivar createdKey: the new plaintext API key if none was stored (print it once:
+        C{API Key created: <key>}), else C{None} (C{API Key loaded}; never print it again).
+    @ivar instances: how many instances were restored.
+    """
+
+    createdKey: str | None = field(repr=False)
+    instances: int
+
+
+def _newInstanceId() -> str:
+    return secrets.token_hex(4)
+
+
+def _newMasterId() -> str:
+    return secrets.token_hex(8)
+
+
+# -- request bodies ----------------------------------------------------------------------------
+
+
+class _Object(dict[str, Any]):
+    """
+    A decoded JSON object that remembers which keys were repeated (§6.3: duplicate tags).
+    """
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _objectFromPairs(pairs: list[tuple[str, Any]]) -> _Object:
+    result = _Object()
+    duplicates: list[str] = []
+    for key, value in pairs:
+        if key in result and key not in duplicates:
+            duplicates.append(key)
+        result[key] = value
+    result.duplicates = tuple(duplicates)
+    return result
+
+
+def decodeBody(raw: bytes) -> dict[str, Any]:
+    """
+    Decode a request body the way Go's C{json.Decoder.Decode} does (§4.2): the first JSON
+    value is read and trailing bytes are ignored.  An empty body is C{{}} (PATCH treats it as
+    a no-op, POST and PUT then find no C{url}).  Repeated object keys keep the last value and
+    are remembered so that PATCH can report C{Duplicate meta tag key}.
+
+    @raise RegistryError: 400 C{Invalid request body} if the body is not a JSON object.
+    """
+    try:
+        text = raw.decode("utf-8", "replace").lstrip(" \t\r\n")
+        if not text:
+            return {}
+        value, _ = json.JSONDecoder(object_pairs_hook=_objectFromPairs).raw_decode(text)
+    except ValueError:
+        raise RegistryError(400, INVALID_BODY) from None
+    if not isinstance(value, dict):
+        raise RegistryError(400, INVALID_BODY)
+    return value
+
+
+def _field(body: Mapping[str, Any], name: str) -> tuple[bool, Any]:
+    """
+    Go's case-insensitive field matching: the last key equal to C{name} ignoring case wins.
+    """
+    found, value = False, None
+    for key, item in body.items():
+        if key.lower() == name:
+            found, value = True, item
+    return found, value
+
+
+def _tooLong(text: str) -> bool:
+    return len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES
+
+
+def _body(body: object) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise RegistryError(400, INVALID_BODY)
+    return body
+
+
+def _url(body: object) -> str:
+    found, url = _field(_body(body), "url")
+    if not found or url is None or url == "":
+        raise RegistryError(400, INVALID_BODY)
+    if not isinstance(url, str):
+        raise RegistryError(400, INVALID_BODY)
+    return url
+
+
+# -- the in-memory instance --------------------------------------------------------------------
+
+
+class _Instance:
+    """
+    One instance as the registry keeps it.  Status comes from the supervisor.
+    """
+
+    def __init__(self, record: StoredInstance, traffic: Traffic) -> None:
+        self.record = record
+        self.traffic = traffic
+        self.mode = 0
+        self.ping = 0
+        self.pool = 0
+        self.tcps = 0
+        self.udps = 0
+        self.deleted = False
+        self.trafficDirty = False
+
+    def zeroGauges(self) -> None:
+        self.ping = self.pool = self.tcps = self.udps = 0
+
+    def storedTraffic(self) -> StoredTraffic:
+        return StoredTraffic(**self.traffic.totals())
+
+    def stored(self) -> StoredInstance:
+        """
+        The record as it should be persisted now (current traffic bookkeeping).
+        """
+        counters = self.traffic.counters
+        return StoredInstance(
+            id=self.record.id,
+            alias=self.record.alias,
+            type=self.record.type,
+            url=self.record.url,
+            config=self.record.config,
+            restart=self.record.restart,
+            meta=self.record.meta,
+            traffic=self.storedTraffic(),
+            base=StoredTraffic(**{n: counters[n].base for n in TRAFFIC_FIELDS}),
+            offset=StoredTraffic(**{n: counters[n].offset for n in TRAFFIC_FIELDS}),
+        )
+
+
+def _restoredTraffic(record: StoredInstance) -> Traffic:
+    traffic = Traffic.restored(
+        record.traffic.tcprx, record.traffic.tcptx, record.traffic.udprx, record.traffic.udptx
+    )
+    return traffic
+
+
+def _instanceObject(
+    id: str,
+    alias: str,
+    type: str,
+    status: str,
+    url: str,
+    config: str,
+    restart: bool,
+    meta: Mapping[str, Any] | None,
+    gauges: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
+    traffic: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """
+    An instance object with exactly the fields of §6.1, in order, never null (§18 b10).
+    """
+    meta = meta or defaultMeta()
+    peer = meta.get("peer") or {}
+    tags = meta.get("tags") or {}
+    totals = traffic or {}
+    mode, ping, pool, tcps, udps = gauges
+    return {
+        "id": id,
+        "alias": alias or "",
+        "type": type,
+        "status": status,
+        "url": url,
+        "config": config,
+        "restart": bool(restart),
+        "meta": {
+            "peer": {
+                "sid": peer.get("sid") or "",
+                "type": peer.get("type") or "",
+                "alias": peer.get("alias") or "",
+            },
+            "tags": dict(tags),
+        },
+        "mode": mode,
+        "ping": ping,
+        "pool": pool,
+        "tcps": tcps,
+        "udps": udps,
+        "tcprx": int(totals.get("tcprx", 0)),
+        "tcptx": int(totals.get("tcptx", 0)),
+        "udprx": int(totals.get("udprx", 0)),
+        "udptx": int(totals.get("udptx", 0)),
+    }
+
+
+@frozen
+class _Patch:
+    """
+    A validated PATCH body; C{None} means "not given".
+    """
+
+    alias: str | None
+    action: str | None
+    restart: bool | None
+    meta: dict[str, Any] | None
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+@implementer(ISupervisorObserver)
+class Registry:
+    """
+    Every instance of the master, and the operations of C{P/instances}.
+
+    @param clock: schedules the short pauses of §8.5 and §11.4 and bounds L{shutdown}.
+    @param store: the asynchronous store (L{nodepass.master.store.Store}).
+    @param supervisor: builds the supervisor with this registry as its observer, e.g.
+        C{lambda observer: Supervisor(reactor, observer, os.environ, settings)}.
+    @param hub: the event hub (its snapshot callable should call L{snapshot}).
+    @param settings: the master URL values copied into instance URLs.
+    @param newId: generates instance ids (8 hex characters).
+    @param newMasterId: generates the master ID (16 hex characters).
+    @param newKey: generates API keys.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: StoreFacade,
+        supervisor: Callable[[ISupervisorObserver], SupervisorLike],
+        hub: HubLike,
+        settings: MasterSettings,
+        *,
+        newId: Callable[[], str] = _newInstanceId,
+        newMasterId: Callable[[], str] = _newMasterId,
+        newKey: Callable[[], str] = generateKey,
+        bootStartDelay: float = BOOT_START_DELAY,
+        putRestartDelay: float = PUT_RESTART_DELAY,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._hub = hub
+        self._settings = settings
+        self._newId = newId
+        self._newMasterId = newMasterId
+        self._newKey = newKey
+        self._bootStartDelay = bootStartDelay
+        self._putRestartDelay = putRestartDelay
+        self._instances: dict[str, _Instance] = {}
+        self._locks: dict[str, DeferredLock] = {}
+        self._masterLock = DeferredLock()
+        self._master = MasterValues()
+        self._keyChecker: KeyChecker | None = None
+        self._closing = False
+        self.supervisor = supervisor(self)
+
+    # -- master values -------------------------------------------------------------------------
+
+    @property
+    def keyChecker(self) -> KeyChecker:
+        """
+        The API key checker (available after L{load}).
+        """
+        if self._keyChecker is None:
+            raise RuntimeError("the registry has not been loaded")
+        return self._keyChecker
+
+    @property
+    def masterID(self) -> str:
+        return self._master.masterID
+
+    @property
+    def masterAlias(self) -> str:
+        return self._master.alias
+
+    def setMasterAlias(self, alias: str) -> Deferred[None]:
+        """
+        Set the master alias (C{POST P/info}, §12); no event.
+
+        @raise RegistryError: 400 C{Master alias exceeds maximum length 256}.
+        """
+
+        async def run() -> None:
+            if _tooLong(alias):
+                raise RegistryError(400, MASTER_ALIAS_TOO_LONG)
+            async with self._locked(self._masterLock):
+                self._master = await self._store.setMaster(alias=alias)
+
+        return Deferred.fromCoroutine(run())
+
+    # -- boot ----------------------------------------------------------------------------------
+
+    def load(self) -> Deferred[LoadResult]:
+        """
+        Restore the state at boot (§11.4, §12): make sure the API key and master ID exist
+        (and are in memory at once, not Go's bug a16), restore every instance as C{stopped}
+        (an empty C{config} is rendered again and saved), then start the C{restart=true}
+        ones in creation order with a short pause between them.
+        """
+        return Deferred.fromCoroutine(self._load())
+
+    async def _load(self) -> LoadResult:
+        state = await self._store.load()
+        master = state.master
+        createdKey: str | None = None
+        if not master.keyDigest:
+            createdKey = self._newKey()
+            master = await self._store.setMaster(keyDigest=keyDigest(createdKey))
+        if not master.masterID:
+            master = await self._store.setMaster(masterID=self._newMasterId())
+        self._master = master
+        self._keyChecker = KeyChecker(master.keyDigest)
+        for record in state.instances:
+            if not record.config:
+                try:
+                    record = _evolve(record, config=self._render(record.url))
+                    await self._store.put(record)
+                except URLError as e:
+                    log.warn(
+                        "Cannot render the config of instance {id}: {why}",
+                        id=record.id,
+                        why=str(e),
+                    )
+            self._instances[record.id] = _Instance(record, _restoredTraffic(record))
+        first = True
+        for instance in list(self._instances.values()):
+            if not instance.record.restart or instance.deleted:
+                continue
+            if not first and self._bootStartDelay > 0:
+                await deferLater(self._clock, self._bootStartDelay, lambda: None)
+            first = False
+            log.info("Auto-starting instance [{id}]", id=instance.record.id)
+            await self.supervisor.start(instance.record.id, instance.record.url)
+        return LoadResult(createdKey=createdKey, instances=len(self._instances))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def snapshot(self) -> _Objects:
+        """
+        Every instance object, the pseudo-instance first (C{type} and C{status} C{""}, C{url}
+        C{""}), then creation order: for C{GET P/instances} and the SSE C{initial} events.
+        """
+        return [self._pseudoObject()] + [
+            self._object(i) for i in self._instances.values() if not i.deleted
+        ]
+
+    def list(self) -> Deferred[_Objects]:
+        """
+        C{GET P/instances} (§8.1).
+        """
+        return Deferred.fromCoroutine(self._async(self.snapshot))
+
+    def get(self, id: str) -> Deferred[dict[str, Any]]:
+        """
+        C{GET P/instances/{id}} (§8.3); C{********} is the pseudo-instance without its key.
+
+        @raise RegistryError: 400 C{Instance ID is required}, 404 C{Instance not found}.
+        """
+
+        def find() -> dict[str, Any]:
+            if self._isPseudo(id):
+                return self._pseudoObject()
+            return self._object(self._find(id))
+
+        return Deferred.fromCoroutine(self._async(find))
+
+    # -- POST ----------------------------------------------------------------------------------
+
+    def create(self, url: str | None, alias: str | None = None) -> Deferred[dict[str, Any]]:
+        """
+        C{POST P/instances} (§8.2): validate, persist, emit C{create}, then start.
+
+        @return: the new instance object (status C{stopped}: the start runs afterwards).
+        @raise RegistryError: 400 C{Invalid request body} (no url or not strings),
+            C{Invalid URL format}, C{Invalid URL scheme}, C{Instance alias exceeds maximum
+            length 256}; 409 C{Instance ID already exists}; 503 while shutting down.
+        """
+        return Deferred.fromCoroutine(self._create(url, alias))
+
+    def createFromBody(self, body: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        L{create} from a decoded request body (C{url}, C{alias}; other fields ignored).
+        """
+
+        async def run() -> dict[str, Any]:
+            url = _url(body)
+            _, alias = _field(body, "alias")
+            if alias is not None and not isinstance(alias, str):
+                raise RegistryError(400, INVALID_BODY)
+            return await self._create(url, alias)
+
+        return Deferred.fromCoroutine(run())
+
+    async def _create(self, url: str | None, alias: str | None) -> dict[str, Any]:
+        if not isinstance(url, str) or not url:
+            raise RegistryError(400, INVALID_BODY)
+        if alias is not None and not isinstance(alias, str):
+            raise RegistryError(400, INVALID_BODY)
+        scheme, enhanced, config = self._normalise(url)
+        alias = alias or ""
+        if _tooLong(alias):
+            raise RegistryError(400, ALIAS_TOO_LONG)
+        self._checkOpen()
+        id = self._freshId()
+        record = StoredInstance(
+            id=id, alias=alias, type=scheme, url=enhanced, config=config, restart=True
+        )
+        async with self._locked(self._lock(id)):
+            await self._store.put(record)
+            instance = self._instances[id] = _Instance(record, Traffic())
+            created = self._object(instance)
+            self._hub.publish("create", created)
+            self._background(self.supervisor.start(id, enhanced), "start", id)
+        return created
+
+    def _freshId(self) -> str:
+        for _ in range(ID_ATTEMPTS):
+            id = self._newId()
+            if id not in self._instances and id not in self._locks and id != PSEUDO_ID:
+                return id
+        raise RegistryError(409, ID_EXISTS)
+
+    # -- PATCH ---------------------------------------------------------------------------------
+
+    def patch(self, id: str, body: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        C{PATCH P/instances/{id}} (§8.4, §5).
+
+        The whole body is validated first; then alias, reset, restart flag and meta are
+        applied, persisted in one write and announced with one C{update}; then the action
+        (start/stop/restart) is started and not waited for.  C{{"action":"status"}} and an
+        empty body change nothing.
+
+        On C{********}, C{{"action":"restart"}} regenerates the API key: the new digest is
+        persisted, the old key stops working at once, an C{update} (without the key) is
+        published, every SSE stream gets C{shutdown}, and the returned object carries the new
+        key in C{url}.  Anything else on C{********} is ignored.
+
+        @raise RegistryError: 400 (C{Instance ID is required}, C{Invalid request body},
+            C{Invalid action: <a>}, the alias and meta messages), 404 C{Instance not found}.
+        """
+        return Deferred.fromCoroutine(self._patch(id, body))
+
+    async def _patch(self, id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        if self._isPseudo(id):
+            return await self._patchPseudo(body)
+        self._find(id)
+        patch = _validatePatch(body)
+        async with self._locked(self._lock(id)):
+            instance = self._find(id)  # it may have been deleted while we waited
+            if patch.action in ("start", "stop", "restart"):
+                self._checkOpen()
+            record = instance.record
+            changes: dict[str, Any] = {}
+            if patch.alias and patch.alias != record.alias:
+                changes["alias"] = patch.alias
+            if patch.restart is not None and patch.restart != record.restart:
+                changes["restart"] = patch.restart
+            if patch.meta is not None:
+                changes["meta"] = _mergedMeta(record.meta, patch.meta)
+            reset = patch.action == "reset"
+            # Go announces a valid meta part even when nothing changed (§8.4).
+            announce = bool(changes) or reset
+            if announce:
+                newRecord = _evolve(record, **changes)
+                traffic = instance.traffic
+                if reset:
+                    traffic = _copyTraffic(traffic)
+                    traffic.reset()
+                candidate = _Instance(newRecord, traffic)
+                await self._store.put(candidate.stored())
+                instance.record = newRecord
+                instance.traffic = traffic
+                instance.trafficDirty = False
+                if reset:
+                    log.info("Traffic stats reset [{id}]", id=id)
+            before = self._object(instance)
+            if announce:
+                self._hub.publish("update", before)
+            self._act(instance, patch.action)
+        return before
+
+    def _act(self, instance: _Instance, action: str | None) -> None:
+        id, url = instance.record.id, instance.record.url
+        status = self.supervisor.status(id)
+        if action == "start" and status is Status.STOPPED:
+            self._background(self.supervisor.start(id, url), "start", id)
+        elif action == "stop" and status is not Status.STOPPED:
+            self._background(self.supervisor.stop(id), "stop", id)
+        elif action == "restart":
+            self._background(self.supervisor.restart(id, url), "restart", id)
+
+    async def _patchPseudo(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        _body(body)
+        _, action = _field(body, "action")
+        if action != "restart":
+            return self._pseudoObject()
+        async with self._locked(self._masterLock):
+            key = self._newKey()
+            self._master = await self._store.setMaster(keyDigest=keyDigest(key))
+            self.keyChecker.replaceDigest(self._master.keyDigest)
+            log.info("API Key regenerated")
+            self._hub.publish("update", self._pseudoObject())
+            self._hub.shutdown()
+            return self._pseudoObject(key)
+
+    # -- PUT -----------------------------------------------------------------------------------
+
+    def put(self, id: str, url: str | None) -> Deferred[dict[str, Any]]:
+        """
+        C{PUT P/instances/{id}} (§8.5): stop if needed, apply the new URL (type and config
+        follow), persist, emit C{update}, then start whatever the previous status was.
+
+        @raise RegistryError: 400 C{Instance ID is required}, 404 C{Instance not found},
+            403 C{Forbidden: API Key}, 400 C{Invalid request body}, C{Invalid URL format},
+            C{Invalid URL scheme}, 409 C{Instance URL conflict}, 503 while shutting down.
+        """
+        return Deferred.fromCoroutine(self._put(id, url))
+
+    def putFromBody(self, id: str, body: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        L{put} from a decoded request body; the checks keep the order of §8.5.
+        """
+
+        async def run() -> dict[str, Any]:
+            self._checkPutTarget(id)
+            return await self._put(id, _url(body))
+
+        return Deferred.fromCoroutine(run())
+
+    def _checkPutTarget(self, id: str) -> None:
+        if not id:
+            raise RegistryError(400, ID_REQUIRED)
+        if id == PSEUDO_ID:
+            raise RegistryError(403, FORBIDDEN_KEY)
+        self._find(id)
+
+    async def _put(self, id: str, url: str | None) -> dict[str, Any]:
+        self._checkPutTarget(id)
+        if not isinstance(url, str) or not url:
+            raise RegistryError(400, INVALID_BODY)
+        scheme, enhanced, config = self._normalise(url)
+        async with self._locked(self._lock(id)):
+            instance = self._find(id)
+            if enhanced == instance.record.url:
+                raise RegistryError(409, URL_CONFLICT)
+            self._checkOpen()
+            if self.supervisor.status(id) is not Status.STOPPED:
+                await self.supervisor.stop(id)
+                if self._putRestartDelay > 0:
+                    await deferLater(self._clock, self._putRestartDelay, lambda: None)
+            newRecord = _evolve(instance.record, type=scheme, url=enhanced, config=config)
+            await self._store.put(_Instance(newRecord, instance.traffic).stored())
+            instance.record = newRecord
+            instance.trafficDirty = False
+            result = self._object(instance)
+            self._hub.publish("update", result)
+            self._background(self.supervisor.start(id, enhanced), "start", id)
+        return result
+
+    # -- DELETE --------------------------------------------------------------------------------
+
+    def delete(self, id: str) -> Deferred[None]:
+        """
+        C{DELETE P/instances/{id}} (§8.6): mark deleted (no more C{log} or checkpoint
+        events), stop and forget the child (its stop emits C{update}), remove the record,
+        then emit C{delete} with the last instance object.
+
+        @raise RegistryError: 400 C{Instance ID is required}, 404 C{Instance not found},
+            403 C{Forbidden: API Key}.
+        """
+        return Deferred.fromCoroutine(self._delete(id))
+
+    async def _delete(self, id: str) -> None:
+        self._checkPutTarget(id)
+        lock = self._lock(id)
+        async with self._locked(lock):
+            instance = self._find(id)
+            instance.deleted = True
+            try:
+                await self.supervisor.remove(id)
+                await self._store.delete(id)
+            except BaseException:
+                instance.deleted = False
+                raise
+            last = self._object(instance)
+            del self._instances[id]
+            if self._locks.get(id) is lock:
+                del self._locks[id]
+            self._hub.publish("delete", last)
+
+    # -- periodic tasks and shutdown -----------------------------------------------------------
+
+    def retryErrored(self) -> Deferred[None]:
+        """
+        The periodic error retry (§11.5): restart every instance in C{error}, whatever its
+        C{restart} flag (§17 a26).  Fires when every restart has spawned (or failed).
+        """
+
+        async def retry(instance: _Instance) -> None:
+            id = instance.record.id
+            async with self._locked(self._lock(id)):
+                if instance.deleted or self._closing:
+                    return
+                if self.supervisor.status(id) is not Status.ERROR:
+                    return
+                log.info("Retrying instance in error [{id}]", id=id)
+                await self.supervisor.restart(id, instance.record.url)
+
+        errored = [
+            i
+            for i in self._instances.values()
+            if not i.deleted and self.supervisor.status(i.record.id) is Status.ERROR
+        ]
+        d = gatherResults([Deferred.fromCoroutine(retry(i)) for i in errored], consumeErrors=True)
+        return d.addCallback(lambda _: None)
+
+    def flushTraffic(self) -> Deferred[int]:
+        """
+        Persist the traffic totals that changed since the last flush (§11.6: every 60 s while
+        any changed, and at shutdown).
+
+        @return: how many instances were written.
+        """
+        dirty = {
+            id: i.storedTraffic()
+            for id, i in self._instances.items()
+            if i.trafficDirty and not i.deleted
+        }
+        for id in dirty:
+            self._instances[id].trafficDirty = False
+        if not dirty:
+            return Deferred.fromCoroutine(self._async(lambda: 0))
+
+        def failed(reason: Any) -> Any:
+            for id in dirty:
+                if id in self._instances:
+                    self._instances[id].trafficDirty = True
+            return reason
+
+        return self._store.updateTrafficMany(dirty).addErrback(failed)
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> Deferred[None]:
+        """
+        Master shutdown (§14): refuse further changes, send C{shutdown} to every SSE stream,
+        save the traffic, stop every child (waiting at most C{timeout} seconds), save again.
+        """
+        return Deferred.fromCoroutine(self._shutdown(timeout))
+
+    async def _shutdown(self, timeout: float) -> None:
+        self._closing = True
+        self._hub.shutdown()
+        await self._flushLogged()
+        stopping = self.supervisor.stopAll()
+        stopping.addTimeout(timeout, self._clock)
+        try:
+            await stopping
+        except Exception:
+            log.failure("Not every instance stopped within {timeout}s", timeout=timeout)
+        await self._flushLogged()
+
+    async def _flushLogged(self) -> None:
+        try:
+            await self.flushTraffic()
+        except Exception:
+            log.failure("Cannot save the traffic counters")
+
+    # -- ISupervisorObserver -------------------------------------------------------------------
+
+    def spawning(self, instanceId: str) -> None:
+        instance = self._instances.get(instanceId)
+        if instance is not None:
+            instance.traffic.spawned()
+
+    def statusChanged(self, instanceId: str, status: Status, cause: Event) -> None:
+        instance = self._instances.get(instanceId)
+        if instance is None:
+            return
+        if cause is Event.ERROR_LINE or status is Status.STOPPED:
+            instance.zeroGauges()
+        self._hub.publish("update", self._object(instance))
+
+    def checkpointReceived(self, instanceId: str, checkpoint: Checkpoint) -> None:
+        instance = self._instances.get(instanceId)
+        if instance is None:
+            return
+        for name in ("mode", "ping", "pool", "tcps", "udps"):
+            value = getattr(checkpoint, name)
+            if value is not None:
+                setattr(instance, name, value)
+        before = instance.traffic.totals()
+        instance.traffic.checkpoint(checkpoint)
+        if instance.traffic.totals() != before:
+            instance.trafficDirty = True
+        if not instance.deleted:
+            self._hub.publish("update", self._object(instance))
+
+    def lineReceived(self, instanceId: str, line: str) -> None:
+        instance = self._instances.get(instanceId)
+        if instance is None or instance.deleted:
+            return
+        line = truncateLogLine(line)
+        log.info("{line} [{id}]", line=line, id=instanceId)
+        self._hub.publish("log", self._object(instance), line)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _isPseudo(self, id: str) -> bool:
+        if not id:
+            raise RegistryError(400, ID_REQUIRED)
+        return id == PSEUDO_ID
+
+    def _find(self, id: str) -> _Instance:
+        if not id:
+            raise RegistryError(400, ID_REQUIRED)
+        instance = self._instances.get(id)
+        if instance is None or instance.deleted:
+            raise RegistryError(404, NOT_FOUND)
+        return instance
+
+    def _checkOpen(self) -> None:
+        if self._closing:
+            raise RegistryError(503, SHUTTING_DOWN)
+
+    def _lock(self, id: str) -> DeferredLock:
+        lock = self._locks.get(id)
+        if lock is None:
+            lock = self._locks[id] = DeferredLock()
+        return lock
+
+    @staticmethod
+    @asynccontextmanager
+    async def _locked(lock: DeferredLock) -> Any:
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @staticmethod
+    async def _async(function: Callable[[], _T]) -> _T:
+        return function()
+
+    def _background(self, d: Deferred[None], what: str, id: str) -> None:
+        d.addErrback(lambda f: log.failure("Instance {what} failed [{id}]", f, what=what, id=id))
+
+    def _normalise(self, url: str) -> tuple[str, str, str]:
+        """
+        Validate C{url} (§7) and return its scheme, C{enhance(url)} and the rendered config.
+        """
+        try:
+            parsed = parse(url)
+        except URLError as e:
+            if e.param == "scheme":
+                raise RegistryError(400, INVALID_URL_SCHEME, str(e)) from None
+            raise RegistryError(400, INVALID_URL_FORMAT, str(e)) from None
+        if parsed.scheme not in ("server", "client"):
+            raise RegistryError(400, INVALID_URL_SCHEME, f"scheme {parsed.scheme!r}")
+        try:
+            enhanced = enhance(url, **self._masterArgs())
+            config = self._render(enhanced)
+        except URLError as e:
+            raise RegistryError(400, INVALID_URL_FORMAT, str(e)) from None
+        return parsed.scheme, enhanced, config
+
+    def _render(self, url: str) -> str:
+        return render(parse(url), **self._masterArgs())
+
+    def _masterArgs(self) -> dict[str, str]:
+        s = self._settings
+        return {"masterLog": s.log, "masterTLS": s.tls, "masterCrt": s.crt, "masterKey": s.key}
+
+    def _object(self, instance: _Instance) -> dict[str, Any]:
+        record = instance.record
+        return _instanceObject(
+            record.id,
+            record.alias,
+            record.type,
+            str(self.supervisor.status(record.id)),
+            record.url,
+            record.config,
+            record.restart,
+            record.meta,
+            (instance.mode, instance.ping, instance.pool, instance.tcps, instance.udps),
+            instance.traffic.totals(),
+        )
+
+    def _pseudoObject(self, key: str = "") -> dict[str, Any]:
+        return _instanceObject(
+            PSEUDO_ID, self._master.alias, "", "", key, self._master.masterID, False, None
+        )
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def _validatePatch(body: object) -> _Patch:
+    """
+    Check a whole PATCH body (§8.4, §6.3) without changing anything.
+    """
+    body = _body(body)
+    _, alias = _field(body, "alias")
+    _, action = _field(body, "action")
+    restartGiven, restart = _field(body, "restart")
+    _, meta = _field(body, "meta")
+    if alias is not None and not isinstance(alias, str):
+        raise RegistryError(400, INVALID_BODY)
+    if action is not None and not isinstance(action, str):
+        raise RegistryError(400, INVALID_BODY)
+    if restart is not None and not isinstance(restart, bool):
+        raise RegistryError(400, INVALID_BODY)
+    if meta is not None and not isinstance(meta, Mapping):
+        raise RegistryError(400, INVALID_BODY)
+    if alias and _tooLong(alias):
+        raise RegistryError(400, ALIAS_TOO_LONG)
+    if action and action not in ACTIONS:
+        raise RegistryError(400, f"Invalid action: {action}")
+    return _Patch(
+        alias=alias or None,
+        action=action or None,
+        restart=restart if restartGiven else None,
+        meta=_validateMeta(meta) if meta is not None else None,
+    )
+
+
+def _validateMeta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Validate the C{meta} part; return C{{"peer": dict | None, "tags": dict | None}} where
+    C{None} means "leave unchanged".
+    """
+    _, peer = _field(meta, "peer")
+    _, tags = _field(meta, "tags")
+    if peer is not None and not isinstance(peer, Mapping):
+        raise RegistryError(400, INVALID_BODY)
+    if tags is not None and not isinstance(tags, Mapping):
+        raise RegistryError(400, INVALID_BODY)
+    newPeer: dict[str, str] | None = None
+    if peer:  # §6.3 DEVIATION: {} leaves the peer unchanged, as the reference promises
+        newPeer = {}
+        for name in ("sid", "type", "alias"):
+            _, value = _field(peer, name)
+            if value is None:
+                value = ""
+            if not isinstance(value, str):
+                raise RegistryError(400, INVALID_BODY)
+            if _tooLong(value):
+                raise RegistryError(400, f"Meta peer.{name} exceeds maximum length 256")
+            newPeer[name] = value
+    newTags: dict[str, str] | None = None
+    if tags is not None:
+        for key, value in tags.items():
+            if not isinstance(value, str):
+                raise RegistryError(400, INVALID_BODY)
+            if _tooLong(key):
+                raise RegistryError(400, "Meta tag key exceeds maximum length 256")
+            if _tooLong(value):
+                raise RegistryError(400, "Meta tag value exceeds maximum length 256")
+        for key in getattr(tags, "duplicates", ()):
+            raise RegistryError(400, f"Duplicate meta tag key: {key}")
+        newTags = dict(tags)
+        if len(newTags) > MAX_TAGS:
+            raise RegistryError(400, META_TOO_LARGE)
+    result = {"peer": newPeer, "tags": newTags}
+    probe = {"peer": newPeer or {}, "tags": newTags or {}}
+    if len(json.dumps(probe, ensure_ascii=False).encode("utf-8")) > MAX_META_BYTES:
+        raise RegistryError(400, META_TOO_LARGE)
+    return result
+
+
+def _mergedMeta(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    peer = patch["peer"] if patch["peer"] is not None else dict(current["peer"])
+    tags = patch["tags"] if patch["tags"] is not None else dict(current["tags"])
+    return {"peer": peer, "tags": tags}
+
+
+def _evolve(record: StoredInstance, **changes: Any) -> StoredInstance:
+    return attrs.evolve(record, **changes)
+
+
+def _copyTraffic(traffic: Traffic) -> Traffic:
+    copy = Traffic()
+    for name, counter in traffic.counters.items():
+        target = copy.counters[name]
+        target.total, target.base = counter.total, counter.base
+        target.offset, target.last = counter.offset, counter.last
+    return copy
