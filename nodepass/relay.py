@@ -149,6 +149,40 @@ class Throttle:
             self._call = None
 
 
+class IdleTimer:
+    """
+    Call C{expire} once nothing was L{touch}ed for C{timeout} seconds of
+    C{clock} time.
+
+    A touch only records the time (cheap enough for every chunk or
+    datagram); the single pending call re-arms itself for the remainder when
+    it finds recent activity.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float, expire: Callable[[], object]) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._expire = expire
+        self._last = clock.seconds()
+        self._call: IDelayedCall | None = clock.callLater(timeout, self._check)
+
+    def touch(self) -> None:
+        self._last = self._clock.seconds()
+
+    def _check(self) -> None:
+        quiet = self._clock.seconds() - self._last
+        if quiet >= self._timeout:
+            self._call = None
+            self._expire()
+        else:
+            self._call = self._clock.callLater(self._timeout - quiet, self._check)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 @implementer(IPushProducer)
 class Gate:
     """
@@ -267,8 +301,7 @@ class Relay:
         self._limiter = limiter
         self._idle = idleTimeout
         self._onEnd = onEnd
-        self._timer: IDelayedCall | None = None
-        self._lastActive = 0.0
+        self._idleTimer: IdleTimer | None = None
         self.local: RelayProtocol | None = None
         self.remote: RelayProtocol | None = None
         self.ended = False
@@ -287,8 +320,7 @@ class Relay:
         local.transport.registerProducer(remote.gate, True)  # type: ignore[union-attr]
         local.producing = remote.producing = True
         if self._idle > 0:
-            self._lastActive = self._clock.seconds()
-            self._timer = self._clock.callLater(self._idle, self._checkIdle)
+            self._idleTimer = IdleTimer(self._clock, self._idle, self.close)
         for side in (local, remote):
             data, side.pending = b"".join(side.pending), []
             if data:
@@ -310,8 +342,8 @@ class Relay:
         else:
             self._counters.tcptx += size
             delay = limiter.write.take(size) if limiter is not None else 0.0
-        if self._idle > 0:
-            self._lastActive = self._clock.seconds()
+        if self._idleTimer is not None:
+            self._idleTimer.touch()
         peer.send(data)  # type: ignore[misc]
         if delay > 0:
             self._throttle(source).delay(delay)
@@ -360,23 +392,13 @@ class Relay:
             if side is not None and not side.closed:
                 side.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _checkIdle(self) -> None:
-        self._timer = None
-        if self.ended:
-            return
-        quiet = self._clock.seconds() - self._lastActive
-        if quiet >= self._idle:
-            self.close()
-        else:
-            self._timer = self._clock.callLater(self._idle - quiet, self._checkIdle)
-
     def _finish(self) -> None:
         if self.ended:
             return
         self.ended = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._idleTimer is not None:
+            self._idleTimer.cancel()
+            self._idleTimer = None
         for throttle in self._throttles.values():
             throttle.cancel()
         self._throttles.clear()

@@ -247,10 +247,23 @@ class Pool:
     def _hand(self, conn: PoolConnection, waiter: _Waiter) -> None:
         if waiter.call.active():
             waiter.call.cancel()
-        conn.state = "taken"
-        self.active.add(conn)
+        self._mark(conn)
         waiter.deferred.callback(conn)
         self.taken()
+
+    def _mark(self, conn: PoolConnection) -> None:
+        conn.state = "taken"
+        self.active.add(conn)
+
+    def _takeNow(self, conn: PoolConnection) -> Deferred[PoolConnection]:
+        """
+        Hand out a connection that is available at once.
+        """
+        self._mark(conn)
+        d: Deferred[PoolConnection] = Deferred()
+        d.callback(conn)
+        self.taken()
+        return d
 
     def _wait(
         self, queue: list[_Waiter], what: str, timeout: float | None = None
@@ -284,12 +297,7 @@ class Pool:
         for ident, conn in order:
             if ident != CONTROL_ID:
                 del self.idle[ident]
-                conn.state = "taken"
-                self.active.add(conn)
-                d: Deferred[PoolConnection] = Deferred()
-                d.callback(conn)
-                self.taken()
-                return d
+                return self._takeNow(conn)
         return self._wait(self._incoming, "incomingGet")
 
     def outgoingGet(self, ident: str, timeout: float | None = None) -> Deferred[PoolConnection]:
@@ -300,12 +308,7 @@ class Pool:
         """
         conn = self.idle.pop(ident, None) or self._gone.pop(ident, None)
         if conn is not None:
-            conn.state = "taken"
-            self.active.add(conn)
-            d: Deferred[PoolConnection] = Deferred()
-            d.callback(conn)
-            self.taken()
-            return d
+            return self._takeNow(conn)
         return self._wait(self._outgoing.setdefault(ident, []), f"outgoingGet {ident}", timeout)
 
     def taken(self) -> None:

@@ -14,7 +14,7 @@ import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,7 +24,7 @@ from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import checkpointLine, logEvent
-from nodepass.relay import Counters, Relay, RelayProtocol, Throttle
+from nodepass.relay import Counters, IdleTimer, Relay, RelayProtocol, Throttle
 from nodepass.settings import Settings
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
@@ -189,10 +189,8 @@ class _EntryUDPSession:
         self.queue: list[bytes] = []
         self.codec = DatagramCodec(listener.session.ext)
         session = listener.session
-        self.lastReply = session.clock.seconds()
-        self.timer: IDelayedCall = session.clock.callLater(
-            session.shared.settings.udpReadTimeout, self._checkIdle
-        )
+        # Idle means no reply from the tunnel (spec §7.2), whatever goes out.
+        self.idle = IdleTimer(session.clock, session.shared.settings.udpReadTimeout, self.end)
         self.ended = False
 
     def send(self, datagram: bytes) -> None:
@@ -211,7 +209,7 @@ class _EntryUDPSession:
     # Consumer of the pool connection: replies from the tunnel.
     def dataReceived(self, data: bytes) -> None:
         session = self.listener.session
-        self.lastReply = session.clock.seconds()
+        self.idle.touch()
         port = self.listener.transport
         for datagram in self.codec.decode(data):
             session.shared.counters.udptx += len(datagram)
@@ -222,21 +220,11 @@ class _EntryUDPSession:
     def connectionLost(self) -> None:
         self.end()
 
-    def _checkIdle(self) -> None:
-        session = self.listener.session
-        timeout = session.shared.settings.udpReadTimeout
-        quiet = session.clock.seconds() - self.lastReply
-        if quiet >= timeout:
-            self.end()
-        else:
-            self.timer = session.clock.callLater(timeout - quiet, self._checkIdle)
-
     def end(self) -> None:
         if self.ended:
             return
         self.ended = True
-        if self.timer.active():
-            self.timer.cancel()
+        self.idle.cancel()
         if self.listener.sessions.get(self.source) is self:
             del self.listener.sessions[self.source]
             self.listener.session.shared.slots.release("udp")
@@ -315,15 +303,12 @@ class _ExitUDPSession(DatagramProtocol):
         self.codec = DatagramCodec(session.ext)
         self.port: IListeningPort | None = None
         self.queue: list[bytes] = []
-        self.lastActive = session.clock.seconds()
-        self.timer: IDelayedCall = session.clock.callLater(
-            session.shared.settings.udpReadTimeout, self._checkIdle
-        )
+        self.idle = IdleTimer(session.clock, session.shared.settings.udpReadTimeout, self.end)
         self.ended = False
 
     # pool -> target
     def dataReceived(self, data: bytes) -> None:
-        self.lastActive = self.session.clock.seconds()
+        self.idle.touch()
         for datagram in self.codec.decode(data):
             if self.port is None:
                 if len(self.queue) < 64:
@@ -347,7 +332,7 @@ class _ExitUDPSession(DatagramProtocol):
     # target -> pool
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         shared = self.session.shared
-        self.lastActive = self.session.clock.seconds()
+        self.idle.touch()
         shared.counters.udprx += len(data)
         if shared.limiter is not None:
             shared.limiter.read.take(len(data))
@@ -360,20 +345,11 @@ class _ExitUDPSession(DatagramProtocol):
         # Called both as the pool connection's consumer and by the UDP port.
         self.end()
 
-    def _checkIdle(self) -> None:
-        timeout = self.session.shared.settings.udpReadTimeout
-        quiet = self.session.clock.seconds() - self.lastActive
-        if quiet >= timeout:
-            self.end()
-        else:
-            self.timer = self.session.clock.callLater(timeout - quiet, self._checkIdle)
-
     def end(self) -> None:
         if self.ended:
             return
         self.ended = True
-        if self.timer.active():
-            self.timer.cancel()
+        self.idle.cancel()
         sessions = self.session.exitUDP
         if sessions.get(self.key) is self:
             del sessions[self.key]

@@ -25,7 +25,7 @@ from nodepass.balance import TargetDialer, Targets, connectTCP
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import checkpointLine, logEvent, wants
-from nodepass.relay import Counters, Relay, RelayProtocol, Throttle
+from nodepass.relay import Counters, IdleTimer, Relay, RelayProtocol, Throttle
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.tunnel.admit import AdmittedUser, hostPort
@@ -180,8 +180,7 @@ class _UDPSession(DatagramProtocol):
         self.source = source
         self.queue: list[bytes] = []
         self.port: IListeningPort | None = None
-        self.lastActive = forwarder.clock.seconds()
-        self.timer = forwarder.clock.callLater(forwarder.settings.udpReadTimeout, self._checkIdle)
+        self.idle = IdleTimer(forwarder.clock, forwarder.settings.udpReadTimeout, self.end)
         self.ended = False
         self.throttle = Throttle(forwarder.clock, self._pauseReading, self._resumeReading)
 
@@ -192,7 +191,7 @@ class _UDPSession(DatagramProtocol):
             self.send(data)
 
     def send(self, data: bytes) -> None:
-        self.lastActive = self.forwarder.clock.seconds()
+        self.idle.touch()
         if self.port is None:
             if len(self.queue) < 64:
                 self.queue.append(data)
@@ -201,7 +200,7 @@ class _UDPSession(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         forwarder = self.forwarder
-        self.lastActive = forwarder.clock.seconds()
+        self.idle.touch()
         forwarder.counters.udptx += len(data)
         if forwarder.limiter is not None:
             delay = forwarder.limiter.write.take(len(data))
@@ -222,21 +221,12 @@ class _UDPSession(DatagramProtocol):
     def connectionRefused(self) -> None:
         log.debug("UDP target refused datagrams from {source}", source=self.source)
 
-    def _checkIdle(self) -> None:
-        quiet = self.forwarder.clock.seconds() - self.lastActive
-        timeout = self.forwarder.settings.udpReadTimeout
-        if quiet >= timeout:
-            self.end()
-        else:
-            self.timer = self.forwarder.clock.callLater(timeout - quiet, self._checkIdle)
-
     def end(self) -> Deferred[None]:
         if self.ended:
             return succeed(None)
         self.ended = True
         self.throttle.cancel()
-        if self.timer.active():
-            self.timer.cancel()
+        self.idle.cancel()
         self.forwarder.udpSessionEnded(self)
         if self.port is not None:
             return self.port.stopListening() or succeed(None)  # type: ignore[return-value]
