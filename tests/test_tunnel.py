@@ -44,6 +44,56 @@ def transfer(port: int, payload: bytes) -> bytes:
     return received
 
 
+def concurrently(
+    port: int, count: int, exchange: Callable[[socket.socket, int], bool]
+) -> list[bool]:
+    """
+    Open C{count} connections to C{port} at once, each running
+    C{exchange(sock, index)}; the list of their outcomes (an OSError counts
+    as a failure).
+    """
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
+                ok = exchange(sock, index)
+        except OSError:
+            ok = False
+        with lock:
+            results.append(ok)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def echoed(size: int) -> Callable[[socket.socket, int], bool]:
+    """An exchange: send C{size + index} random bytes, expect them back."""
+
+    def exchange(sock: socket.socket, index: int) -> bool:
+        data = os.urandom(size + index)
+        sock.sendall(data)
+        return recvAll(sock, len(data)) == data
+
+    return exchange
+
+
+def udpRoundTrips(port: int) -> None:
+    """Datagrams of several sizes through C{port} come back intact."""
+    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dgram.settimeout(10)
+    with dgram:
+        for size in (1, 700, 3000, 9000):
+            datagram = os.urandom(size)
+            dgram.sendto(datagram, (LOOPBACK, port))
+            assert dgram.recvfrom(65536)[0] == datagram
+
+
 class Pair:
     def __init__(self, server: NodePass, client: NodePass, entry: int, target: int) -> None:
         self.server = server
@@ -166,26 +216,8 @@ def test_half_close_is_carried_end_to_end(flow: str) -> None:
 
 @pytest.mark.parametrize(("flow", "tls"), FLOWS_AND_TLS)
 def test_100_concurrent_connections(flow: str, tls: int) -> None:
-    results: list[bool] = []
-    lock = threading.Lock()
-
-    def one(index: int, port: int) -> None:
-        data = os.urandom(2000 + index)
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
-                sock.sendall(data)
-                ok = recvAll(sock, len(data)) == data
-        except OSError:
-            ok = False
-        with lock:
-            results.append(ok)
-
     with TCPServer(echo) as target, pair(flow, tls, target=target.port) as tunnel:
-        threads = [threading.Thread(target=one, args=(i, tunnel.entry)) for i in range(100)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = concurrently(tunnel.entry, 100, echoed(2000))
         assert len(results) == 100
         assert all(results), f"{results.count(False)} failed\n{tunnel.logs()[-3000:]}"
 
@@ -366,30 +398,9 @@ def test_websocket_pool_100_concurrent_and_udp(flow: str, tls: int) -> None:
         UDPEcho(port=port),
         pair(flow, tls, target=target.port, serverQuery="type=2") as tunnel,
     ):
-        results: list[bool] = []
-
-        def one(index: int) -> None:
-            data = os.urandom(1000 + index)
-            try:
-                with socket.create_connection((LOOPBACK, tunnel.entry), timeout=30) as sock:
-                    sock.sendall(data)
-                    results.append(recvAll(sock, len(data)) == data)
-            except OSError:
-                results.append(False)
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = concurrently(tunnel.entry, 100, echoed(1000))
         assert results.count(True) == 100, tunnel.logs()[-3000:]
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.settimeout(10)
-        with sock:
-            for size in (1, 700, 3000, 9000):
-                datagram = os.urandom(size)
-                sock.sendto(datagram, (LOOPBACK, tunnel.entry))
-                assert sock.recvfrom(65536)[0] == datagram
+        udpRoundTrips(tunnel.entry)
 
 
 @pytest.mark.parametrize(
@@ -415,27 +426,12 @@ def test_tls_only_pools_16mib_concurrent_and_udp(flow: str, tls: int, poolType: 
         with socket.create_connection((LOOPBACK, tunnel.entry), timeout=60) as sock:
             sock.sendall(struct.pack("!Q", len(payload)) + payload)
             assert recvAll(sock, 32) == hashlib.sha256(payload).digest()
-        results: list[bool] = []
 
-        def one(index: int) -> None:
+        def digested(conn: socket.socket, index: int) -> bool:
             data = os.urandom(500 + index)
-            try:
-                with socket.create_connection((LOOPBACK, tunnel.entry), timeout=30) as conn:
-                    conn.sendall(struct.pack("!Q", len(data)) + data)
-                    results.append(recvAll(conn, 32) == hashlib.sha256(data).digest())
-            except OSError:
-                results.append(False)
+            conn.sendall(struct.pack("!Q", len(data)) + data)
+            return recvAll(conn, 32) == hashlib.sha256(data).digest()
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = concurrently(tunnel.entry, 100, digested)
         assert results.count(True) == 100, tunnel.logs()[-3000:]
-        dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        dgram.settimeout(10)
-        with dgram:
-            for size in (1, 700, 3000, 9000):
-                datagram = os.urandom(size)
-                dgram.sendto(datagram, (LOOPBACK, tunnel.entry))
-                assert dgram.recvfrom(65536)[0] == datagram
+        udpRoundTrips(tunnel.entry)
