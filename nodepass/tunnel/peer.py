@@ -53,6 +53,7 @@ class TunnelPeer(Service):
         self.stopping = False
         self.ext = False
         self._failures = 0
+        self._established = False
         self._loop: Deferred[None] | None = None
         self.entryTCP: IListeningPort | None = None
         self.entryUDP: IListeningPort | None = None
@@ -123,8 +124,11 @@ class TunnelPeer(Service):
             await self._endSession()
             if self.stopping:
                 return
-            if self.reactor.seconds() - started > 60:
+            if self._established or self.reactor.seconds() - started > 60:
+                # The backoff counts attempts that failed in a row: a session that came up
+                # and later ended starts again from the base cooldown.
                 self._failures = 0
+            self._established = False
             self._failures += 1
             await deferLater(self.reactor, self._pause())
             if self.stopping:
@@ -170,6 +174,7 @@ class TunnelPeer(Service):
         return control
 
     def newSession(self, session: Session) -> Session:
+        self._established = True
         self.session = session
         self.sessions.append(session)
         if self.entryTCP is not None:
