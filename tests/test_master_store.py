@@ -363,15 +363,19 @@ class BackupTests(_Base):
 class GobTests(_Base):
     def test_gobImportRefused(self) -> None:
         """
-        With no database but a Go state file, opening fails clearly and the
-        gob file is left untouched.
+        With no database but an undecodable Go state file, opening fails
+        clearly and the gob file is left untouched.
         """
         gob = os.path.join(self.directory, "gob", "nodepass.gob")
         os.makedirs(os.path.dirname(gob))
         with open(gob, "wb") as f:
             f.write(b"\x00gob")
         error = self.assertRaises(StoreError, SyncStore(self.directory).open)
-        self.assertEqual(str(error), f"importing a Go gob state file is not supported yet: {gob}")
+        self.assertEqual(
+            str(error),
+            f"Go state file {gob} cannot be imported (an empty message at byte 1); "
+            "refusing to start (move the file away to start with empty state)",
+        )
         with open(gob, "rb") as f:
             self.assertEqual(f.read(), b"\x00gob")
         self.assertFalse(os.path.exists(os.path.join(self.directory, "nodepass.db")))

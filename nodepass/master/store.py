@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from nodepass.errors import NodePassError
+from nodepass.master.gob import GobError, GoInstance, decodeInstances
 
 __all__ = [
     "BACKUP_SUFFIX",
@@ -333,6 +334,70 @@ def _oneLine(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _instanceRow(record: StoredInstance) -> tuple[Any, ...]:
+    """
+    The C{instances} row of C{record}, in L{_INSTANCE_COLUMNS} order.
+    """
+    return (
+        record.id,
+        record.alias,
+        record.type,
+        record.url,
+        record.config,
+        int(record.restart),
+        json.dumps(record.meta, ensure_ascii=False, separators=(",", ":")),
+        *_trafficColumns(record.traffic),
+        *_trafficColumns(record.base),
+        *_trafficColumns(record.offset),
+    )
+
+
+def _fromGob(
+    records: Mapping[str, GoInstance],
+) -> tuple[MasterValues | None, list[StoredInstance]]:
+    """
+    Split a decoded Go state file into the master values (from the
+    pseudo-instance, C{None} if it is missing) and the instances, in id order.
+
+    @raise ValueError: a record cannot be stored (an empty id).
+    """
+    master: MasterValues | None = None
+    instances: list[StoredInstance] = []
+    for id in sorted(records):
+        record = records[id]
+        if id == PSEUDO_ID:
+            master = MasterValues(
+                keyDigest=keyDigest(record.url) if record.url else "",
+                masterID=record.config,
+                alias=record.alias,
+            )
+            continue
+        if not id:
+            raise ValueError("an instance with an empty id")
+        instances.append(
+            StoredInstance(
+                id=id,
+                alias=record.alias,
+                type=record.type,
+                url=record.url,
+                config=record.config,
+                restart=record.restart,
+                meta={
+                    "peer": {
+                        "sid": record.peer.sid,
+                        "type": record.peer.type,
+                        "alias": record.peer.alias,
+                    },
+                    "tags": dict(record.tags or {}),
+                },
+                traffic=Traffic(*record.traffic),
+                base=Traffic(*record.base),
+                offset=Traffic(*record.reset),
+            )
+        )
+    return master, instances
+
+
 class SyncStore:
     """
     The synchronous store: one SQLite connection, used from one thread at a
@@ -540,37 +605,112 @@ class SyncStore:
     def importGob(self, path: str) -> None:
         """
         Import a Go master's state file once, when no database exists yet
-        (spec §11.6).  The file is never modified.
+        (spec §11.1, §11.6).  The file is only read, never modified.
 
-        Not supported yet: this raises L{StoreError} so that the master
-        refuses to start rather than silently starting empty, which would mint
-        a new API key over the operator's instances (spec §17 a7).  Moving
-        the file away lets the master start with empty state.
+        The file holds one value encoded with Go's C{encoding/gob}, a
+        C{map[string]*Instance} keyed by instance id and including the
+        pseudo-instance L{PSEUDO_ID}; L{nodepass.master.gob} decodes it,
+        matching struct fields by name (spec §11.1 lists them).  Mapping:
 
-        What a decoder has to read: the file holds one value encoded with Go's
-        C{encoding/gob}, a C{map[string]*Instance} keyed by instance id and
-        including the pseudo-instance L{PSEUDO_ID}.  The stream is a sequence
-        of messages, each an unsigned length followed by a signed type id;
-        negative ids introduce type definitions (C{wireType} values giving
-        struct names and C{(name, type id)} field lists, map key/element
-        types), and the positive id then carries the value.  Integers are
-        gob-encoded (one byte if < 128, else a negated byte count and
-        big-endian bytes; signed values zig-zag in the low bit), strings are
-        a length and bytes, structs are field-number deltas terminated by 0
-        with zero-valued fields omitted, maps are a count then key/value
-        pairs, and a pointer is encoded as its target.  C{Instance} fields,
-        in order (spec §11.1): C{ID, Alias, Type, Status, URL, Config} string,
-        C{Restart} bool, C{Meta} struct C{{Peer {SID, Type, Alias string},
-        Tags map[string]string}}, C{Mode, Ping, Pool, TCPS, UDPS} int32,
-        C{TCPRX, TCPTX, UDPRX, UDPTX} uint64, then the C{…Base} and
-        C{…Reset} uint64 quadruples.  Import mapping: the pseudo-instance's
-        C{URL} is the plaintext API key (store only L{keyDigest} of it),
-        its C{Config} the master ID and its C{Alias} the master alias; every
-        other record becomes a L{StoredInstance}, with nil tags as C{{}}.
+          - the pseudo-instance's C{URL} is the plaintext API key: only its
+            L{keyDigest} is stored (an empty key stores C{""}, so a new key
+            is minted); its C{Config} is the master ID and its C{Alias} the
+            master alias;
+          - every other record becomes a L{StoredInstance} with the map key
+            as id, its C{Alias}, C{Type}, C{URL}, C{Config}, C{Restart} and
+            C{Meta} (a nil tag map becomes C{{}}); C{TCPRX}... are the
+            traffic totals, C{TCPRXBase}... the C{base} and
+            C{TCPRXReset}... the C{offset} bookkeeping (see
+            L{StoredInstance}).  Runtime values (status, mode, ping, pool,
+            tcps, udps) are not stored.  Instances are stored in id order,
+            since a Go map has none.
 
-        @raise StoreError: always, for now.
+        The database is built in a temporary file in the state directory,
+        schema and data each in one transaction, then fsynced and renamed
+        to L{path}: if anything fails, no database appears that would later
+        shadow the Go file and start the master empty.
+
+        @param path: the Go state file.
+        @raise StoreError: the file cannot be read or decoded, or holds a
+            record that cannot be stored; the master must refuse to start
+            rather than mint a new API key over the operator's instances
+            (spec §17 a7).  Moving the file away lets it start empty.
         """
-        raise StoreError(f"importing a Go gob state file is not supported yet: {path}")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise StoreError(
+                f"Go state file {path} cannot be read ({_oneLine(e.strerror or str(e))}); "
+                "refusing to start"
+            ) from e
+        try:
+            master, records = _fromGob(decodeInstances(data))
+        except (GobError, ValueError, TypeError) as e:
+            raise StoreError(
+                f"Go state file {path} cannot be imported ({_oneLine(str(e))}); refusing to "
+                "start (move the file away to start with empty state)"
+            ) from e
+        self._writeImport(path, master, records)
+        if master is None:
+            log.warn(
+                "Go state file {path} has no API key record: a new key will be created",
+                path=path,
+            )
+        log.info(
+            "Imported {count} instances from the Go state file {path}",
+            count=len(records),
+            path=path,
+        )
+
+    def _writeImport(
+        self, source: str, master: MasterValues | None, records: list[StoredInstance]
+    ) -> None:
+        """
+        Write a new database holding C{master} and C{records} at L{path},
+        atomically (temporary file, fsync, rename).
+        """
+        fd, temporary = tempfile.mkstemp(
+            prefix=os.path.basename(self.path) + ".import-", suffix=".tmp", dir=self.directory
+        )
+        os.close(fd)
+        try:
+            connection = sqlite3.connect(temporary, isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode=DELETE")
+                connection.execute("PRAGMA synchronous=FULL")
+                self._migrate(connection)
+                with self._transaction(connection):
+                    if master is not None:
+                        connection.execute(
+                            "INSERT INTO master (singleton, key_digest, master_id, alias) "
+                            "VALUES (1, ?, ?, ?)",
+                            (master.keyDigest, master.masterID, master.alias),
+                        )
+                    connection.executemany(
+                        f"INSERT INTO instances ({_INSTANCE_COLUMNS}) "
+                        f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS.split(', ')))})",
+                        [_instanceRow(record) for record in records],
+                    )
+            finally:
+                connection.close()
+            _fsyncFile(temporary)
+            if os.path.exists(self.path):
+                # Somebody created the database meanwhile: never replace it.
+                raise StoreError(
+                    f"state database {self.path} appeared while importing {source}; "
+                    "refusing to overwrite it"
+                )
+            os.replace(temporary, self.path)
+            _fsyncDirectory(self.directory)
+        except sqlite3.Error as e:
+            raise StoreError(
+                f"cannot write state database {self.path} from the Go state file {source}: {e}"
+            ) from e
+        finally:
+            for leftover in (temporary, temporary + "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
 
     # -- reading -----------------------------------------------------------
 
@@ -811,6 +951,31 @@ class Store:
 
         d.addErrback(failed)
         return d
+
+    def openNow(self) -> None:
+        """
+        Open the database in the calling thread, then start the worker thread.
+
+        For start-up before the reactor runs, where blocking is harmless and a failure must
+        stop the program at once (one line, exit status 1) rather than after the API is up.
+
+        @raise StoreError: the database cannot be opened (nothing is started then).
+        """
+        if self._pool is not None:
+            raise StoreError(f"state database already open: {self.core.path}")
+        self.core.open()
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="nodepass-store")
+        pool.start()
+        self._pool = pool
+        self._trigger = self._reactor.addSystemEventTrigger("after", "shutdown", self._stopPool)
+
+    def closeNow(self) -> None:
+        """
+        Close the database in the calling thread and stop the worker thread (start-up failed
+        after L{openNow}, nothing was queued).
+        """
+        self._stopPool()
+        self.core.close()
 
     def _stopPool(self) -> None:
         pool, self._pool = self._pool, None
