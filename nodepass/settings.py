@@ -61,7 +61,8 @@ def fromEnvironment(environ: Mapping[str, str]) -> Settings:
         value = _convert(raw, kind)
         if value is None or value < 0:
             continue
-        if attribute.name in ("reportInterval", "tcpBufferSize", "udpBufferSize") and not value:
+        zeroIsDefault = ("reportInterval", "reloadInterval", "tcpBufferSize", "udpBufferSize")
+        if attribute.name in zeroIsDefault and not value:
             continue
         values[attribute.name] = value
     return Settings(**values)  # type: ignore[arg-type]

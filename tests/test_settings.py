@@ -97,6 +97,12 @@ def test_zeroReportIntervalFallsBack(raw: str) -> None:
     assert fromEnvironment({"NP_REPORT_INTERVAL": raw}).reportInterval == 5.0
 
 
+@pytest.mark.parametrize("raw", ["0", "0s", "-1h"])
+def test_nonPositiveReloadIntervalFallsBack(raw: str) -> None:
+    # The reference crashes its periodic tasks on 0 (master spec §17 a5).
+    assert fromEnvironment({"NP_RELOAD_INTERVAL": raw}).reloadInterval == 3600.0
+
+
 @pytest.mark.parametrize("env", ["NP_TCP_DATA_BUF_SIZE", "NP_UDP_DATA_BUF_SIZE"])
 def test_zeroBufferSizesFallBack(env: str) -> None:
     settings = fromEnvironment({env: "0"})
