@@ -29,6 +29,26 @@ def _fail(message: str) -> NoReturn:
 URL_VARIABLE = "NP_INSTANCE_URL"
 
 
+def _resetKey(args: Sequence[str]) -> NoReturn:
+    """
+    C{nodepass reset-key [STATE_DIR]}: replace a master's API key offline (master spec §5),
+    for an operator who lost it.  The new key is printed once; a running master keeps the
+    old one until it is restarted.
+    """
+    from nodepass.master.service import resetKey, stateDirectory
+
+    if len(args) > 1:
+        _fail("usage: nodepass reset-key [STATE_DIR]")
+    directory = args[0] if args else stateDirectory(os.environ)
+    try:
+        key = resetKey(directory)
+    except Exception as error:
+        _fail(str(error))
+    sys.stdout.write(f"API Key created: {key}\n")
+    sys.stdout.write("Restart the master for the new key to take effect.\n")
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     handed = os.environ.pop(URL_VARIABLE, None)
@@ -40,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args[0] in ("-V", "--version", "version"):
         sys.stdout.write(versionText() + "\n")
         raise SystemExit(0)
+    if args[0] == "reset-key":
+        _resetKey(args[1:])
     if len(args) != 1:
         _fail(f"expected exactly one URL argument, got {len(args)}")
     options = Options()
@@ -59,4 +81,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()  # type: ignore[attr-defined]
-    raise SystemExit(0)
+    raise SystemExit(root.exitCode)

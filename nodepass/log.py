@@ -9,7 +9,9 @@ is a terminal.  Levels, from lowest to highest: ``debug``, ``info``, ``warn``,
 ``error``, ``event``; ``log=none`` prints nothing at all.  ``event`` is not a
 Twisted level: code marks an event-level message with the ``npEvent=True``
 key (see :func:`logEvent`), which is how the periodic ``CHECK_POINT`` line is
-emitted.
+emitted.  An event marked ``npAlways=True`` is printed whatever the level,
+even with ``log=none``: the master uses it for the one line an operator cannot
+do without (the API key, printed once when it is created).
 
 Messages from outside the ``nodepass`` namespace (Twisted's own "Starting
 factory" chatter, for instance) are demoted from info to debug so that an
@@ -143,7 +145,7 @@ class NodePassLogObserver:
 
     def __call__(self, event: LogEvent) -> None:
         level = levelOf(event)
-        if _RANK[level] < self._min:
+        if _RANK[level] < self._min and not event.get("npAlways"):
             return
         when = event.get("log_time") or self._now()
         lines = _message(event, self._debug).split("\n")

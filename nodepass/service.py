@@ -42,6 +42,7 @@ Usage: nodepass URL
                                                      on HOST:PORT itself
   master://HOST:PORT/PREFIX?PARAMS                   REST API + SSE control plane
   master                                             the same on 127.0.0.1:9090/api
+  reset-key [STATE_DIR]                              replace a master's lost API key
 
 Example: nodepass "client://127.0.0.1:8080/127.0.0.1:80"
 Parameters are described in docs/url.md."""
@@ -122,7 +123,8 @@ class NodePassService(MultiService):
         for name in unknownParams(config):
             log.warn("Ignoring unknown parameter: {name}", name=name)
         role = config.scheme.capitalize()
-        log.info("{role} started: {url}", role=role, url=describe(config))
+        if config.scheme != "master":  # the master names its listening address itself
+            log.info("{role} started: {url}", role=role, url=describe(config))
         try:
             self._startChildren()
         except StartupError as error:
@@ -130,6 +132,14 @@ class NodePassService(MultiService):
             sys.stderr.write(f"Error: {error} [{os.getpid()}]\n")
             sys.stderr.flush()
             raise SystemExit(1) from None
+
+    @property
+    def exitCode(self) -> int:
+        """
+        The exit status a child asks for after a failure that happened once the reactor was
+        running (0 normally).
+        """
+        return max((getattr(child, "exitCode", 0) for child in self), default=0)
 
     def _startChildren(self) -> None:
         prepare = getattr(self, "prepare", None)
@@ -251,7 +261,11 @@ def buildService(
     elif config.scheme == "server":
         root.prepare = lambda: _startServer(root, config, reactor, settings)  # type: ignore[attr-defined]
     else:
-        _unavailable(root, "master mode is not available in this version yet")
+        from nodepass.master.service import MasterService
+
+        MasterService(
+            config, reactor, settings, os.environ if environ is None else environ
+        ).setServiceParent(root)
     return root
 
 
@@ -281,16 +295,6 @@ def _startServer(root: NodePassService, config: Config, reactor: Any, settings: 
     ).setServiceParent(root)
 
 
-def _unavailable(root: NodePassService, message: str) -> None:
-    from twisted.application.service import Service
-
-    class Unavailable(Service):
-        def bind(self) -> None:
-            raise StartupError(message)
-
-    Unavailable().setServiceParent(root)
-
-
 def makeService(options: Options) -> NodePassService:
     """
     twistd's entry point: the only code that touches the global reactor.
@@ -298,6 +302,17 @@ def makeService(options: Options) -> NodePassService:
     from twisted.internet import reactor
 
     root = buildService(options["config"], reactor)
+
+    def exitWithCode() -> None:
+        # A failure after start-up (the master's state could not be restored): twistd itself
+        # would exit 0.
+        code = root.exitCode
+        if code:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exitWithCode)
     parent = getattr(options, "parent", None)
     if parent is not None and parent.get("nodaemon") and not parent.get("logfile"):
         root.useForTwistdLogging()

@@ -13,9 +13,11 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from nodepass.service import Options
 from tests.support import LOOPBACK, ROOT, TCPServer, UDPEcho, echo, freePort, recvAll, waitFor
 
 pytestmark = pytest.mark.integration
@@ -229,18 +231,41 @@ def test_twistd_bad_url_is_a_usage_error() -> None:
     assert "invalid port 'bad'" in result.stdout + result.stderr
 
 
-def test_twistd_master_says_it_is_not_available_yet() -> None:
-    result = subprocess.run(
-        twistd("-n", "--pidfile=", "nodepass", "master"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env(),
-        cwd=str(ROOT),
+def test_master_alone_means_the_loopback_default() -> None:
+    options = Options()
+    options.parseOptions(["master"])
+    config = options["config"]
+    assert options["url"] == "master://127.0.0.1:9090/api"
+    assert (config.scheme, config.tunnel.text, config.apiPrefix) == (
+        "master",
+        "127.0.0.1:9090",
+        "/api/v1",
     )
+
+
+def test_reset_key_replaces_the_stored_key(tmp_path: Path) -> None:
+    from nodepass.master.store import SyncStore, keyDigest
+
+    store = SyncStore(str(tmp_path))
+    store.open()
+    store.setMaster(keyDigest=keyDigest("old"), masterID="0123456789abcdef")
+    store.close()
+    result = run("reset-key", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.split("API Key created: ", 1)[1].split()[0]
+    assert len(key) == 32
+    store.open()
+    master = store.load().master
+    store.close()
+    assert master.keyDigest == keyDigest(key)
+    assert master.masterID == "0123456789abcdef"
+
+
+def test_reset_key_without_state_fails_clearly(tmp_path: Path) -> None:
+    result = run("reset-key", str(tmp_path))
     assert result.returncode == 1
-    assert "master mode is not available" in result.stdout + result.stderr
-    assert "master://127.0.0.1:9090/api" in result.stdout
+    assert "no master state in" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_url_from_the_environment_stays_off_the_command_line() -> None:

@@ -241,6 +241,13 @@ def test_noneHidesEvenCheckpoints() -> None:
     assert out.getvalue() == ""
 
 
+@pytest.mark.parametrize("configured", ["none", "event", "error", "info"])
+def test_npAlwaysIgnoresTheLevel(configured: str) -> None:
+    observer, out = observe(configured)
+    observer(event("API Key created: k", LogLevel.info, npAlways=True))
+    assert out.getvalue() == f"{STAMP}  INFO  API Key created: k\n"
+
+
 def test_eventLevelShowsOnlyEvents() -> None:
     observer, out = observe("event")
     observer(event("not shown", LogLevel.error))

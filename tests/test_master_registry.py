@@ -175,6 +175,10 @@ class FakeSupervisor:
             self.set(id, Status.STOPPED, Event.STOP)
         return succeed(None)
 
+    def killAll(self) -> int:
+        self.calls.append(("killAll",))
+        return len(self.statuses)
+
 
 class RecordingHub:
     def __init__(self) -> None:
@@ -687,7 +691,7 @@ class ObserverTests(RegistryTestCase):
         self.assertNoResult(d)
         self.clock.advance(5)
         self.successResultOf(d)
-        self.flushLoggedErrors()
+        self.assertIn(("killAll",), self.supervisor.calls)
         self.assertEqual(self.store.record(self.iid).traffic.tcprx, 7)
         self.error(self.registry.create(SERVER), 503, "Master is shutting down")
         self.error(

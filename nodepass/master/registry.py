@@ -201,6 +201,8 @@ class SupervisorLike(Protocol):
 
     def stopAll(self) -> Deferred[None]: ...
 
+    def killAll(self) -> int: ...
+
 
 class HubLike(Protocol):
     """
@@ -454,6 +456,8 @@ class Registry:
     @param newId: generates instance ids (8 hex characters).
     @param newMasterId: generates the master ID (16 hex characters).
     @param newKey: generates API keys.
+    @param output: receives every child output line as C{<line> [<id>]} (Go writes them to
+        the master's stdout, §9.2); by default they are logged at info level.
     """
 
     def __init__(
@@ -469,6 +473,7 @@ class Registry:
         newKey: Callable[[], str] = generateKey,
         bootStartDelay: float = BOOT_START_DELAY,
         putRestartDelay: float = PUT_RESTART_DELAY,
+        output: Callable[[str], None] | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -479,6 +484,7 @@ class Registry:
         self._newKey = newKey
         self._bootStartDelay = bootStartDelay
         self._putRestartDelay = putRestartDelay
+        self._output = output
         self._instances: dict[str, _Instance] = {}
         self._locks: dict[str, DeferredLock] = {}
         self._masterLock = DeferredLock()
@@ -523,14 +529,30 @@ class Registry:
 
     # -- boot ----------------------------------------------------------------------------------
 
-    def load(self) -> Deferred[LoadResult]:
+    def load(self, autoStart: bool = True) -> Deferred[LoadResult]:
         """
         Restore the state at boot (§11.4, §12): make sure the API key and master ID exist
-        (and are in memory at once, not Go's bug a16), restore every instance as C{stopped}
-        (an empty C{config} is rendered again and saved), then start the C{restart=true}
-        ones in creation order with a short pause between them.
+        (and are in memory at once, not Go's bug a16) and restore every instance as
+        C{stopped} (an empty C{config} is rendered again and saved).  With C{autoStart}, then
+        wait for L{autoStart}; the master passes C{False} and runs it in the background, so
+        the API answers while a long list of instances is being started.
         """
-        return Deferred.fromCoroutine(self._load())
+
+        async def run() -> LoadResult:
+            result = await self._load()
+            if autoStart:
+                await self.autoStart()
+            return result
+
+        return Deferred.fromCoroutine(run())
+
+    def autoStart(self) -> Deferred[None]:
+        """
+        Start the C{restart=true} instances in creation order with a short pause between
+        them (§11.4).  An instance changed through the API meanwhile keeps that change: the
+        start guard leaves running ones alone, and deleted ones are skipped.
+        """
+        return Deferred.fromCoroutine(self._autoStart())
 
     async def _load(self) -> LoadResult:
         state = await self._store.load()
@@ -555,16 +577,22 @@ class Registry:
                         why=str(e),
                     )
             self._instances[record.id] = _Instance(record, _restoredTraffic(record))
+        return LoadResult(createdKey=createdKey, instances=len(self._instances))
+
+    async def _autoStart(self) -> None:
         first = True
         for instance in list(self._instances.values()):
-            if not instance.record.restart or instance.deleted:
+            if not instance.record.restart or instance.deleted or self._closing:
                 continue
             if not first and self._bootStartDelay > 0:
                 await deferLater(self._clock, self._bootStartDelay, lambda: None)
             first = False
-            log.info("Auto-starting instance [{id}]", id=instance.record.id)
-            await self.supervisor.start(instance.record.id, instance.record.url)
-        return LoadResult(createdKey=createdKey, instances=len(self._instances))
+            id = instance.record.id
+            async with self._locked(self._lock(id)):
+                if instance.deleted or self._closing:
+                    continue
+                log.info("Auto-starting instance [{id}]", id=id)
+                await self.supervisor.start(id, instance.record.url)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -889,7 +917,12 @@ class Registry:
         try:
             await stopping
         except Exception:
-            log.failure("Not every instance stopped within {timeout}s", timeout=timeout)
+            killed = self.supervisor.killAll()
+            log.warn(
+                "Not every instance stopped within {timeout}s: {killed} killed",
+                timeout=timeout,
+                killed=killed,
+            )
         await self._flushLogged()
 
     async def _flushLogged(self) -> None:
@@ -933,7 +966,10 @@ class Registry:
         if instance is None or instance.deleted:
             return
         line = truncateLogLine(line)
-        log.info("{line} [{id}]", line=line, id=instanceId)
+        if self._output is not None:
+            self._output(f"{line} [{instanceId}]")
+        else:
+            log.info("{line} [{id}]", line=line, id=instanceId)
         self._hub.publish("log", self._object(instance), line)
 
     # -- helpers -------------------------------------------------------------------------------

@@ -588,6 +588,25 @@ class Supervisor:
         d = gatherResults(stops, consumeErrors=True)
         return d.addCallback(lambda _: None)
 
+    def killAll(self) -> int:
+        """
+        SIGKILL every child that is still running (the last step of a shutdown whose time is
+        up).  The exits are reported as usual.
+
+        @return: how many children were signalled.
+        """
+        killed = 0
+        for instance in list(self._instances.values()):
+            transport = instance.transport
+            if transport is None or instance.process is None:
+                continue
+            try:
+                self._signal(transport, "KILL")
+            except ProcessExitedAlready:
+                continue
+            killed += 1
+        return killed
+
     # -- internals -----------------------------------------------------------------------------
 
     def _instance(self, instanceId: str) -> _Instance:

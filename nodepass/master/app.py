@@ -1,0 +1,514 @@
+"""
+The master's HTTP face: the Klein application that serves the REST API and the SSE stream
+of master spec §3-§10 from the reactor everything else runs on.
+
+Routing is done here rather than by werkzeug rules, on purpose (§16): the spec fixes an order
+that a rule table cannot express.  For a protected route the order is
+
+  1. CORS headers (§4.3);
+  2. C{OPTIONS} answers 200 with an empty body, before any authentication;
+  3. C{X-API-Key} (§5), so an unauthenticated C{DELETE P/info} is 401, not 405;
+  4. the handler: for C{P/instances/{id}} an empty id is 400, then an unknown id 404, then
+     an unsupported method 405.
+
+A path outside the table gets Go's mux answer (404 C{404 page not found}, text/plain, no
+CORS).  Every JSON answer is one value and a newline with C{Content-Type: application/json}
+(§4.2, §18 b3); every error is C{{"error": message}}.
+
+One Klein route catches every path (C{branch=True}) and hands it to L{MasterAPI.dispatch};
+Klein still does what it is good at: Deferred results, cancelling the handler's Deferred
+when the client goes away (which ends an SSE subscription), and rendering resources (the
+Swagger UI assets).
+
+Request bodies are capped (§17 a6): L{LimitedRequest} stops storing a body past
+L{MAX_BODY} bytes, and the handler answers 413.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import platform
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request as ServerRequest
+from twisted.web.static import File
+
+from nodepass import COMPATIBLE_VERSION
+from nodepass.master.auth import API_KEY_HEADER, CorsPolicy
+from nodepass.master.events import encodeJSON
+from nodepass.master.openapi import DOCS_STATIC_FILES, docsPage, documentJSON
+from nodepass.master.registry import (
+    FORBIDDEN_KEY,
+    INVALID_BODY,
+    PSEUDO_ID,
+    MasterSettings,
+    RegistryError,
+    decodeBody,
+)
+from nodepass.master.tcping import ProbeResult
+
+__all__ = [
+    "MAX_BODY",
+    "LimitedRequest",
+    "MasterAPI",
+    "MasterInfo",
+    "goArch",
+    "goOS",
+]
+
+log = Logger()
+
+#: The largest request body the API accepts, in bytes (§17 a6: 413 beyond it).
+MAX_BODY: Final = 64 * 1024
+
+BODY_TOO_LARGE: Final = "Request body too large"
+METHOD_NOT_ALLOWED: Final = "Method not allowed"
+TARGET_REQUIRED: Final = "Target address required"
+STARTING: Final = "Master is starting"
+INTERNAL_ERROR: Final = "Internal server error"
+
+_JSON: Final = b"application/json"
+_NOT_FOUND_BODY: Final = b"404 page not found\n"
+
+# Go's GOARCH for Python's platform.machine() (§8.8).
+_ARCH: Final = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "i386": "386",
+    "i486": "386",
+    "i586": "386",
+    "i686": "386",
+    "x86": "386",
+    "mips": "mips",
+    "mipsel": "mipsle",
+    "mips64": "mips64",
+    "mips64el": "mips64le",
+    "ppc64le": "ppc64le",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "loongarch64": "loong64",
+}
+
+
+def goOS(name: str | None = None) -> str:
+    """
+    The Go GOOS value for this system (C{linux}, C{darwin}, C{windows}, C{freebsd}, ...).
+    """
+    name = sys.platform if name is None else name
+    if name.startswith("linux"):
+        return "linux"
+    if name.startswith("win"):
+        return "windows"
+    if name.startswith("freebsd"):
+        return "freebsd"
+    if name.startswith("openbsd"):
+        return "openbsd"
+    if name.startswith("netbsd"):
+        return "netbsd"
+    return name
+
+
+def goArch(machine: str | None = None) -> str:
+    """
+    The Go GOARCH value for a C{platform.machine()} string (C{x86_64} is C{amd64}).
+    """
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine.startswith("armv") or machine == "arm":
+        return "arm"
+    return _ARCH.get(machine, machine)
+
+
+class LimitedRequest(ServerRequest):
+    """
+    A request that keeps at most L{MAX_BODY} bytes of its body in memory.
+
+    Past the limit the rest of the body is read and dropped, and L{bodyTooLarge} is set; the
+    application answers 413.  Bodies are always kept in memory (Twisted would spill a large
+    declared body to a temporary file, which the limit makes pointless).
+    """
+
+    maxBody = MAX_BODY
+    bodyTooLarge = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self.maxBody:
+            self.bodyTooLarge = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.bodyTooLarge:
+            return
+        self._received += len(data)
+        if self._received > self.maxBody:
+            self.bodyTooLarge = True
+            self.content = io.BytesIO()
+            return
+        assert self.content is not None
+        self.content.write(data)
+
+
+class MasterInfo:
+    """
+    The fixed part of C{GET P/info} (§8.8) and the clock behind C{uptime}.
+
+    @param settings: the master URL's C{log}, TLS code, C{crt} and C{key}.
+    @param name: the host part of the master URL.
+    @param clock: measures C{uptime} from construction.
+    @param version: the release reported as C{ver} (§18 b5).
+    """
+
+    def __init__(
+        self,
+        settings: MasterSettings,
+        name: str,
+        clock: IReactorTime,
+        version: str = COMPATIBLE_VERSION,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.version = version
+        self._clock = clock
+        self._started = clock.seconds()
+
+    def uptime(self) -> int:
+        return max(0, int(self._clock.seconds() - self._started))
+
+
+class _Handled(Exception):
+    """
+    Raised inside a handler to answer C{{"error": message}} with C{status}.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_Handler = Callable[[IRequest, str], Any]
+
+
+class MasterAPI:
+    """
+    The master's REST API and SSE stream as a Klein application.
+
+    @param registry: the instance registry (L{nodepass.master.registry.Registry}); it must
+        be loaded before L{ready} is set.
+    @param hub: the SSE hub whose snapshot is the registry's.
+    @param tcping: runs C{P/tcping} probes (L{nodepass.master.tcping.TCPing}).
+    @param systemInfo: returns a Deferred of the system fields of C{/info}
+        (L{nodepass.master.sysinfo.collect} bound to a reactor and a CPU sampler).
+    @param info: the fixed C{/info} values.
+    @param prefix: the path before C{/v1} (§2), e.g. C{"/api"}.
+    @param cors: the CORS policy (§4.3).
+    @param staticDirectory: where the Swagger UI assets are, or C{None} for the plain page.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        registry: Any,
+        hub: Any,
+        tcping: Any,
+        systemInfo: Callable[[], Deferred[dict[str, int]]],
+        info: MasterInfo,
+        prefix: str,
+        cors: CorsPolicy | None = None,
+        staticDirectory: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.hub = hub
+        self.tcping = tcping
+        self.systemInfo = systemInfo
+        self.info = info
+        self.prefix = prefix
+        self.apiPrefix = prefix + "/v1"
+        self.cors = cors if cors is not None else CorsPolicy()
+        self.staticDirectory = staticDirectory
+        #: Set once the registry is loaded; protected routes answer 503 until then.
+        self.ready = False
+        self._openapi: bytes | None = None
+        self._docs: bytes | None = None
+        self._protected: dict[str, _Handler] = {
+            "/instances": self._instances,
+            "/events": self._events,
+            "/info": self._infoRoute,
+            "/tcping": self._tcpingRoute,
+        }
+        self._public: dict[str, _Handler] = {
+            "/openapi.json": self._openapiRoute,
+            "/docs": self._docsRoute,
+        }
+
+    def resource(self) -> IResource:
+        """
+        The Twisted Web resource to serve (put it in a L{twisted.web.server.Site} whose
+        C{requestFactory} is L{LimitedRequest}).
+        """
+        resource: IResource = self.app.resource()
+        return resource
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    @app.route("/", branch=True, strict_slashes=False)
+    def dispatch(self, request: IRequest) -> Any:
+        """
+        Route C{request} by its decoded path (§3) and apply the order of §4.1.
+        """
+        path = _decodedPath(request)
+        if not path.startswith(self.apiPrefix + "/"):
+            return _notFound(request)
+        route = path[len(self.apiPrefix) :]
+        handler = self._public.get(route)
+        argument = ""
+        protected = handler is None
+        if handler is None:
+            handler = self._protected.get(route)
+        if handler is None and route.startswith("/instances/"):
+            handler, argument = self._instance, route[len("/instances/") :]
+        if handler is None and route.startswith("/docs/static/"):
+            name = route[len("/docs/static/") :]
+            if name in DOCS_STATIC_FILES and self.staticDirectory is not None:
+                handler, argument, protected = self._staticRoute, name, False
+        if handler is None:
+            return _notFound(request)
+        self.cors.apply(request)
+        if _method(request) == "OPTIONS":
+            return _empty(request, 200)
+        if protected:
+            if not self.ready:
+                return _error(request, 503, STARTING)
+            rejection = self.registry.keyChecker.rejection(request.getHeader(API_KEY_HEADER))
+            if rejection is not None:
+                return _error(request, 401, rejection)
+        return self._run(request, handler, argument)
+
+    def _run(self, request: IRequest, handler: _Handler, argument: str) -> Any:
+        try:
+            result = handler(request, argument)
+        except (RegistryError, _Handled) as e:
+            return _error(request, e.status, e.message)
+        except Exception:
+            result = fail()  # answered 500 and logged below, like an asynchronous failure
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if not isinstance(result, Deferred):
+            return result
+
+        def failed(failure: Any) -> Any:
+            error = failure.check(RegistryError, _Handled)
+            if error is not None:
+                return _error(request, failure.value.status, failure.value.message)
+            if failure.check(CancelledError) or failure.check(Exception) is None:
+                return failure  # the client went away (Klein cancels): nothing to answer
+            log.failure(
+                "Request {method} {path} failed",
+                failure,
+                method=_method(request),
+                path=bytes(request.path).decode("ascii", "replace"),
+            )
+            return _error(request, 500, INTERNAL_ERROR)
+
+        return result.addErrback(failed)
+
+    # -- protected routes ----------------------------------------------------------------------
+
+    def _instances(self, request: IRequest, _: str) -> Any:
+        method = _method(request)
+        if method == "GET":
+            return self.registry.list().addCallback(lambda value: _json(request, 200, value))
+        if method == "POST":
+            body = _body(request)
+            return self.registry.createFromBody(body).addCallback(
+                lambda value: _json(request, 201, value)
+            )
+        raise _Handled(405, METHOD_NOT_ALLOWED)
+
+    async def _instance(self, request: IRequest, id: str) -> Any:
+        # Empty id 400, unknown id 404, then the method (§4.1).
+        current = await self.registry.get(id)
+        method = _method(request)
+        if method == "GET":
+            return _json(request, 200, current)
+        if method == "PATCH":
+            body = _body(request)
+            if not body:
+                return _json(request, 200, current)  # Go: empty body, nothing changes
+            return _json(request, 200, await self.registry.patch(id, body))
+        if method == "PUT":
+            if id == PSEUDO_ID:
+                raise _Handled(403, FORBIDDEN_KEY)  # before the body (§8.5)
+            body = _body(request)
+            return _json(request, 200, await self.registry.putFromBody(id, body))
+        if method == "DELETE":
+            await self.registry.delete(id)
+            return _empty(request, 204)
+        raise _Handled(405, METHOD_NOT_ALLOWED)
+
+    def _events(self, request: IRequest, _: str) -> Any:
+        if _method(request) != "GET":
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        channel = getattr(request, "channel", None)
+        setTimeout = getattr(channel, "setTimeout", None)
+        if setTimeout is not None:
+            setTimeout(None)  # a stream is idle between events by design
+        return self.hub.subscribe(request)
+
+    async def _infoRoute(self, request: IRequest, _: str) -> Any:
+        method = _method(request)
+        if method == "POST":
+            body = _body(request)
+            alias = _stringField(body, "alias")
+            await self.registry.setMasterAlias(alias or "")
+        elif method != "GET":
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        return _json(request, 200, await self.infoObject())
+
+    async def infoObject(self) -> dict[str, Any]:
+        """
+        The C{/info} object (§8.8), keys sorted as Go's map encoding sorts them.
+        """
+        system = await self.systemInfo()
+        settings = self.info.settings
+        value: dict[str, Any] = dict(system)
+        value.update(
+            mid=self.registry.masterID,
+            alias=self.registry.masterAlias,
+            os=goOS(),
+            arch=goArch(),
+            ver=self.info.version,
+            name=self.info.name,
+            uptime=self.info.uptime(),
+            log=settings.log,
+            tls=settings.tls,
+            crt=settings.crt,
+            key=settings.key,
+        )
+        return dict(sorted(value.items()))
+
+    def _tcpingRoute(self, request: IRequest, _: str) -> Any:
+        if _method(request) != "GET":
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        args: Mapping[bytes, list[bytes]] = getattr(request, "args", None) or {}
+        values = args.get(b"target") or [b""]
+        target = values[0].decode("utf-8", "replace")
+        if not target:
+            raise _Handled(400, TARGET_REQUIRED)
+        probing: Deferred[ProbeResult] = self.tcping.probe(target)
+        return probing.addCallback(lambda value: _json(request, 200, value))
+
+    # -- public routes -------------------------------------------------------------------------
+
+    def _openapiRoute(self, request: IRequest, _: str) -> bytes:
+        if self._openapi is None:
+            self._openapi = documentJSON(self.prefix, self.info.version) + b"\n"
+        request.setHeader(b"Content-Type", _JSON)
+        return self._openapi
+
+    def _docsRoute(self, request: IRequest, _: str) -> bytes:
+        if self._docs is None:
+            self._docs = docsPage(self.prefix, self.staticDirectory is not None)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return self._docs
+
+    def _staticRoute(self, request: IRequest, name: str) -> Any:
+        assert self.staticDirectory is not None
+        if _method(request) not in ("GET", "HEAD"):
+            raise _Handled(405, METHOD_NOT_ALLOWED)  # not File's HTML page with Allow (§4.2)
+        types = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+        resource = File(
+            os.path.join(self.staticDirectory, name),
+            defaultType=types.get(os.path.splitext(name)[1], "application/octet-stream"),
+        )
+        resource.contentTypes = {}  # use defaultType, whatever the system mime table says
+        postpath = getattr(request, "postpath", None)
+        if postpath is not None:
+            del postpath[:]
+        return resource
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _method(request: IRequest) -> str:
+    return bytes(request.method).decode("ascii", "replace").upper()
+
+
+def _decodedPath(request: IRequest) -> str:
+    raw = bytes(request.path)
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def _json(request: IRequest, status: int, value: Any) -> bytes:
+    body = encodeJSON(value) + b"\n"
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", _JSON)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _error(request: IRequest, status: int, message: str) -> bytes:
+    return _json(request, status, {"error": message})
+
+
+def _empty(request: IRequest, status: int) -> bytes:
+    request.setResponseCode(status)
+    if isinstance(request, ServerRequest):
+        request.defaultContentType = None  # type: ignore[assignment]
+    request.responseHeaders.removeHeader(b"content-type")
+    if status != 204:
+        request.setHeader(b"Content-Length", b"0")
+    return b""
+
+
+def _notFound(request: IRequest) -> bytes:
+    request.setResponseCode(404)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    request.setHeader(b"Content-Length", b"%d" % len(_NOT_FOUND_BODY))
+    return _NOT_FOUND_BODY
+
+
+def _body(request: IRequest) -> dict[str, Any]:
+    """
+    The decoded JSON body (§4.2), or 413 past L{MAX_BODY} (whatever the request class).
+    """
+    if getattr(request, "bodyTooLarge", False):
+        raise _Handled(413, BODY_TOO_LARGE)
+    content = request.content
+    if content is None:
+        return {}
+    content.seek(0)
+    raw = content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise _Handled(413, BODY_TOO_LARGE)
+    return decodeBody(raw)
+
+
+def _stringField(body: Mapping[str, Any], name: str) -> str | None:
+    """
+    A string field matched case-insensitively (Go); C{None} if absent or null.
+    """
+    value: Any = None
+    for key, item in body.items():
+        if key.lower() == name:
+            value = item
+    if value is not None and not isinstance(value, str):
+        raise _Handled(400, INVALID_BODY)
+    return value
