@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -28,6 +29,7 @@ from tests.support import (
     ROOT,
     TCPServer,
     canConnect,
+    certificates,
     echo,
     freePort,
     recvAll,
@@ -516,26 +518,86 @@ def test_corrupt_state_refuses_to_start(tmp_path: Path) -> None:
     assert kept, list(tmp_path.iterdir())
 
 
-def test_master_over_tls_and_state_dir(tmp_path: Path, masters: list[Master]) -> None:
+@pytest.mark.parametrize("mode", [1, 2])
+def test_master_over_tls_and_state_dir(tmp_path: Path, masters: list[Master], mode: int) -> None:
     """
-    C{tls=1} serves the API over TLS 1.3 with a generated certificate; C{NP_STATE_DIR}
-    chooses where the database lives; server instances inherit the master's TLS code.
+    C{tls=1} serves the API over TLS 1.3 with a generated certificate, C{tls=2} with the
+    given files (checked here against their CA); C{NP_STATE_DIR} chooses where the database
+    lives; server instances inherit the master's TLS settings.
     """
     state = tmp_path / "state"
     work = tmp_path / "work"
     work.mkdir()
-    master = startMaster(
-        masters, work, query="log=warn&tls=1", env={"NP_STATE_DIR": str(state)}, tls=True
-    )
+    query = "log=warn&tls=1"
+    verify: ssl.SSLContext | None = None
+    if mode == 2:
+        ca, crt, key = certificates(tmp_path)
+        query = f"log=warn&tls=2&crt={crt}&key={key}"
+        verify = ssl.create_default_context(cafile=str(ca))
+        verify.minimum_version = ssl.TLSVersion.TLSv1_3
+    master = startMaster(masters, work, query=query, env={"NP_STATE_DIR": str(state)}, tls=True)
+    assert len(master.key) == 32  # printed although the log level is warn
     info = master.ok("GET", "/info")
-    assert (info["tls"], info["log"], info["ver"]) == ("1", "warn", "v1.14.0")
+    assert (info["tls"], info["log"], info["ver"]) == (str(mode), "warn", "v1.14.0")
     created = master.ok(
         "POST", "/instances", {"url": f"server://{LOOPBACK}:{freePort()}/{LOOPBACK}:9"}, 201
     )
-    assert created["url"].endswith("?log=warn&tls=1")
+    assert f"log=warn&tls={mode}" in created["url"]
+    if mode == 2:
+        assert f"crt={quote(str(crt), safe='')}" in created["url"]
+        assert verify is not None
+        checked = http.client.HTTPSConnection("localhost", master.port, timeout=10, context=verify)
+        checked.request("GET", "/api/v1/openapi.json")
+        assert checked.getresponse().status == 200
+        checked.close()
     assert (state / "nodepass.db").exists() and not (work / "nodepass.db").exists()
     plain = http.client.HTTPConnection(LOOPBACK, master.port, timeout=5)
     with pytest.raises((OSError, http.client.HTTPException)):
         plain.request("GET", "/api/v1/info")
         plain.getresponse().read()
     plain.close()
+
+
+def test_periodic_backup_and_error_retry(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    Every C{NP_RELOAD_INTERVAL} the database is backed up and instances in C{error} are
+    restarted (whatever their C{restart} flag); traffic totals are saved at shutdown.
+    """
+    master = startMaster(masters, tmp_path, env={"NP_RELOAD_INTERVAL": "1s"}, twistd=False)
+    stream = EventStream(master)
+    with socket.socket() as blocker:
+        blocker.bind((LOOPBACK, 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        url = f"client://{LOOPBACK}:{port}/{LOOPBACK}:9?mode=1"
+        created = master.ok("POST", "/instances", {"url": url}, 201)
+        id = created["id"]
+        master.ok("PATCH", f"/instances/{id}", {"restart": False})
+        stream.waitFor(isUpdate(id, status="error"), "the instance failing on a busy port")
+        waitFor(lambda: f"Retrying instance in error [{id}]" in master.output, 10, "a retry")
+    mark = stream.mark()
+    stream.waitAfter(mark, isUpdate(id, status="running"), "the retry that succeeds")
+    waitFor(lambda: (tmp_path / "nodepass.db.backup").exists(), 10, "the periodic backup")
+    with sqlite3.connect(tmp_path / "nodepass.db.backup") as db:
+        assert db.execute("SELECT id FROM instances").fetchall() == [(id,)]
+
+    with TCPServer(echo) as target:
+        forward = freePort()
+        relay = master.ok(
+            "POST",
+            "/instances",
+            {"url": f"client://{LOOPBACK}:{forward}/{LOOPBACK}:{target.port}?mode=1"},
+            201,
+        )
+        stream.waitFor(isUpdate(relay["id"], status="running"), "the forwarder running")
+        waitExchange(forward)
+        exchange(forward, 100_000)
+        counted = stream.waitFor(
+            isUpdate(relay["id"], tcprx=lambda n: n >= 100_000), "the traffic counted"
+        )
+    stream.close()
+    code, _ = master.terminate()
+    assert code == master.stoppedCode, master.output
+    with sqlite3.connect(tmp_path / "nodepass.db") as db:
+        (saved,) = db.execute("SELECT tcprx FROM instances WHERE id = ?", (relay["id"],)).fetchone()
+    assert saved >= counted["instance"]["tcprx"]

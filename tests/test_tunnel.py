@@ -21,6 +21,7 @@ from tests.support import (
     NodePass,
     TCPServer,
     UDPEcho,
+    certificates,
     echo,
     freePort,
     recvAll,
@@ -291,63 +292,9 @@ def test_server_restart_client_reconnects() -> None:
             client.stop()
 
 
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for localhost/127.0.0.1, as PEM files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "NodePass test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(caName)
-        .issuer_name(caName)
-        .public_key(caKey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(caKey, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(caName)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(caKey, hashes.SHA256())
-    )
-    caPath, certPath, keyPath = directory / "ca.pem", directory / "crt.pem", directory / "key.pem"
-    caPath.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyPath.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return caPath, certPath, keyPath
-
-
 @pytest.mark.parametrize("flow", ["-", "+"])
 def test_tls2_with_certificate_files(flow: str, tmp_path: Path) -> None:
-    ca, crt, key = _certificates(tmp_path)
+    ca, crt, key = certificates(tmp_path)
     payload = os.urandom(SIZE)
     with (
         TCPServer(digestAfterLength) as target,
