@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import ssl
 import tempfile
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor as globalReactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
@@ -46,6 +43,7 @@ from nodepass.transports.quic import (
     quic,
 )
 from nodepass.tunnel.pool import CONTROL_ID, ClientPool, ServerPool
+from tests.support import certificates
 
 reactor: Any = globalReactor
 
@@ -554,44 +552,10 @@ class VerificationTests(QuicTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        caKey = ec.generate_private_key(ec.SECP256R1())
-        caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "NodePass test CA")])
-        now = datetime.now(UTC)
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(caName)
-            .issuer_name(caName)
-            .public_key(caKey.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(caKey, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(caName)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(caKey, hashes.SHA256())
-        )
-        self.credentials = ServerCredentials.fromPEM(
-            leaf.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-        handle, caFile = tempfile.mkstemp(suffix=".pem")
-        self.addCleanup(os.remove, caFile)
-        with os.fdopen(handle, "wb") as f:
-            f.write(ca.public_bytes(serialization.Encoding.PEM))
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        caFile, certFile, keyFile = certificates(directory)
+        self.credentials = ServerCredentials.fromPEM(certFile.read_bytes(), keyFile.read_bytes())
         variable = ssl.get_default_verify_paths().openssl_cafile_env
         self.patch(os, "environ", {**os.environ, variable: caFile})
 

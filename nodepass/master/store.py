@@ -754,18 +754,7 @@ class SyncStore:
         """
         if not record.id or record.id == PSEUDO_ID:
             raise ValueError(f"not a storable instance id: {record.id!r}")
-        values = (
-            record.id,
-            record.alias,
-            record.type,
-            record.url,
-            record.config,
-            int(record.restart),
-            json.dumps(record.meta, ensure_ascii=False, separators=(",", ":")),
-            *_trafficColumns(record.traffic),
-            *_trafficColumns(record.base),
-            *_trafficColumns(record.offset),
-        )
+        values = _instanceRow(record)
         columns = _INSTANCE_COLUMNS.split(", ")
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         db = self._db()
