@@ -235,12 +235,6 @@ class EventStream:
     def mark(self) -> int:
         return len(self.events)
 
-    def after(self, mark: int) -> Callable[[Callable[[dict[str, Any]], bool]], Any]:
-        def wrap(predicate: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
-            return lambda e: self.events.index(e) >= mark and predicate(e)
-
-        return wrap
-
     def waitAfter(
         self,
         mark: int,
