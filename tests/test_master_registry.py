@@ -386,6 +386,10 @@ class CreateTests(RegistryTestCase):
             ("server://h:1/t:1?tls=7", "Invalid URL format"),
             ("http://h:1/t:1", "Invalid URL scheme"),
             ("master://h:1", "Invalid URL scheme"),
+            # Go parses these as bare paths, so its scheme check is what fails.
+            ("not a url", "Invalid URL scheme"),
+            ("127.0.0.1:8080", "Invalid URL format"),
+            ("://h:1/t:1", "Invalid URL format"),
         ]
         for url, message in cases:
             self.error(registry.create(url), 400, message)

@@ -471,6 +471,12 @@ def test_bad_input_changes_nothing(tmp_path: Path, masters: list[Master]) -> Non
         code, body, response = master.call(method, path, raw=raw)
         assert (code, body) == (status, {"error": message}), (method, path, code, body)
         assert response.getheader("Access-Control-Allow-Origin") == "*"
+    # The docs page and its Swagger UI assets come from the master itself (no CDN).
+    code, page, _ = master.call("GET", "/docs", key="")
+    assert code == 200 and b"/api/v1/docs/static/swagger-ui-bundle.js" in page
+    code, asset, response = master.call("GET", "/docs/static/swagger-ui-bundle.js", key="")
+    assert code == 200 and len(asset) > 100_000
+    assert response.getheader("Content-Type") == "text/javascript; charset=utf-8"
     code, body, _ = master.call("GET", "/instances", key="0" * 32)
     assert (code, body) == (401, {"error": "Unauthorized: Invalid API key"})
     assert master.ok("GET", "/instances") == snapshot

@@ -36,13 +36,12 @@ from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request as ServerRequest
-from twisted.web.static import File
 
 from nodepass import COMPATIBLE_VERSION
 from nodepass.master.auth import API_KEY_HEADER, CorsPolicy
@@ -79,6 +78,7 @@ STARTING: Final = "Master is starting"
 INTERNAL_ERROR: Final = "Internal server error"
 
 _JSON: Final = b"application/json"
+_ASSET_TYPES: Final = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 _NOT_FOUND_BODY: Final = b"404 page not found\n"
 
 # Go's GOARCH for Python's platform.machine() (§8.8).
@@ -217,6 +217,7 @@ class MasterAPI:
     @param prefix: the path before C{/v1} (§2), e.g. C{"/api"}.
     @param cors: the CORS policy (§4.3).
     @param staticDirectory: where the Swagger UI assets are, or C{None} for the plain page.
+    @param readFile: reads an asset (the master reads in a thread); by default at once.
     """
 
     app = Klein()
@@ -231,6 +232,7 @@ class MasterAPI:
         prefix: str,
         cors: CorsPolicy | None = None,
         staticDirectory: str | None = None,
+        readFile: Callable[[str], Deferred[bytes]] | None = None,
     ) -> None:
         self.registry = registry
         self.hub = hub
@@ -241,6 +243,8 @@ class MasterAPI:
         self.apiPrefix = prefix + "/v1"
         self.cors = cors if cors is not None else CorsPolicy()
         self.staticDirectory = staticDirectory
+        self.readFile = readFile if readFile is not None else _readNow
+        self._assets: dict[str, bytes] = {}
         #: Set once the registry is loaded; protected routes answer 503 until then.
         self.ready = False
         self._openapi: bytes | None = None
@@ -427,23 +431,28 @@ class MasterAPI:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return self._docs
 
-    def _staticRoute(self, request: IRequest, name: str) -> Any:
+    async def _staticRoute(self, request: IRequest, name: str) -> bytes:
         assert self.staticDirectory is not None
         if _method(request) not in ("GET", "HEAD"):
-            raise _Handled(405, METHOD_NOT_ALLOWED)  # not File's HTML page with Allow (§4.2)
-        types = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
-        resource = File(
-            os.path.join(self.staticDirectory, name),
-            defaultType=types.get(os.path.splitext(name)[1], "application/octet-stream"),
-        )
-        resource.contentTypes = {}  # use defaultType, whatever the system mime table says
-        postpath = getattr(request, "postpath", None)
-        if postpath is not None:
-            del postpath[:]
-        return resource
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        body = self._assets.get(name)
+        if body is None:
+            # Read once, off the reactor thread when a reader is given; about 1.5 MB in all.
+            body = self._assets[name] = await self.readFile(
+                os.path.join(self.staticDirectory, name)
+            )
+        request.setHeader(b"Content-Type", _ASSET_TYPES[os.path.splitext(name)[1]])
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Cache-Control", b"public, max-age=86400")
+        return body
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _readNow(path: str) -> Deferred[bytes]:
+    with open(path, "rb") as f:
+        return succeed(f.read())
 
 
 def _method(request: IRequest) -> str:

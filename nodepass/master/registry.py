@@ -42,6 +42,7 @@ Decisions worth knowing (see also the spec items cited):
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
@@ -130,6 +131,9 @@ META_TOO_LARGE: Final = "Meta size exceeds limit"
 SHUTTING_DOWN: Final = "Master is shutting down"
 
 _T = TypeVar("_T")
+
+# A URL scheme followed by its colon (RFC 3986).
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 
 #: An instance object as the API shows it (§6.1).
 InstanceObject = dict[str, Any]
@@ -1017,6 +1021,10 @@ class Registry:
         """
         Validate C{url} (§7) and return its scheme, C{enhance(url)} and the rendered config.
         """
+        if _SCHEME.match(url) is None and ":" not in url.split("/", 1)[0]:
+            # Go parses a text without a scheme (and no colon in its first segment) as a
+            # bare path: the scheme check is what fails.
+            raise RegistryError(400, INVALID_URL_SCHEME, "no scheme")
         try:
             parsed = parse(url)
         except URLError as e:

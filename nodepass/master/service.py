@@ -29,6 +29,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -63,6 +64,11 @@ TRAFFIC_FLUSH_INTERVAL: Final = 60.0
 
 #: Idle time after which an API connection is closed (SSE streams excepted, §17 a6).
 CONNECTION_TIMEOUT: Final = 60.0
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def stateDirectory(environ: Mapping[str, str]) -> str:
@@ -160,6 +166,7 @@ class MasterService(Service):
             config.prefix,
             corsPolicyFromEnvironment(environ),
             staticDirectory(),
+            readFile=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), _read, path),
         )
         self.port: Any = None
         self.ready: Deferred[None] = Deferred()
