@@ -29,7 +29,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyChannel
 
-from nodepass.master.app import MAX_BODY, LimitedRequest, MasterAPI, MasterInfo, goArch, goOS
+from nodepass.master.app import (
+    MAX_BODY,
+    REQUEST_DEADLINE,
+    LimitedRequest,
+    MasterAPI,
+    MasterInfo,
+    goArch,
+    goOS,
+)
 from nodepass.master.auth import CorsPolicy, KeyChecker
 from nodepass.master.events import RETRY_BLOCK, EventHub
 from nodepass.master.openapi import DOCS_STATIC_FILES
@@ -1386,6 +1394,62 @@ class BodyLimitTests(AppTestCase):
             self.assertTrue(exchange.response.startswith(b"HTTP/1.1 201 Created\r\n"))
             self.assertFalse(exchange.tooLarge)
         self.assertEqual(len(self.store.ids()), 2)
+
+
+class RequestDeadlineTests(AppTestCase):
+    """
+    A request must arrive whole within L{REQUEST_DEADLINE} seconds (§17 a6: slow clients).
+    """
+
+    def connect(self) -> tuple[Any, StringTransport, Clock]:
+        clock = Clock()
+        site = Site(self.api.resource(), reactor=clock)
+        site.requestFactory = LimitedRequest
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport, clock
+
+    def test_tricklingHeadersGet408(self) -> None:
+        """
+        Headers still incomplete at the deadline, although bytes keep coming: 408, closed.
+        """
+        protocol, transport, clock = self.connect()
+        protocol.dataReceived(f"GET {P}/instances HTTP/1.1\r\n".encode())
+        for _ in range(int(REQUEST_DEADLINE) - 1):
+            clock.advance(1)
+            protocol.dataReceived(b"X-Slow: 1\r\n")
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        head, body = transport.value().split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
+        self.assertIn(b"Content-Type: application/json", head.split(b"\r\n"))
+        self.assertEqual(body, b'{"error":"Request timeout"}\n')
+
+    def test_slowBodyGets408(self) -> None:
+        protocol, transport, clock = self.connect()
+        protocol.dataReceived(
+            f"POST {P}/instances HTTP/1.1\r\nX-API-Key: {KEY}\r\nContent-Length: 10\r\n\r\n{{".encode()
+        )
+        clock.advance(REQUEST_DEADLINE)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.store.puts, [])
+
+    def test_deadlineEndsWithTheRequest(self) -> None:
+        """
+        Once a request is read, the deadline no longer applies: an event stream may last.
+        """
+        protocol, transport, clock = self.connect()
+        protocol.dataReceived(
+            f"GET {P}/events HTTP/1.1\r\nHost: h\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+        )
+        self.pump()
+        clock.advance(REQUEST_DEADLINE * 10)
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertNotIn(b"408", transport.value())
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class LimitedRequestTests(SynchronousTestCase):

@@ -59,6 +59,7 @@ from nodepass.master.tcping import ProbeResult
 
 __all__ = [
     "MAX_BODY",
+    "REQUEST_DEADLINE",
     "LimitedRequest",
     "MasterAPI",
     "MasterInfo",
@@ -71,6 +72,9 @@ log = Logger()
 #: The largest request body the API accepts, in bytes (§17 a6: 413 beyond it).
 MAX_BODY: Final = 64 * 1024
 
+#: Seconds a client has to send a whole request, headers and body (§17 a6: 408 beyond).
+REQUEST_DEADLINE: Final = 30.0
+
 BODY_TOO_LARGE: Final = "Request body too large"
 METHOD_NOT_ALLOWED: Final = "Method not allowed"
 TARGET_REQUIRED: Final = "Target address required"
@@ -80,6 +84,11 @@ INTERNAL_ERROR: Final = "Internal server error"
 _JSON: Final = b"application/json"
 _ASSET_TYPES: Final = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 _NOT_FOUND_BODY: Final = b"404 page not found\n"
+_TIMEOUT_BODY: Final = b'{"error":"Request timeout"}\n'
+_TIMEOUT_RESPONSE: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
 
 # Go's GOARCH for Python's platform.machine() (§8.8).
 _ARCH: Final = {
@@ -134,16 +143,30 @@ def goArch(machine: str | None = None) -> str:
 
 class LimitedRequest(ServerRequest):
     """
-    A request that keeps at most L{MAX_BODY} bytes of its body in memory.
+    A request that must arrive whole within L{deadline} seconds and keeps at most
+    L{MAX_BODY} bytes of its body in memory (§17 a6).
 
-    Past the limit the rest of the body is read and dropped, and L{bodyTooLarge} is set; the
-    application answers 413.  Bodies are always kept in memory (Twisted would spill a large
-    declared body to a temporary file, which the limit makes pointless).
+    Past the size limit the rest of the body is read and dropped, and L{bodyTooLarge} is
+    set; the application answers 413.  Bodies are always kept in memory (Twisted would spill
+    a large declared body to a temporary file, which the limit makes pointless).
+
+    The deadline runs from the request line to the end of the body: a client that trickles
+    its headers or body gets 408 and the connection is closed, however regularly it sends
+    (the channel's idle timeout alone would not stop it).  Once the request is read, nothing
+    limits how long it lasts, so event streams are not affected.
     """
 
     maxBody = MAX_BODY
+    deadline = REQUEST_DEADLINE
     bodyTooLarge = False
     _received = 0
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        callLater = getattr(channel, "callLater", None)
+        self._deadlineCall: Any = None
+        if callLater is not None and self.deadline:
+            self._deadlineCall = callLater(self.deadline, self._tooSlow)
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
@@ -160,6 +183,32 @@ class LimitedRequest(ServerRequest):
             return
         assert self.content is not None
         self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._cancelDeadline()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancelDeadline()
+        super().connectionLost(reason)
+
+    def _cancelDeadline(self) -> None:
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _tooSlow(self) -> None:
+        self._deadlineCall = None
+        transport = getattr(self.channel, "transport", None)
+        if transport is None:
+            return
+        log.info(
+            "Closing a connection from {peer}: no complete request within {deadline}s",
+            peer=_peer(transport),
+            deadline=self.deadline,
+        )
+        transport.write(_TIMEOUT_RESPONSE)
+        transport.loseConnection()
 
 
 class MasterInfo:
@@ -448,6 +497,14 @@ class MasterAPI:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _peer(transport: Any) -> str:
+    try:
+        address = transport.getPeer()
+        return f"{address.host}:{address.port}"
+    except Exception:
+        return "an unknown peer"
 
 
 def _readNow(path: str) -> Deferred[bytes]:

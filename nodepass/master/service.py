@@ -204,7 +204,7 @@ class MasterService(Service):
         self.reactor.callWhenRunning(self._restore)
 
     def _listen(self) -> Any:
-        site = Site(self.api.resource(), timeout=CONNECTION_TIMEOUT)
+        site = Site(self.api.resource(), timeout=CONNECTION_TIMEOUT, reactor=self.reactor)
         site.requestFactory = LimitedRequest
         site.displayTracebacks = False
         site.noisy = False
