@@ -81,4 +81,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()  # type: ignore[attr-defined]
-    raise SystemExit(root.exitCode)
+    # Everything is stopped and closed by now: skip the interpreter's teardown of every
+    # module (about 60 ms of CPU), which adds up when a master stops a hundred instances.
+    code = root.exitCode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

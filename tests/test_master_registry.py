@@ -123,6 +123,7 @@ class FakeSupervisor:
         self.statuses: dict[str, Status] = {}
         self.spawnFails = False
         self.stopAll_: Deferred[None] | None = None
+        self.removing: Deferred[None] | None = None
 
     def status(self, instanceId: str) -> Status:
         return self.statuses.get(instanceId, Status.STOPPED)
@@ -165,6 +166,8 @@ class FakeSupervisor:
         self.calls.append(("remove", instanceId))
         self.set(instanceId, Status.STOPPED, Event.STOP)
         self.statuses.pop(instanceId, None)
+        if self.removing is not None:
+            return self.removing
         return succeed(None)
 
     def stopAll(self) -> Deferred[None]:
@@ -216,6 +219,7 @@ class RegistryTestCase(SynchronousTestCase):
         self.keys = iter(["k" * 32, "n" * 32, "m" * 32])
 
     def makeRegistry(self, settings: MasterSettings | None = None) -> Registry:
+        self.output: list[str] = []
         registry = Registry(
             self.clock,
             self.store,
@@ -225,6 +229,7 @@ class RegistryTestCase(SynchronousTestCase):
             newId=lambda: next(self.nextIds),
             newMasterId=lambda: "0123456789abcdef",
             newKey=lambda: next(self.keys),
+            output=self.output.append,
         )
         self.supervisor: FakeSupervisor = registry.supervisor  # type: ignore[assignment]
         return registry
@@ -669,11 +674,26 @@ class ObserverTests(RegistryTestCase):
             [("update", "stopped"), ("update", "error")],
         )
 
+    def test_linesWhileDeleting(self) -> None:
+        """
+        The last lines of a child being deleted reach stdout but no longer the event stream.
+        """
+        self.supervisor.removing = Deferred()
+        deleting = self.registry.delete(self.iid)
+        self.hub.events.clear()
+        self.registry.lineReceived(self.iid, "Client shutdown complete")
+        self.assertEqual(self.output, [f"Client shutdown complete [{self.iid}]"])
+        self.assertEqual(self.hub.events, [])
+        self.supervisor.removing.callback(None)
+        self.successResultOf(deleting)
+        self.assertEqual(self.hub.types(), ["delete"])
+
     def test_logLines(self) -> None:
         self.registry.lineReceived(self.iid, "hello")
         self.registry.lineReceived(self.iid, "é" * 5000)
         self.assertEqual(self.hub.types(), ["log", "log"])
         self.assertEqual(self.hub.events[0][2], "hello")
+        self.assertEqual(self.output[0], f"hello [{self.iid}]")
         self.assertEqual(len(self.hub.events[1][2].encode()), 8192)
         self.registry.lineReceived("unknown0", "x")
         self.assertEqual(len(self.hub.events), 2)

@@ -108,7 +108,12 @@ def test_cpuSampler() -> None:
     assert sampler.usable(15.0)
     assert not sampler.usable(15.2)
     assert sampler.update((1100, 850), 7.0) == 50
+    # Within 100 ms of a sample the last figure is repeated and the sample kept.
+    assert sampler.usable(7.01)
+    assert sampler.update((1101, 850), 7.01) == 50
+    assert sampler.update((1300, 1050), 7.2) == 0
     assert sampler.update(None, 8.0) == -1
+    assert not sampler.usable(8.01)
     assert sampler.update((1, 1), 9.0) == -1
 
 
@@ -241,6 +246,9 @@ def test_collectFromFiles(reactor: _ThreadedClock, tmp_path: Path) -> None:
     reactor.advance(2)
     figures = reactor.runUntil(collect(reactor, sampler, procRoot, sysRoot))
     assert figures["cpu"] == 50
+    assert reactor.seconds() == pytest.approx(2.1)
+    # A request right after another answers at once with the same figure.
+    assert reactor.runUntil(collect(reactor, sampler, procRoot, sysRoot))["cpu"] == 50
     assert reactor.seconds() == pytest.approx(2.1)
 
 

@@ -923,7 +923,7 @@ class Registry:
         except Exception:
             killed = self.supervisor.killAll()
             log.warn(
-                "Not every instance stopped within {timeout}s: {killed} killed",
+                "Not every instance stopped within {timeout:.1f}s: {killed} killed",
                 timeout=timeout,
                 killed=killed,
             )
@@ -967,14 +967,15 @@ class Registry:
 
     def lineReceived(self, instanceId: str, line: str) -> None:
         instance = self._instances.get(instanceId)
-        if instance is None or instance.deleted:
+        if instance is None:
             return
         line = truncateLogLine(line)
         if self._output is not None:
             self._output(f"{line} [{instanceId}]")
         else:
             log.info("{line} [{id}]", line=line, id=instanceId)
-        self._hub.publish("log", self._object(instance), line)
+        if not instance.deleted:  # a deleted instance's last lines reach stdout only (§9.2)
+            self._hub.publish("log", self._object(instance), line)
 
     # -- helpers -------------------------------------------------------------------------------
 

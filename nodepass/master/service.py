@@ -28,7 +28,7 @@ from typing import Any, Final
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -61,6 +61,9 @@ STATE_DIR_VARIABLE: Final = "NP_STATE_DIR"
 
 #: How often changed traffic counters are written (§11.6).
 TRAFFIC_FLUSH_INTERVAL: Final = 60.0
+
+#: Seconds of the shutdown budget kept for what follows the children's stop.
+SHUTDOWN_RESERVE: Final = 1.0
 
 #: Idle time after which an API connection is closed (SSE streams excepted, §17 a6).
 CONNECTION_TIMEOUT: Final = 60.0
@@ -330,15 +333,23 @@ class MasterService(Service):
                 call.stop()
         self._periodic.clear()
         self.api.ready = False
+        # The streams hear about it first, and get a reactor turn to send it, before a
+        # hundred children start exiting at once.
+        self.hub.shutdown()
+        await deferLater(self.reactor, 0, lambda: None)
         port, self.port = self.port, None
         if port is not None:
             await port.stopListening()
         if self.ready.called:
-            # Leave a little of the budget for the last save and the database close.
-            remaining = budget - (self.reactor.seconds() - started) - 0.5
+            # Keep a part of the budget for reaping killed children, the last save and the
+            # database close.
+            remaining = budget - (self.reactor.seconds() - started) - SHUTDOWN_RESERVE
             await self.registry.shutdown(timeout=max(0.5, remaining))
         try:
             await self.store.close()
         except Exception as e:
             log.error("Cannot close the state database: {why}", why=str(e))
-        log.info("Master shutdown complete")
+        log.info(
+            "Master shutdown complete in {seconds:.2f}s",
+            seconds=self.reactor.seconds() - started,
+        )

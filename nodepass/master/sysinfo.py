@@ -192,31 +192,46 @@ def parseUptime(text: str) -> int:
 
 class CpuSampler:
     """
-    Keeps the previous C{/proc/stat} sample and when it was taken (by the injected clock).
+    Keeps the previous C{/proc/stat} sample, when it was taken (by the injected clock) and
+    the last figure computed.
+
+    Requests that come closer together than L{CPU_SAMPLE_DELAY} get the last figure again
+    instead of a meaningless sample over a few milliseconds (or a 100 ms wait each).
     """
 
     def __init__(self, maxAge: float = CPU_SAMPLE_MAX_AGE) -> None:
         self.maxAge = maxAge
         self.previous: CpuSample | None = None
         self.previousTime = 0.0
+        self.last: int | None = None
 
     def usable(self, now: float) -> bool:
         """
-        Whether the previous sample is recent enough (at least 100 ms, at most C{maxAge}).
+        Whether a new sample can be compared with the kept one without waiting: it is at
+        most C{maxAge} old, and either at least 100 ms old or there is a last figure to
+        repeat.
         """
-        return self.previous is not None and (
-            CPU_SAMPLE_DELAY <= now - self.previousTime <= self.maxAge
-        )
+        if self.previous is None:
+            return False
+        age = now - self.previousTime
+        return age <= self.maxAge and (age >= CPU_SAMPLE_DELAY or self.last is not None)
 
     def update(self, sample: CpuSample | None, now: float) -> int:
         """
         Record C{sample}; return the usage since the previous one, or -1 if there is none.
+        Within 100 ms of the previous sample the last figure is returned and the previous
+        sample kept.
         """
         previous = self.previous
+        tooSoon = now - self.previousTime < CPU_SAMPLE_DELAY
+        if sample is not None and previous is not None and tooSoon and self.last is not None:
+            return self.last
         self.previous, self.previousTime = sample, now
         if sample is None or previous is None:
+            self.last = None
             return -1
-        return cpuPercent(previous, sample)
+        self.last = cpuPercent(previous, sample)
+        return self.last
 
 
 def _read(path: str) -> str | None:
