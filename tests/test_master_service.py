@@ -6,6 +6,7 @@ carrying real traffic; then killed with SIGKILL and started again on the same st
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -248,6 +249,13 @@ class EventStream:
         return self.waitFor(later, what, timeout)
 
     def close(self) -> None:
+        # Shut the socket down first: that wakes the reader thread, which would otherwise
+        # hold the response's buffer (and so close()) until the next event or keepalive.
+        sock = self._connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.ended.wait(10)
         self._connection.close()
 
 
@@ -601,3 +609,46 @@ def test_periodic_backup_and_error_retry(tmp_path: Path, masters: list[Master]) 
     with sqlite3.connect(tmp_path / "nodepass.db") as db:
         (saved,) = db.execute("SELECT tcprx FROM instances WHERE id = ?", (relay["id"],)).fetchone()
     assert saved >= counted["instance"]["tcprx"]
+
+
+FAKE_CORE = """\
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("fake core started with", sys.argv[1:], flush=True)
+while True:
+    print("2026-01-01 00:00:00.000  EVENT  CHECK_POINT|MODE=1|PING=3ms|POOL=0|TCPS=0|UDPS=0"
+          "|TCPRX=10|TCPTX=20|UDPRX=0|UDPTX=0", flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_another_core_gets_the_url_as_its_argument(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    C{NP_CORE_BIN} runs instances with another core program (the Go binary, say), which
+    gets the URL as its only argument, as under the Go master.
+    """
+    core = tmp_path / "core"
+    core.write_text(f"#!{sys.executable}\n{FAKE_CORE}")
+    core.chmod(0o755)
+    master = startMaster(masters, tmp_path, env={"NP_CORE_BIN": str(core)}, twistd=False)
+    stream = EventStream(master)
+    url = f"client://{LOOPBACK}:{freePort()}/{LOOPBACK}:9"
+    id = master.ok("POST", "/instances", {"url": url}, 201)["id"]
+    stream.waitFor(isUpdate(id, ping=3, tcprx=10, tcptx=20), "the fake core's checkpoint")
+    started = stream.waitFor(
+        lambda e: e["type"] == "log" and "fake core started" in e["logs"], "the fake core's line"
+    )
+    assert started["logs"] == f"fake core started with [{url + '?log=info'!r}]"
+    mark = stream.mark()
+    master.ok("PATCH", f"/instances/{id}", {"action": "stop"})
+    stream.waitAfter(mark, isUpdate(id, status="stopped"), "the fake core stopped")
+    stream.close()
+
+
+def test_core_that_cannot_run_refuses_to_start(tmp_path: Path) -> None:
+    master = Master(tmp_path, freePort(udp=False), env={"NP_CORE_BIN": str(tmp_path / "missing")})
+    try:
+        assert master.proc.wait(30) == 1
+    finally:
+        master.close()
+    assert "NP_CORE_BIN" in master.output and "not an executable file" in master.output

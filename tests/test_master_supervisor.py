@@ -393,6 +393,15 @@ def test_startWithoutLauncherRunsTheCommandItself() -> None:
     assert reactor.spawned[0]["executable"] == "/opt/np"
 
 
+def test_urlArgumentAsksTheLauncherToPassIt() -> None:
+    reactor = FakeReactor()
+    supervisor = Supervisor(reactor, Recorder(), {}, command=["/opt/np"], urlArgument=True)
+    supervisor.start("i", URL)
+    [spawn] = reactor.spawned
+    assert spawn["args"][-2:] == ["--url-argument", "/opt/np"]
+    assert spawn["env"][URL_VARIABLE] == URL  # the launcher moves it to the argument
+
+
 def test_startGuard() -> None:
     supervisor, reactor, _ = make()
     supervisor.start("i", URL)
@@ -640,6 +649,23 @@ def alive(pid: int) -> bool:
 def test_launcherRefusesBadArguments() -> None:
     assert launch.main([]) == 2
     assert launch.main(["notapid", "/bin/true"]) == 2
+    assert launch.main(["1", "--url-argument"]) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_launcherMovesTheURLToTheLastArgument() -> None:
+    program = "import os, sys; print(sys.argv[1:], os.environ.get('NP_INSTANCE_URL'))"
+    script = (
+        "import os, subprocess, sys\n"
+        "subprocess.run([sys.executable, '-m', 'nodepass.master.launch', str(os.getpid()),"
+        f" '--url-argument', sys.executable, '-c', {program!r}, 'first'], check=True)\n"
+    )
+    environ = {**os.environ, URL_VARIABLE: URL, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{['first', URL]!r} None\n"
 
 
 @pytest.mark.integration

@@ -1,4 +1,5 @@
-"""``python -m nodepass.master.launch PARENT_PID PROGRAM [ARG...]``: start an instance.
+"""``python -m nodepass.master.launch PARENT_PID [--url-argument] PROGRAM [ARG...]``: start an
+instance.
 
 The master spawns every instance through this launcher (master spec §9.1, §17 a21).  It
 puts itself in a new process group, asks Linux to send it SIGKILL when the master dies
@@ -6,6 +7,11 @@ puts itself in a new process group, asks Linux to send it SIGKILL when the maste
 between the fork and the ``prctl``), then replaces itself with ``PROGRAM`` through
 ``os.execv``: no shell and no ``PATH`` lookup.  The process group and the death signal
 survive the ``execv``, and so does the environment, which carries the instance URL.
+
+With ``--url-argument`` the URL moves from the environment to the program's last argument,
+the command line the Go master gives its children (for a core program that only reads its
+argument, such as the Go ``nodepass`` binary; the key is then visible in the process list,
+as it is under the Go master).
 
 Only the standard library is imported, to keep the extra start-up short.
 """
@@ -34,12 +40,27 @@ def _deathSignal(signum: int) -> None:
         raise OSError(error, os.strerror(error))
 
 
+URL_VARIABLE = "NP_INSTANCE_URL"
+URL_ARGUMENT = "--url-argument"
+
+
 def main(argv: Sequence[str]) -> int:
+    urlArgument = len(argv) > 1 and argv[1] == URL_ARGUMENT
+    if urlArgument:
+        argv = [argv[0], *argv[2:]]
     if len(argv) < 2 or not argv[0].isdigit():
-        sys.stderr.write("usage: python -m nodepass.master.launch PARENT_PID PROGRAM [ARG...]\n")
+        sys.stderr.write(
+            "usage: python -m nodepass.master.launch PARENT_PID [--url-argument] PROGRAM [ARG...]\n"
+        )
         return 2
     parent = int(argv[0])
     program = list(argv[1:])
+    if urlArgument:
+        url = os.environ.pop(URL_VARIABLE, "")
+        if not url:
+            sys.stderr.write(f"Error: {URL_VARIABLE} is not set\n")
+            return 2
+        program.append(url)
     try:
         os.setpgid(0, 0)
         _deathSignal(signal.SIGKILL)

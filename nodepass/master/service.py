@@ -47,6 +47,7 @@ from nodepass.settings import Settings
 from nodepass.url import Config
 
 __all__ = [
+    "CORE_VARIABLE",
     "STATE_DIR_VARIABLE",
     "TRAFFIC_FLUSH_INTERVAL",
     "MasterService",
@@ -58,6 +59,9 @@ log = Logger()
 
 #: Where the master keeps its database (default: the current directory, §11.6).
 STATE_DIR_VARIABLE: Final = "NP_STATE_DIR"
+
+#: A core program to run instances with instead of this NodePass (§9.1), e.g. the Go binary.
+CORE_VARIABLE: Final = "NP_CORE_BIN"
 
 #: How often changed traffic counters are written (§11.6).
 TRAFFIC_FLUSH_INTERVAL: Final = 60.0
@@ -147,8 +151,12 @@ class MasterService(Service):
         self.store = Store(self.directory, reactor)
         self.hub = EventHub(reactor, lambda: self.registry.snapshot())
         supervisorArgs: dict[str, Any] = {}
+        core = self.environ.get(CORE_VARIABLE, "")
         if command is not None:
             supervisorArgs["command"] = command
+        elif core:
+            # Another core program (the Go binary, say) gets the URL as its argument.
+            supervisorArgs.update(command=(os.path.abspath(core),), urlArgument=True)
         self.registry = Registry(
             reactor,
             self.store,
@@ -190,6 +198,9 @@ class MasterService(Service):
 
     def startService(self) -> None:
         super().startService()
+        core = self.environ.get(CORE_VARIABLE, "")
+        if core and not os.access(core, os.X_OK):
+            raise StartupError(f"{CORE_VARIABLE}={core}: not an executable file")
         try:
             self.store.openNow()
         except StoreError as e:

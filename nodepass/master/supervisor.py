@@ -479,6 +479,8 @@ class Supervisor:
     @param launcher: start C{command} through L{nodepass.master.launch} (own process group,
         SIGKILL when the master dies).
     @param killGroup: signals a process group (C{os.killpg}); L{None} signals the process only.
+    @param urlArgument: hand the URL to C{command} as its last argument, as the Go master
+        does (for a core that does not read C{NP_INSTANCE_URL}); needs the launcher.
     """
 
     def __init__(
@@ -490,6 +492,7 @@ class Supervisor:
         command: Sequence[str] = (sys.executable, "-m", "nodepass"),
         launcher: bool = True,
         killGroup: Callable[[int, int], None] | None = _killGroup,
+        urlArgument: bool = False,
     ) -> None:
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
@@ -499,6 +502,7 @@ class Supervisor:
         self._command = list(command)
         self._launcher = launcher
         self._killGroup = killGroup
+        self._urlArgument = urlArgument and launcher
         self._instances: dict[str, _Instance] = {}
         self._closing = False
 
@@ -637,6 +641,8 @@ class Supervisor:
         if not self._launcher:
             return list(self._command)
         launch = [sys.executable, "-m", "nodepass.master.launch", str(os.getpid())]
+        if self._urlArgument:
+            launch.append("--url-argument")
         return launch + self._command
 
     def _environment(self, url: str, env: Mapping[str, str] | None) -> dict[str, str]:
