@@ -9,12 +9,47 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
-from twisted.python import usage
+#: Twisted's own TLS glue.  Its TCP and reactor modules import it when pyOpenSSL is
+#: installed, which loads pyOpenSSL and cryptography: about 13 MiB in every instance.
+#: NodePass builds its TLS itself (L{nodepass.tls} over C{TLSMemoryBIOFactory}) and imports
+#: those libraries only when a URL needs TLS.
+_BUILTIN_TLS = ("twisted.internet._newtls", "twisted.protocols.tls", "twisted.internet.ssl")
 
-from nodepass.service import USAGE, Options, buildService, transportsText, versionText
+
+@contextmanager
+def _withoutBuiltinTLS() -> Iterator[None]:
+    """
+    Import Twisted's TCP and reactor modules as if pyOpenSSL were missing, which Twisted
+    supports: C{reactor.listenSSL}/C{connectSSL} and C{transport.startTLS} are then absent
+    (NodePass uses none of them).  The modules stay importable afterwards.
+    """
+    hidden = [name for name in _BUILTIN_TLS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+with _withoutBuiltinTLS():
+    import twisted.internet.posixbase  # noqa: F401  (imports tcp and udp)
+
+from twisted.python import usage  # noqa: E402
+
+from nodepass.service import (  # noqa: E402
+    USAGE,
+    Options,
+    buildService,
+    transportsText,
+    versionText,
+)
 
 
 def _fail(message: str) -> NoReturn:

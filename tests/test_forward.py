@@ -64,6 +64,23 @@ def test_tcp_1mib_byte_exact_both_ways() -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
+def test_forwarder_does_not_load_the_tls_libraries() -> None:
+    """
+    A forwarder never needs pyOpenSSL or cryptography (about 11 MiB of every instance's
+    memory): the CLI imports Twisted's reactor without its built-in TLS glue.
+    """
+    with TCPServer(echo) as target:
+        port = freePort()
+        with nodepass(url(port, target.port), listen=port) as process:
+            with open(f"/proc/{process.proc.pid}/maps") as maps:
+                loaded = maps.read()
+            with connect(port) as sock:
+                sock.sendall(b"still forwards")
+                sock.shutdown(socket.SHUT_WR)
+                assert recvAll(sock) == b"still forwards"
+    assert "cryptography" not in loaded and "OpenSSL" not in loaded
+
+
 def test_half_close_keeps_the_reply() -> None:
     """The user shuts down its write side; the target still answers after EOF."""
 
