@@ -361,7 +361,7 @@ class BackupTests(_Base):
 
 
 class GobTests(_Base):
-    def test_gobImportRefused(self) -> None:
+    def test_undecodableGobRefused(self) -> None:
         """
         With no database but an undecodable Go state file, opening fails
         clearly and the gob file is left untouched.
