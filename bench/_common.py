@@ -343,8 +343,8 @@ def set_tree_affinity(pid: int, cpus: set[int]) -> None:
                 pass
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """user+sys CPU of ``pid`` plus that of its children it has reaped."""
+def proc_cpu_seconds(pid: int, reaped: bool = True) -> float | None:
+    """user+sys CPU of ``pid``, plus (``reaped``) that of the children it has reaped."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
@@ -353,6 +353,8 @@ def proc_cpu_seconds(pid: int) -> float | None:
     fields = data[data.rindex(")") + 2 :].split()
     # fields[0] is state (field 3); utime..cstime are fields 14..17
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    if not reaped:
+        cutime = cstime = 0
     return (utime + stime + cutime + cstime) / CLK_TCK
 
 

@@ -109,13 +109,7 @@ def read_first_line(proc: subprocess.Popen[Any], timeout: float) -> str:
 
 def own_cpu_seconds(pid: int) -> float | None:
     """utime+stime of ``pid`` alone (not its reaped children)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / C.CLK_TCK
+    return C.proc_cpu_seconds(pid, reaped=False)
 
 
 def listening_tcp_ports() -> set[int]:
