@@ -36,6 +36,7 @@ from nodepass.tls import ServerCredentials, certificateFingerprint, peerFingerpr
 from nodepass.transports.interface import INodePassTransport, PoolAddress
 from nodepass.transports.quic import (
     ALPN,
+    RECEIVE_WINDOW,
     QuicError,
     QuicStream,
     QuicTransport,
@@ -405,6 +406,26 @@ class StreamTests(QuicTestCase):
         self.assertEqual(bytes(client.received), b"")
         transport.resumeProducing()
         self.assertEqual(await within(client.receivedAtLeast(3), "the held data"), b"abc")
+
+    async def test_pausedStreamHoldsAtMostAWindow(self) -> None:
+        """
+        A paused stream gives the peer no credit beyond what was consumed plus
+        L{RECEIVE_WINDOW}: the sender stops there instead of filling our memory,
+        and everything arrives, in order, once reading resumes.
+        """
+        client, server = await self.pair()
+        stream: Any = client.transport
+        stream.pauseProducing()
+        payload = os.urandom(4 * RECEIVE_WINDOW)
+        server.transport.write(payload)  # type: ignore[union-attr]
+        reached = Deferred.fromCoroutine(_until(lambda: stream.held >= RECEIVE_WINDOW // 2))
+        await within(reached, "the first window")
+        await within(_sleep(0.5), "a pause")
+        self.assertLessEqual(stream.held, RECEIVE_WINDOW)
+        self.assertEqual(bytes(client.received), b"")
+        stream.resumeProducing()
+        received = await within(client.receivedAtLeast(len(payload)), "the whole payload")
+        self.assertEqual(received, payload)
 
     async def test_clientCloses(self) -> None:
         """

@@ -24,6 +24,7 @@ extra method L{QuicTransport.listenPool} to serve the pool on UDP.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import ssl
@@ -84,6 +85,12 @@ MAX_INCOMING_STREAMS = 1 << 16
 SEND_BUFFER_HIGH = 1 << 20
 SEND_BUFFER_LOW = SEND_BUFFER_HIGH // 4
 
+#: How many bytes a stream may receive beyond what its protocol has consumed
+#: (the stream receive window advertised to the peer), and the step by which
+#: the window moves: credit is granted in steps of a quarter window.
+RECEIVE_WINDOW = 1 << 21
+RECEIVE_STEP = RECEIVE_WINDOW // 4
+
 #: The largest UDP datagram read.
 MAX_DATAGRAM = 65535
 
@@ -118,9 +125,9 @@ class QuicStream:
 
     Flow control: a producer registered here is paused while the stream's
     unacknowledged send buffer exceeds L{SEND_BUFFER_HIGH}.  Pausing this
-    transport holds received data here until resumed (aioquic keeps granting
-    the peer more credit, so this buffer is not bounded by the peer's
-    window).
+    transport holds received data here until resumed; the peer gets credit
+    for what the protocol consumed plus L{RECEIVE_WINDOW}, so what is held
+    stays below that window.
     """
 
     def __init__(self, connection: _Connection, streamID: int) -> None:
@@ -132,6 +139,8 @@ class QuicStream:
         self._sendClosed = False
         self._receiveClosed = False
         self._paused = False
+        #: Bytes handed to the protocol so far (the receive window follows it).
+        self.consumed = 0
         self._inbox: list[bytes] = []
         self._inboxEnd: Failure | None = None
         self._deliverCall: IDelayedCall | None = None
@@ -243,6 +252,13 @@ class QuicStream:
             self.connection.blocked.discard(self)
             producer.resumeProducing()
 
+    @property
+    def held(self) -> int:
+        """
+        Bytes received and held while the protocol is paused.
+        """
+        return sum(len(data) for data in self._inbox)
+
     # -- IPushProducer: hold received data ------------------------------------
 
     def pauseProducing(self) -> None:
@@ -263,6 +279,8 @@ class QuicStream:
         while self._inbox and not self._paused and not self.lost:
             data = self._inbox.pop(0)
             self._deliver(data)
+        # What was consumed opens the window again: tell the peer.
+        self.connection.flushSoon()
         if not self._inbox and not self._paused and self._inboxEnd is not None:
             end, self._inboxEnd = self._inboxEnd, None
             self._peerEnded(end)
@@ -295,6 +313,7 @@ class QuicStream:
     def _deliver(self, data: bytes) -> None:
         if self.protocol is None or self.lost:
             return
+        self.consumed += len(data)
         try:
             self.protocol.dataReceived(data)
         except Exception:
@@ -623,6 +642,60 @@ class _Connection:
         self.blocked.clear()
 
 
+@functools.cache
+def _connectionClass() -> type[QuicConnection]:
+    """
+    aioquic's C{QuicConnection} with a receive window that follows consumption.
+
+    aioquic doubles a stream's window whenever the data I{received} passes half
+    of it, whether or not anyone read it, so a paused reader would buffer
+    whatever the peer sends.  Here the window of a stream we carry is what its
+    protocol consumed plus L{RECEIVE_WINDOW}, raised in steps of
+    L{RECEIVE_STEP}.  This overrides one private aioquic method; the tests pin
+    it (a paused stream holds at most a window).
+    """
+    from aioquic.quic.connection import QuicConnection
+
+    class WindowedQuicConnection(QuicConnection):
+        #: Our streams by id (L{_Connection.streams}); others keep aioquic's rule.
+        windows: dict[int, QuicStream] = {}
+
+        def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+            ours = self.windows.get(stream.stream_id)
+            current = stream.max_stream_data_local
+            if ours is None or not current:
+                super()._write_stream_limits(builder, space, stream)
+                return
+            wanted = ours.consumed + RECEIVE_WINDOW
+            if wanted - current >= RECEIVE_STEP:
+                stream.max_stream_data_local = wanted
+            elif stream.max_stream_data_local_sent == current:
+                return
+            # Let aioquic send the frame, without its own doubling rule.
+            receiver = stream.receiver
+            seen = receiver.highest_offset
+            receiver.highest_offset = 0
+            try:
+                super()._write_stream_limits(builder, space, stream)
+            finally:
+                receiver.highest_offset = seen
+
+    return WindowedQuicConnection
+
+
+def _newConnection(
+    connection: Callable[[QuicConnection], _Connection], **kwargs: Any
+) -> _Connection:
+    """
+    A L{_Connection} over a new windowed aioquic connection built with C{kwargs}.
+    """
+    quic = _connectionClass()(**kwargs)
+    _tune(quic)
+    result = connection(quic)
+    quic.windows = result.streams  # type: ignore[attr-defined]
+    return result
+
+
 def _tune(quic: QuicConnection) -> None:
     """
     Let the peer open L{MAX_INCOMING_STREAMS} streams at once (aioquic
@@ -749,11 +822,12 @@ class _ServerEndpoint(DatagramProtocol):
         return configuration
 
     def _accept(self, configuration: QuicConfiguration, cid: bytes, addr: Any) -> _Connection:
-        from aioquic.quic.connection import QuicConnection
-
-        quic = QuicConnection(configuration=configuration, original_destination_connection_id=cid)
-        _tune(quic)
-        connection = _Connection(self.reactor, quic, self._send, self._getHost, addr)
+        connection = _newConnection(
+            lambda quic: _Connection(self.reactor, quic, self._send, self._getHost, addr),
+            configuration=configuration,
+            original_destination_connection_id=cid,
+        )
+        quic = connection.quic
         ids = {cid, quic.host_cid}
 
         def onConnectionID(issued: bytes, isIssued: bool) -> None:
@@ -986,24 +1060,23 @@ class _Client:
         self._idle: IDelayedCall | None = None
         self.onDead: Callable[[_Client], None] = lambda c: None
 
-        from aioquic.quic.connection import QuicConnection
-
         self.socket = _ClientSocket(self)
         interface = "::" if ":" in address.ip else "0.0.0.0"
         self.port = reactor.listenUDP(
             0, self.socket, interface=interface, maxPacketSize=MAX_DATAGRAM
         )
         self.port.connect(address.ip, address.port)
-        quic = QuicConnection(configuration=_clientConfiguration(mode, address.serverName, alpn))
-        _tune(quic)
-        self.connection = _Connection(reactor, quic, self._send, self.port.getHost, self.server)
+        self.connection = _newConnection(
+            lambda quic: _Connection(reactor, quic, self._send, self.port.getHost, self.server),
+            configuration=_clientConfiguration(mode, address.serverName, alpn),
+        )
         self.connection.onEstablished = self._established
         self.connection.onTerminated = self._terminated
         self.connection.onStreamsGone = self._checkIdle
         self._handshakeTimer: IDelayedCall | None = reactor.callLater(
             handshakeTimeout, self._handshakeExpired
         )
-        quic.connect(self.server, now=reactor.seconds())
+        self.connection.quic.connect(self.server, now=reactor.seconds())
         self.connection.flush()
 
     def _send(self, data: bytes, addr: Any) -> None:
