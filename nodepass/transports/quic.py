@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,11 @@ SEND_BUFFER_LOW = SEND_BUFFER_HIGH // 4
 #: the window moves: credit is granted in steps of a quarter window.
 RECEIVE_WINDOW = 1 << 21
 RECEIVE_STEP = RECEIVE_WINDOW // 4
+
+#: Kernel buffer sizes asked for the UDP socket (the kernel caps them at
+#: net.core.rmem_max / wmem_max).  The default (about 200 KiB) drops bursts,
+#: and every drop halves the congestion window.
+SOCKET_BUFFER = 1 << 22
 
 #: The largest UDP datagram read.
 MAX_DATAGRAM = 65535
@@ -696,6 +702,20 @@ def _newConnection(
     return result
 
 
+def _growBuffers(port: Any) -> None:
+    """
+    Ask for L{SOCKET_BUFFER}-byte kernel buffers on a listening UDP port.
+    """
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError as e:
+            log.debug("Cannot size the QUIC socket buffer: {error}", error=str(e))
+
+
 def _tune(quic: QuicConnection) -> None:
     """
     Let the peer open L{MAX_INCOMING_STREAMS} streams at once (aioquic
@@ -1065,6 +1085,7 @@ class _Client:
         self.port = reactor.listenUDP(
             0, self.socket, interface=interface, maxPacketSize=MAX_DATAGRAM
         )
+        _growBuffers(self.port)
         self.port.connect(address.ip, address.port)
         self.connection = _newConnection(
             lambda quic: _Connection(reactor, quic, self._send, self.port.getHost, self.server),
@@ -1270,6 +1291,7 @@ class QuicTransport:
         host, portNumber = address
         endpoint = _ServerEndpoint(reactor, poolFactory, tls, clientIP)
         port = reactor.listenUDP(portNumber, endpoint, interface=host, maxPacketSize=MAX_DATAGRAM)
+        _growBuffers(port)
         return QuicListeningPort(endpoint, port)
 
     def connect(
