@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 import treq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -1579,3 +1581,81 @@ class InternalErrorTests(AppTestCase):
             self.serve(registry=BrokenRegistry(raising))
             self.assertError(self.call("GET", "/instances"), 500, "Internal server error")
             self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+# -- fuzzing ------------------------------------------------------------------------------------
+
+_FIELD_NAMES = ["url", "URL", "alias", "action", "restart", "meta", "peer", "tags", "sid", "type"]
+_TEXTS = st.one_of(
+    st.sampled_from(
+        [
+            SERVER,
+            CLIENT,
+            "",
+            "start",
+            "stop",
+            "restart",
+            "reset",
+            "status",
+            "server://h:99999/t:1",
+            "client://:0/x",
+            "http://h:1/t:1",
+            "not a url",
+            "x" * 300,
+        ]
+    ),
+    st.text(max_size=40),
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXTS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(_FIELD_NAMES) | st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=12,
+)
+_BODIES = st.one_of(
+    _JSON.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=200),
+    st.sampled_from([b"", b"{", b'{"url":', b"\xff\xfe{}", b'{"meta":{"tags":{"a":"1","a":"2"}}}']),
+)
+_TARGETS = st.sampled_from(
+    [
+        ("POST", "/instances"),
+        ("PATCH", "/instances/{id}"),
+        ("PUT", "/instances/{id}"),
+        ("DELETE", "/instances/{id}"),
+        ("PUT", "/instances/********"),
+        ("POST", "/info"),
+    ]
+)
+
+
+class FuzzTests(AppTestCase):
+    """
+    Whatever the body, the API answers a documented status with a JSON error or object,
+    never 500, and what it lists stays consistent with what is stored.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(_TARGETS, _BODIES), min_size=1, max_size=6))
+    def test_anyBody(self, requests: list[tuple[tuple[str, str], bytes]]) -> None:
+        for (method, path), body in requests:
+            listed = self.call("GET", "/instances").json()
+            ids = [i["id"] for i in listed[1:]] or ["00000000"]
+            answer = self.call(method, path.format(id=ids[0]), body)
+            self.assertIn(answer.code, (200, 201, 204, 400, 403, 404, 409), answer.body)
+            if answer.code == 204:
+                self.assertEqual(answer.body, b"")
+                continue
+            self.assertEqual(answer.header("Content-Type"), [b"application/json"])
+            value = answer.json()
+            if answer.code >= 400:
+                self.assertEqual(list(value), ["error"])
+                self.assertIsInstance(value["error"], str)
+        listed = self.assertJSON(self.call("GET", "/instances"), 200)
+        self.assertEqual(listed[0]["id"], PSEUDO)
+        for instance in listed:
+            self.assertEqual(list(instance), FIELDS)
+        self.assertEqual(sorted(i["id"] for i in listed[1:]), sorted(self.store.ids()))
+        self.assertEqual(self.flushLoggedErrors(), [])
