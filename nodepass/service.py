@@ -165,11 +165,11 @@ def _credentials(config: Config, reactor: Any, settings: Settings) -> tuple[Any,
     a certificate generated once for ``tls=1``, files for ``tls=2`` (falling
     back to a generated one when they cannot be loaded, as the reference does).
     """
-    from nodepass.tls import ServerCredentials, TLSError
-
     mode = config.effectiveTLS
     if mode == 0:
         return None, 0
+    from nodepass.tls import ServerCredentials, TLSError
+
     if mode == 2:
         try:
             credentials = ServerCredentials.fromFiles(

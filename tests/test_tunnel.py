@@ -205,6 +205,19 @@ def test_16mib_download_byte_exact(flow: str, tls: int) -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
+def test_plain_server_does_not_load_the_tls_libraries() -> None:
+    """
+    A server with tls=0 never needs pyOpenSSL or cryptography (about 10 MiB): not at
+    start, not while a client is connected and traffic flows.
+    """
+    with TCPServer(echo) as target, pair("-", 0, target=target.port) as tunnel:
+        with socket.create_connection((LOOPBACK, tunnel.entry), timeout=10) as sock:
+            assert echoed(1000)(sock, 0)
+        with open(f"/proc/{tunnel.server.proc.pid}/maps") as maps:
+            loaded = maps.read()
+    assert "cryptography" not in loaded and "OpenSSL" not in loaded
+
+
 @pytest.mark.parametrize("flow", ["-", "+"])
 def test_half_close_is_carried_end_to_end(flow: str) -> None:
     """Between our own peers over plain TCP, the user's EOF reaches the

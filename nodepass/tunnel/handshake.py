@@ -30,7 +30,6 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.client import ResponseDone
 from twisted.web.http import HTTPChannel, PotentialDataLoss, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
@@ -495,6 +494,10 @@ class _BodyReader(Protocol):
         self._chunks.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Here, not at the top: the server side never needs twisted.web.client, which
+        # loads the TLS libraries even for a plain-TCP tunnel.
+        from twisted.web.client import ResponseDone
+
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):

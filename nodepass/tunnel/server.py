@@ -8,7 +8,7 @@ life of the process: a connection's phase decides what it speaks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -18,12 +18,14 @@ from twisted.logger import Logger
 
 from nodepass.errors import StartupError
 from nodepass.settings import Settings
-from nodepass.tls import ServerCredentials
 from nodepass.tunnel.handshake import HandshakeResource, TunnelConfig, handshakeFactory
 from nodepass.tunnel.peer import TunnelPeer
 from nodepass.tunnel.pool import ServerPool
 from nodepass.tunnel.session import Session, Shared
 from nodepass.url import Config
+
+if TYPE_CHECKING:
+    from nodepass.tls import ServerCredentials
 
 log = Logger()
 
