@@ -47,6 +47,7 @@ from nodepass.service import (  # noqa: E402
     USAGE,
     Options,
     buildService,
+    raiseOpenFileLimit,
     transportsText,
     versionText,
 )
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
+    raiseOpenFileLimit()
     root = buildService(options["config"], reactor)
     globalLogBeginner.beginLoggingTo(
         [root.logObserver], discardBuffer=True, redirectStandardIO=False

@@ -295,12 +295,44 @@ def _startServer(root: NodePassService, config: Config, reactor: Any, settings: 
     ).setServiceParent(root)
 
 
+def raiseOpenFileLimit() -> None:
+    """
+    Raise the soft limit on open files to the hard limit, as Go programs do at start.
+
+    Every connection, pool connection, UDP session and (for a master) every child's two
+    pipes is a descriptor; the usual soft limit of 1024 would cap a tunnel at a few hundred
+    connections.  A system without the C{resource} module, or that refuses, keeps its limit.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            # Linux refuses an infinite soft limit for files; the kernel's maximum will do.
+            hard = max(soft, _kernelFileMaximum())
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as error:
+        log.debug("Cannot raise the open file limit: {error}", error=str(error))
+
+
+def _kernelFileMaximum() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
 def makeService(options: Options) -> NodePassService:
     """
     twistd's entry point: the only code that touches the global reactor.
     """
     from twisted.internet import reactor
 
+    raiseOpenFileLimit()
     root = buildService(options["config"], reactor)
 
     def exitWithCode() -> None:

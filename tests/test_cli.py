@@ -231,6 +231,35 @@ def test_twistd_bad_url_is_a_usage_error() -> None:
     assert "invalid port 'bad'" in result.stdout + result.stderr
 
 
+def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    """
+    Started with a soft limit of 256 open files, a NodePass raises it to the hard limit
+    (as Go programs do), so a busy tunnel is not capped at a few hundred connections.
+    """
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit here is only {hard}")
+    port = freePort()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodepass", f"client://{LOOPBACK}:{port}/{LOOPBACK}:9?mode=1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        waitFor(lambda: not canBind(port), 20, "the forwarder to listen")
+        with open(f"/proc/{proc.pid}/limits") as f:
+            line = next(line for line in f if line.startswith("Max open files"))
+        soft = line.split()[3]
+        assert soft != "256" and (hard == resource.RLIM_INFINITY or int(soft) == hard), line
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def test_master_alone_means_the_loopback_default() -> None:
     options = Options()
     options.parseOptions(["master"])
