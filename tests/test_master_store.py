@@ -213,6 +213,18 @@ class SyncStoreTests(_Base):
         self.assertEqual(first.alias, "web")
         self.assertEqual(second.traffic, Traffic(5, 6, 7, 8))
 
+    def test_unusableDirectory(self) -> None:
+        """
+        A state directory that cannot be created is one clear L{StoreError}, not an
+        C{OSError} traceback.
+        """
+        os.makedirs(self.directory, exist_ok=True)
+        blocker = os.path.join(self.directory, "file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        error = self.assertRaises(StoreError, SyncStore(os.path.join(blocker, "state")).open)
+        self.assertEqual(str(error), f"cannot use the state in {blocker}/state: Not a directory")
+
     def test_notOpen(self) -> None:
         store = SyncStore(self.directory)
         self.assertRaises(StoreError, store.load)

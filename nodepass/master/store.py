@@ -448,6 +448,15 @@ class SyncStore:
         """
         if self._connection is not None:
             raise StoreError(f"state database already open: {self.path}")
+        try:
+            self._open()
+        except (OSError, sqlite3.Error) as e:
+            # A directory that cannot be created or written, a file that cannot be read:
+            # one clear line, never a traceback.
+            reason = getattr(e, "strerror", None) or str(e)
+            raise StoreError(f"cannot use the state in {self.directory}: {reason}") from e
+
+    def _open(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         if not os.path.exists(self.path):
             if os.path.exists(self.backupPath):
