@@ -645,10 +645,27 @@ def test_another_core_gets_the_url_as_its_argument(tmp_path: Path, masters: list
     stream.close()
 
 
-def test_core_that_cannot_run_refuses_to_start(tmp_path: Path) -> None:
-    master = Master(tmp_path, freePort(udp=False), env={"NP_CORE_BIN": str(tmp_path / "missing")})
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("NP_CORE_BIN", "{tmp}/missing", "not an executable file"),
+        ("NP_CORS_ORIGINS", "not an origin", "invalid origin 'not an origin'"),
+        ("NP_STATE_DIR", "{tmp}/file/state", "cannot use the state in"),
+    ],
+)
+def test_bad_setting_refuses_to_start(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    """
+    A setting the master cannot use stops it before it listens: exit 1, one line naming
+    the problem, no traceback.
+    """
+    (tmp_path / "file").write_text("not a directory")
+    port = freePort(udp=False)
+    master = Master(tmp_path, port, env={variable: value.format(tmp=tmp_path)}, twistd=False)
     try:
         assert master.proc.wait(30) == 1
     finally:
         master.close()
-    assert "NP_CORE_BIN" in master.output and "not an executable file" in master.output
+    assert message in master.output and "Traceback" not in master.output
+    assert KEY_LINE not in master.output

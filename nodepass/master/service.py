@@ -35,7 +35,7 @@ from twisted.web.server import Site
 
 from nodepass.errors import StartupError
 from nodepass.master.app import LimitedRequest, MasterAPI, MasterInfo
-from nodepass.master.auth import corsPolicyFromEnvironment
+from nodepass.master.auth import CorsPolicy, corsPolicyFromEnvironment
 from nodepass.master.events import EventHub
 from nodepass.master.openapi import staticDirectory
 from nodepass.master.registry import MasterSettings, Registry
@@ -168,6 +168,13 @@ class MasterService(Service):
             output=self._writeLine,
         )
         sampler = CpuSampler()
+        #: A setting that makes the start fail (reported by L{startService}, one line).
+        self._settingError: str | None = None
+        try:
+            cors = corsPolicyFromEnvironment(environ)
+        except ValueError as e:
+            self._settingError = str(e)
+            cors = CorsPolicy(())
         self.api = MasterAPI(
             self.registry,
             self.hub,
@@ -175,7 +182,7 @@ class MasterService(Service):
             lambda: collect(reactor, sampler),
             MasterInfo(self.masterSettings, config.tunnel.host, reactor),
             config.prefix,
-            corsPolicyFromEnvironment(environ),
+            cors,
             staticDirectory(),
             readFile=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), _read, path),
         )
@@ -198,6 +205,8 @@ class MasterService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._settingError is not None:
+            raise StartupError(self._settingError)
         core = self.environ.get(CORE_VARIABLE, "")
         if core and not os.access(core, os.X_OK):
             raise StartupError(f"{CORE_VARIABLE}={core}: not an executable file")
