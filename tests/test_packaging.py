@@ -16,6 +16,7 @@ import threading
 import venv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,59 @@ def test_installed_console_script_forwards(installed: Path, tmp_path: Path) -> N
             proc.terminate()
             proc.wait(15)
             reader.join(5)
+
+
+def test_installed_master_runs_from_any_directory(installed: Path, tmp_path: Path) -> None:
+    """
+    The README's first command, from the wheel: a master with its state in the current
+    directory, its API key printed once, an instance run as a child of the installed
+    package, and the Swagger UI assets found in the installed dependencies.
+    """
+    import http.client
+    import json
+
+    port = freePort(udp=False)
+    forward = freePort()
+    proc = subprocess.Popen(
+        [str(installed / "bin" / "nodepass"), f"master://{LOOPBACK}:{port}/api"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={**cleanEnv(), "NP_REPORT_INTERVAL": "1s"},
+    )
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")))  # type: ignore[union-attr]
+    reader.start()
+
+    def call(method: str, path: str, key: str = "", body: bytes | None = None) -> Any:
+        connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+        try:
+            connection.request(method, "/api/v1" + path, body, {"X-API-Key": key})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    try:
+        waitFor(lambda: any(b"API Key created: " in line for line in lines), 30, "the key")
+        key = next(line for line in lines if b"API Key created: " in line).split()[-1].decode()
+        url = f"client://{LOOPBACK}:{forward}/{LOOPBACK}:9?mode=1"
+        status, body = call("POST", "/instances", key, json.dumps({"url": url}).encode())
+        assert status == 201, body
+        id = json.loads(body)["id"]
+        waitFor(
+            lambda: json.loads(call("GET", f"/instances/{id}", key)[1])["mode"] == 1,
+            30,
+            "the instance's first checkpoint",
+        )
+        status, asset = call("GET", "/docs/static/swagger-ui.css")
+        assert status == 200 and len(asset) > 10_000
+        assert (tmp_path / "nodepass.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        reader.join(5)
+    assert proc.returncode == 0
+    output = b"".join(lines)
+    assert output.count(key.encode()) == 1
+    assert b"Master shutdown complete" in output
