@@ -27,21 +27,27 @@ Control protocol (a second, direct port; one line in, one JSON line out):
 
 from __future__ import annotations
 
+import argparse
+import atexit
+import datetime as _dt
 import errno
 import json
 import math
 import os
+import platform
 import selectors
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 HOST = "127.0.0.1"
 COMMON_PATH = os.path.abspath(__file__)
@@ -990,10 +996,56 @@ def run_load(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {"fatal": f"load generator failed: rc={proc.returncode} {err.strip()[-500:]}"}
 
 
+# -- shared by every benchmark -------------------------------------------------
+
+
+def start_run() -> float:
+    """Signal handlers, every child killed at exit; returns the start time (monotonic)."""
+    install_signal_handlers()
+    atexit.register(REGISTRY.kill_all)
+    return time.monotonic()
+
+
+def nodepass_version() -> str | None:
+    """``nodepass.__version__`` of this tree ('?' if it prints none); None if Python fails."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import nodepass; print(nodepass.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=REPO_ROOT,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or "?"
+
+
+def end_meta(meta: dict[str, Any], t_start: float, interrupted: bool) -> None:
+    """Add the wall time, the load average at the end and ``interrupted`` to ``meta``."""
+    meta["wall_s"] = time.monotonic() - t_start
+    meta["loadavg_end"] = os.getloadavg()
+    meta["interrupted"] = interrupted
+
+
+def write_json(path: str, results: dict[str, Any]) -> None:
+    """The raw results as JSON in ``path`` (its directory is created); says so on stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    print(f"raw results: {path}")
+
+
 # -- shared by the forwarding and the tunnel benchmarks ------------------------
 
 #: haproxy runs one thread per process in every benchmark (stated in reports).
 HAPROXY_THREADS = 1
+
+#: The phases, in the order they run (``--phases`` picks some).
+PHASES = ("tput1", "tputN", "connrate", "rtt")
+
+#: A row of the report: metric key, label, higher_is_better (None: no ratio direction).
+MetricDef = tuple[str, str, bool | None]
 
 
 class StartError(RuntimeError):
@@ -1084,6 +1136,436 @@ def phase_stream(port: int, srv: TargetServer, streams: int, args: Any) -> dict[
     if errors:
         res["error"] = "; ".join(errors)
     return res
+
+
+def parse_systems(p: argparse.ArgumentParser, value: str, known: Sequence[str]) -> list[str]:
+    """``--systems`` as a list; a name not in ``known`` is a usage error."""
+    systems = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in systems if s not in known]
+    if bad:
+        p.error(f"unknown system(s): {', '.join(bad)}")
+    return systems
+
+
+def parse_phases(p: argparse.ArgumentParser, value: str) -> list[str]:
+    """``--phases`` as a list; a name not in ``PHASES`` is a usage error."""
+    phases = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in phases if s not in PHASES]
+    if bad:
+        p.error(f"unknown phase(s): {', '.join(bad)} (known: {', '.join(PHASES)})")
+    return phases
+
+
+def check_run_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors in ``--rtt-cpu`` and ``--rounds`` (checked after ``--quick`` applied)."""
+    if args.rtt_cpu >= 0 and args.rtt_cpu not in os.sched_getaffinity(0):
+        p.error(f"--rtt-cpu {args.rtt_cpu} is not available to this process")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+
+
+def phase_connrate(
+    port: int,
+    args: Any,
+    kind: str = "connrate",
+    extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """
+    ``args.workers`` workers doing connect + echo + close through ``port`` for
+    ``args.conn_duration`` seconds, with the load generator's ``kind``;
+    ``extra`` adds fields computed from the load generator's result.
+    """
+    load = run_load(
+        {
+            "kind": kind,
+            "port": port,
+            "workers": args.workers,
+            "duration": args.conn_duration,
+        },
+        timeout=args.conn_duration + 30,
+    )
+    if "fatal" in load:
+        return {"error": load["fatal"]}
+    res: dict[str, Any] = {
+        "workers": args.workers,
+        "count": load["count"],
+        "rate": load["rate"],
+        "p50_ms": load["latency_s"]["p50"] * 1e3,
+        "p99_ms": load["latency_s"]["p99"] * 1e3,
+        "latency_ms": {k: (v * 1e3 if k != "n" else v) for k, v in load["latency_s"].items()},
+        "errors": load["errors"],
+    }
+    if extra is not None:
+        res.update(extra(load))
+    n_err = sum(load["errors"].values())
+    if n_err:
+        msg = f"{n_err} failed connections: {load['errors']}"
+        # A few failures are reported but do not void the measurement.
+        if load["count"] == 0 or n_err > 0.01 * load["count"]:
+            res["error"] = msg
+        else:
+            res["warning"] = msg
+    return res
+
+
+def phase_rtt(port: int, pids: Sequence[int], args: Any) -> dict[str, Any]:
+    """
+    64-byte round trips on one connection through ``port`` for
+    ``args.rtt_duration`` seconds. With ``args.rtt_cpu`` >= 0, the load
+    generator and the process trees of ``pids`` are pinned to that CPU
+    meanwhile: on this VM a wake-up on another CPU costs ~75 us, so without
+    pinning the figure mostly says where the scheduler put the processes.
+    Pinned to one CPU, it measures the work (and context switches) per
+    round trip.
+    """
+    pin = args.rtt_cpu >= 0
+    every_cpu = os.sched_getaffinity(0)
+    if pin:
+        for pid in pids:
+            set_tree_affinity(pid, {args.rtt_cpu})
+    try:
+        load = run_load(
+            {
+                "kind": "rtt",
+                "port": port,
+                "duration": args.rtt_duration,
+                "cpu": args.rtt_cpu if pin else None,
+            },
+            timeout=args.rtt_duration + 30,
+        )
+    finally:
+        if pin:
+            for pid in pids:
+                set_tree_affinity(pid, every_cpu)
+    if "fatal" in load:
+        return {"error": load["fatal"]}
+    lat = load["latency_s"]
+    return {
+        "count": lat["n"],
+        "p50_us": lat["p50"] * 1e6,
+        "p99_us": lat["p99"] * 1e6,
+        "latency_us": {k: (v * 1e6 if k != "n" else v) for k, v in lat.items()},
+    }
+
+
+def describe_phase(res: dict[str, Any]) -> str:
+    """One phase result as a progress line."""
+    if "mb_s" in res:
+        s = f"{res['mb_s']:9.1f} MB/s  ({res['received_bytes'] / 1e6:.0f} MB, drain {res['drain_s']:.2f}s)"
+    elif "rate" in res:
+        s = f"{res['rate']:9.0f} conn/s  p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms"
+        if "per_second" in res:
+            s += f"  per second {res['per_second']}"
+            if any(res["errors_per_second"]):
+                s += f"  failed per second {res['errors_per_second']}"
+    elif "p50_us" in res:
+        s = f"p50 {res['p50_us']:.1f} us  p99 {res['p99_us']:.1f} us  ({res['count']} round trips)"
+    else:
+        s = ""
+    if "fwd_cpu_cores" in res:
+        s += f"  fwd cpu {res['fwd_cpu_cores']:.2f} cores"
+    if res.get("error"):
+        s += f"  ERROR: {res['error']}"
+    return s
+
+
+class SystemUnderTest(Protocol):
+    """What the phases need of a started system (forward.py's Forwarder, pair.py's System)."""
+
+    port: int
+    killed_reason: str | None
+
+    def alive(self) -> bool: ...
+
+    def cpu_seconds(self) -> float | None: ...
+
+    def skip_reason(self) -> str: ...
+
+    def death_reason(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def rss_guard(sut: SystemUnderTest, pid: int, tree: str, args: Any, tag: str) -> TreeMemorySampler:
+    """
+    A started memory sampler of ``pid``'s process tree that stops ``sut`` once
+    the tree grows past ``args.rss_limit`` MiB; ``tree`` names it in the reason.
+    """
+
+    def on_limit(kb: int) -> None:
+        sut.killed_reason = (
+            f"killed: {tree} RSS {kb / 1024:.0f} MiB > --rss-limit {args.rss_limit:.0f} MiB"
+        )
+        log(f"[{tag}] {sut.killed_reason}")
+        sut.stop()
+
+    sampler = TreeMemorySampler(
+        pid, interval=0.1, limit_kb=int(args.rss_limit * 1024), on_limit=on_limit
+    )
+    sampler.start()
+    return sampler
+
+
+def run_phases(
+    sut: SystemUnderTest,
+    phases: Sequence[tuple[str, Callable[[], dict[str, Any]]]],
+    args: Any,
+    tag: str,
+    run: dict[str, Any],
+    keep_cpu_s: bool = False,
+) -> None:
+    """
+    Run those of ``phases`` that ``args.phases`` names, each followed by
+    ``args.settle`` seconds of pause; results, errors and warnings go into
+    ``run``. The CPU ``sut`` used is added to each result as ``fwd_cpu_cores``
+    (and, with ``keep_cpu_s``, in seconds as ``fwd_cpu_s``).
+    """
+    for pname, fn in phases:
+        if pname not in args.phases:
+            continue
+        if not sut.alive():
+            run["errors"].append(f"{pname}: skipped, {sut.skip_reason()}")
+            continue
+        cpu0 = sut.cpu_seconds()
+        t0 = time.monotonic()
+        try:
+            res = fn()
+        except (OSError, ValueError, RuntimeError) as exc:
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        time.sleep(args.settle)  # let forks exit and be reaped, sockets close
+        wall = time.monotonic() - t0
+        cpu1 = sut.cpu_seconds()
+        if cpu0 is not None and cpu1 is not None:
+            if keep_cpu_s:
+                res["fwd_cpu_s"] = cpu1 - cpu0
+            res["fwd_cpu_cores"] = (cpu1 - cpu0) / max(wall - args.settle, 1e-9)
+        if not sut.alive():
+            res["error"] = "; ".join(filter(None, [res.get("error"), sut.death_reason()]))
+        run["phases"][pname] = res
+        if res.get("error"):
+            run["errors"].append(f"{pname}: {res['error']}")
+        if res.get("warning"):
+            run.setdefault("warnings", []).append(f"{pname}: {res['warning']}")
+        log(f"[{tag}] {pname:8s} {describe_phase(res)}")
+
+
+def run_rounds(
+    systems: Sequence[str],
+    args: Any,
+    runs: dict[str, list[dict[str, Any]]],
+    run_system: Callable[[str, TargetServer, str, Any, str, dict[str, Any]], object],
+    prefix: str,
+) -> bool:
+    """
+    Run every system ``args.rounds`` times against one target server, the
+    order alternating (ABBA); each run's dict is added to ``runs`` before
+    ``run_system`` fills it. Files go to a temporary directory (``prefix``),
+    or to ``args.log_dir`` where the benchmark has that option and it is set.
+    Returns whether it was interrupted; every child is killed either way.
+    """
+    srv = None
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir:
+            log_dir = getattr(args, "log_dir", None)
+            if log_dir:
+                os.makedirs(log_dir, exist_ok=True)
+                tmpdir = log_dir  # configs, certificate and process logs are kept
+            srv = TargetServer.start()
+            log(f"[setup] target (sink+echo) pid {srv.proc.pid} on 127.0.0.1:{srv.port}")
+            for rnd in range(args.rounds):
+                order = systems if rnd % 2 == 0 else list(reversed(systems))
+                for s in order:
+                    if srv.proc.poll() is not None:
+                        raise RuntimeError("target server died")
+                    run: dict[str, Any] = {"round": rnd + 1}
+                    runs.setdefault(s, []).append(run)
+                    run_system(s, srv, tmpdir, args, f"{s} r{rnd + 1}", run)
+    except KeyboardInterrupt:
+        log("\ninterrupted: stopping children, reporting what was measured")
+        return True
+    finally:
+        if srv is not None:
+            srv.stop()
+        REGISTRY.kill_all()
+    return False
+
+
+def flatten_phases(run: dict[str, Any]) -> dict[str, float]:
+    """One run's phase figures (only those measured without error) by metric key."""
+    out: dict[str, float] = {}
+    ph = run["phases"]
+
+    def ok(p: str) -> dict[str, Any] | None:
+        r = ph.get(p)
+        return r if r and not r.get("error") else None
+
+    if r := ok("tput1"):
+        out["tput1_mb_s"] = r["mb_s"]
+    if r := ok("tputN"):
+        out["tputN_mb_s"] = r["mb_s"]
+    if r := ok("connrate"):
+        out["conn_rate"] = r["rate"]
+        out["conn_p50_ms"] = r["p50_ms"]
+        out["conn_p99_ms"] = r["p99_ms"]
+    if r := ok("rtt"):
+        out["rtt_p50_us"] = r["p50_us"]
+        out["rtt_p99_us"] = r["p99_us"]
+    for p, key in (("tput1", "cpu_tput1"), ("tputN", "cpu_tputN"), ("connrate", "cpu_conn")):
+        if (r := ok(p)) and "fwd_cpu_cores" in r:
+            out[key] = r["fwd_cpu_cores"]
+    return out
+
+
+def aggregate(
+    runs: list[dict[str, Any]],
+    flatten: Callable[[dict[str, Any]], dict[str, float]],
+    rules: dict[str, Callable[[list[float]], float]] | None = None,
+) -> dict[str, float]:
+    """
+    The figures of ``runs`` (``flatten`` picks them) over the rounds: the
+    median; ``rss_*`` the maximum (it is a peak); a key in ``rules``, its rule.
+    """
+    flat = [flatten(r) for r in runs]
+    keys = {k for f in flat for k in f}
+    rules = rules or {}
+    out = {}
+    for k in keys:
+        vals = [f[k] for f in flat if k in f]
+        if k in rules:
+            out[k] = rules[k](vals)
+        elif k.startswith("rss_"):
+            out[k] = max(vals)
+        else:
+            out[k] = statistics.median(vals)
+    return out
+
+
+def ratios(
+    summary: dict[str, dict[str, float]], ref: str, bases: Iterable[str]
+) -> dict[str, dict[str, float]]:
+    """``ref``'s figures divided by each baseline's (those of ``bases`` in ``summary``)."""
+    return {
+        base: {k: summary[ref][k] / v for k, v in summary[base].items() if k in summary[ref] and v}
+        for base in bases
+        if base != ref and base in summary
+    }
+
+
+def tool_versions(tools: dict[str, str | None]) -> dict[str, str]:
+    """The version lines of socat and haproxy, where ``tools`` found them."""
+    versions = {}
+    if tools.get("socat"):
+        versions["socat"] = command_version(["socat", "-V"])
+    if tools.get("haproxy"):
+        versions["haproxy"] = command_version(["haproxy", "-v"])
+    return versions
+
+
+def run_meta(versions: dict[str, str], args: dict[str, Any]) -> dict[str, Any]:
+    """A result's ``meta``: date, host, CPU, kernel, Python, ``versions``, load, ``args``."""
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "haproxy_nbthread": HAPROXY_THREADS,
+        "loadavg_start": os.getloadavg(),
+        "args": args,
+    }
+
+
+def print_header(title: str, meta: dict[str, Any], args: Any, note: str) -> None:
+    """The report's first lines: ``title``, host, load, test sizes, versions, ``note``."""
+    print()
+    print(
+        f"{title}  {meta['date']}  host={meta['host']}  "
+        f"cpus={meta['cpus']}  python={meta['python']}"
+    )
+    la0, la1 = meta["loadavg_start"][0], meta["loadavg_end"][0]
+    print(
+        f"cpu: {meta['cpu_model']}  kernel {meta['kernel']}  "
+        f"load average (1 min) {la0:.2f} at start, {la1:.2f} at end"
+    )
+    volume = getattr(args, "volume", None)
+    stream = f"{volume:.0f} MB" if volume else f"{args.duration:g}s"
+    print(
+        f"rounds={args.rounds} (median; RSS = max)  stream={stream}"
+        f"  conn={args.conn_duration:g}s x {args.workers} workers  rtt={args.rtt_duration:g}s"
+        + (f" (pinned to CPU {args.rtt_cpu})" if args.rtt_cpu >= 0 else " (not pinned)")
+    )
+    for s, v in meta["versions"].items():
+        print(f"  {s}: {v}")
+    print(f"  {note}")
+    print()
+
+
+def better(hib: bool | None) -> str:
+    """The "better" column of a metric row."""
+    return "higher" if hib else ("" if hib is None else "lower")
+
+
+def metric_cell(key: str, v: float | None) -> str:
+    """A summary figure as the tables show it."""
+    if key == "conn_sustain":
+        return "-" if v is None or math.isnan(v) else f"{v:.2f}"
+    digits = 3 if key.startswith(("conn_p", "cpu_")) else 2 if key == "ready_s" else 1
+    if key in ("conn_first", "conn_last"):
+        digits = 0
+    return fmt_num(v, digits)
+
+
+def metric_table(
+    metrics: Sequence[MetricDef],
+    summary: dict[str, dict[str, float]],
+    systems: Sequence[str],
+    markdown: bool,
+    ratio_columns: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """
+    A row per metric that one of ``systems`` has: its figure per system, the
+    ratios (``ratio_columns``: header -> ratio by metric), which way is better.
+    """
+    ratio_columns = ratio_columns or {}
+    rows = []
+    for key, label, hib in metrics:
+        if not any(key in summary.get(s, {}) for s in systems):
+            continue
+        row = [label.strip() if markdown else label]
+        row += [metric_cell(key, summary.get(s, {}).get(key)) for s in systems]
+        for by_key in ratio_columns.values():
+            r = by_key.get(key)
+            row.append("-" if r is None or hib is None else f"{r:.2f}x")
+        row.append(better(hib))
+        rows.append(row)
+    header = ["metric", *systems, *ratio_columns, "better"]
+    return render_table(header, rows, markdown=markdown)
+
+
+def run_notes(system: str, run: dict[str, Any]) -> list[str]:
+    """The errors and warnings of one run of ``system``, as notes."""
+    out = [f"{system} (round {run['round']}): {e}" for e in run["errors"]]
+    out += [f"{system} (round {run['round']}, warning): {w}" for w in run.get("warnings", [])]
+    return out
+
+
+def print_notes(notes: Sequence[str]) -> None:
+    """The notes under the tables, after a blank line (nothing when there are none)."""
+    if notes:
+        print()
+        for n in notes:
+            print("note: " + n)
 
 
 def main(argv: Sequence[str]) -> int:

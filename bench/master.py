@@ -45,7 +45,6 @@ are killed at the end, on errors and on Ctrl-C. Progress goes to stderr, the rep
 from __future__ import annotations
 
 import argparse
-import atexit
 import collections
 import concurrent.futures
 import datetime as _dt
@@ -1625,20 +1624,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def nodepass_version() -> str:
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", "import nodepass; print(nodepass.__version__)"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            cwd=C.REPO_ROOT,
-        )
-        return out.stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
 def run(args: argparse.Namespace, tmpdir: str, results: dict[str, Any]) -> None:
     state_dir = os.path.join(tmpdir, "state")
     os.makedirs(state_dir)
@@ -1817,9 +1802,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("_load", "_baseline"):
         return worker_main(argv)
     args = parse_args(argv)
-    C.install_signal_handlers()
-    atexit.register(C.REGISTRY.kill_all)
-    t_start = time.monotonic()
+    t_start = C.start_run()
     results: dict[str, Any] = {
         "meta": {
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1827,7 +1810,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "kernel": platform.release(),
             "python": platform.python_version(),
-            "nodepass": nodepass_version(),
+            "nodepass": C.nodepass_version() or "?",
             "instances": args.instances,
             "subscribers": args.subscribers,
             "loadavg_start": os.getloadavg(),
@@ -1875,9 +1858,7 @@ def main(argv: list[str] | None = None) -> int:
         C.log(f"aborted: {type(exc).__name__}: {exc}")
     finally:
         C.REGISTRY.kill_all()
-    results["meta"]["wall_s"] = time.monotonic() - t_start
-    results["meta"]["loadavg_end"] = os.getloadavg()
-    results["meta"]["interrupted"] = interrupted
+    C.end_meta(results["meta"], t_start, interrupted)
     print()
     print(render(results))
     if args.markdown:
@@ -1885,10 +1866,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(results, markdown=True))
     print(f"\n(total {results['meta']['wall_s']:.0f} s)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        print(f"raw results: {args.json}")
+        C.write_json(args.json, results)
     else:
         print("JSON summary:")
         print(json.dumps(summary(results), indent=1, default=str))

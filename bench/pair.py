@@ -37,17 +37,12 @@ See docs/benchmarks.md, section "Dual-end tunnel", for the method.
 from __future__ import annotations
 
 import argparse
-import atexit
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +61,6 @@ ALL_SYSTEMS = (
     "haproxy-tls-chain",
     "nodepass",
 )
-PHASES = ("tput1", "tputN", "connrate", "rtt")
 TUNNEL_KEY = "benchkey"
 DEFAULT_SERVER_URL = (
     "server://{key}@127.0.0.1:{tunnel}/127.0.0.1:{entry}?mode=1&tls={tls}&log={log}"
@@ -204,6 +198,18 @@ class System:
     def pids(self) -> list[int]:
         return [h.pid for h in self.hops]
 
+    def cpu_seconds(self) -> float | None:
+        vals = [C.proc_cpu_seconds(p) for p in self.pids()]
+        if not vals or any(v is None for v in vals):
+            return None
+        return sum(v for v in vals if v is not None)
+
+    def skip_reason(self) -> str:
+        return self.killed_reason or f"died ({self.dead_hops()})"
+
+    def death_reason(self) -> str:
+        return self.killed_reason or f"died during the test ({self.dead_hops()})"
+
     def stop(self) -> None:
         for h in reversed(self.hops):
             C.REGISTRY.kill(h.proc)
@@ -234,6 +240,8 @@ def make_cert(tmpdir: str) -> str:
     path = os.path.join(tmpdir, "bench-cert.pem")
     if os.path.exists(path):
         return path
+    if C.REPO_ROOT not in sys.path:
+        sys.path.insert(0, C.REPO_ROOT)  # the checkout's nodepass, as the spawned hops use
     from nodepass.tls import generateSelfSigned
 
     cert, key = generateSelfSigned("nodepass-bench")
@@ -478,83 +486,17 @@ def start_system(
 # --------------------------------------------------------------------------
 
 
-def phase_connrate(sysm: System, srv: C.TargetServer, args: argparse.Namespace) -> dict[str, Any]:
-    load = C.run_load(
-        {
-            "kind": "connrate_series",
-            "port": sysm.port,
-            "workers": args.workers,
-            "duration": args.conn_duration,
-        },
-        timeout=args.conn_duration + 30,
-    )
-    if "fatal" in load:
-        return {"error": load["fatal"]}
+def sustain_fields(load: dict[str, Any]) -> dict[str, Any]:
+    """The per-second counts of a ``connrate_series`` load; last / first second."""
     per_s = load["per_second"]
     first, last = per_s[0], per_s[-1]
-    res: dict[str, Any] = {
-        "workers": args.workers,
-        "count": load["count"],
-        "rate": load["rate"],
-        "p50_ms": load["latency_s"]["p50"] * 1e3,
-        "p99_ms": load["latency_s"]["p99"] * 1e3,
-        "latency_ms": {k: (v * 1e3 if k != "n" else v) for k, v in load["latency_s"].items()},
-        "errors": load["errors"],
+    return {
         "per_second": per_s,
         "errors_per_second": load["errors_per_second"],
         "first_s": first,
         "last_s": last,
         "sustain": last / first if first else math.nan,
     }
-    n_err = sum(load["errors"].values())
-    if n_err:
-        msg = f"{n_err} failed connections: {load['errors']}"
-        if load["count"] == 0 or n_err > 0.01 * load["count"]:
-            res["error"] = msg
-        else:
-            res["warning"] = msg
-    return res
-
-
-def phase_rtt(sysm: System, srv: C.TargetServer, args: argparse.Namespace) -> dict[str, Any]:
-    # Pinned to one CPU, as in forward.py: unpinned, a cross-CPU wake-up on this
-    # VM (~75 us) dominates and the figure says where the scheduler put things.
-    pin = args.rtt_cpu >= 0
-    every_cpu = os.sched_getaffinity(0)
-    pids = [srv.proc.pid, *sysm.pids()]
-    if pin:
-        for pid in pids:
-            C.set_tree_affinity(pid, {args.rtt_cpu})
-    try:
-        load = C.run_load(
-            {
-                "kind": "rtt",
-                "port": sysm.port,
-                "duration": args.rtt_duration,
-                "cpu": args.rtt_cpu if pin else None,
-            },
-            timeout=args.rtt_duration + 30,
-        )
-    finally:
-        if pin:
-            for pid in pids:
-                C.set_tree_affinity(pid, every_cpu)
-    if "fatal" in load:
-        return {"error": load["fatal"]}
-    lat = load["latency_s"]
-    return {
-        "count": lat["n"],
-        "p50_us": lat["p50"] * 1e6,
-        "p99_us": lat["p99"] * 1e6,
-        "latency_us": {k: (v * 1e6 if k != "n" else v) for k, v in lat.items()},
-    }
-
-
-def cpu_seconds(sysm: System) -> float | None:
-    vals = [C.proc_cpu_seconds(p) for p in sysm.pids()]
-    if not vals or any(v is None for v in vals):
-        return None
-    return sum(v for v in vals if v is not None)
 
 
 def scan_nodepass_log(text: str) -> dict[str, Any]:
@@ -611,53 +553,17 @@ def run_system(
     samplers: list[C.TreeMemorySampler] = []
     try:
         for hop in sysm.hops:
-
-            def on_limit(kb: int, sysm: System = sysm, role: str = hop.role) -> None:
-                sysm.killed_reason = (
-                    f"killed: {role} process tree RSS {kb / 1024:.0f} MiB > --rss-limit "
-                    f"{args.rss_limit:.0f} MiB"
-                )
-                C.log(f"[{tag}] {sysm.killed_reason}")
-                sysm.stop()
-
-            smp = C.TreeMemorySampler(
-                hop.pid, interval=0.1, limit_kb=int(args.rss_limit * 1024), on_limit=on_limit
-            )
-            smp.start()
-            samplers.append(smp)
+            samplers.append(C.rss_guard(sysm, hop.pid, f"{hop.role} process tree", args, tag))
         phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("tput1", lambda: C.phase_stream(sysm.port, srv, 1, args)),
             ("tputN", lambda: C.phase_stream(sysm.port, srv, args.streams, args)),
-            ("connrate", lambda: phase_connrate(sysm, srv, args)),
-            ("rtt", lambda: phase_rtt(sysm, srv, args)),
+            (
+                "connrate",
+                lambda: C.phase_connrate(sysm.port, args, "connrate_series", sustain_fields),
+            ),
+            ("rtt", lambda: C.phase_rtt(sysm.port, [srv.proc.pid, *sysm.pids()], args)),
         ]
-        for pname, fn in phases:
-            if pname not in args.phases:
-                continue
-            if not sysm.alive():
-                why = sysm.killed_reason or f"died ({sysm.dead_hops()})"
-                run["errors"].append(f"{pname}: skipped, {why}")
-                continue
-            cpu0 = cpu_seconds(sysm) if sysm.hops else None
-            t0 = time.monotonic()
-            try:
-                res = fn()
-            except (OSError, ValueError, RuntimeError) as exc:
-                res = {"error": f"{type(exc).__name__}: {exc}"}
-            time.sleep(args.settle)
-            wall = time.monotonic() - t0
-            cpu1 = cpu_seconds(sysm) if sysm.hops else None
-            if cpu0 is not None and cpu1 is not None:
-                res["fwd_cpu_cores"] = (cpu1 - cpu0) / max(wall - args.settle, 1e-9)
-            if not sysm.alive():
-                extra = sysm.killed_reason or f"died during the test ({sysm.dead_hops()})"
-                res["error"] = "; ".join(filter(None, [res.get("error"), extra]))
-            run["phases"][pname] = res
-            if res.get("error"):
-                run["errors"].append(f"{pname}: {res['error']}")
-            if res.get("warning"):
-                run.setdefault("warnings", []).append(f"{pname}: {res['warning']}")
-            C.log(f"[{tag}] {pname:8s} {describe_phase(pname, res)}")
+        C.run_phases(sysm, phases, args, tag, run)
     finally:
         run["memory"] = {
             hop.role: smp.stop() for hop, smp in zip(sysm.hops, samplers, strict=False)
@@ -675,34 +581,12 @@ def run_system(
     return run
 
 
-def describe_phase(pname: str, res: dict[str, Any]) -> str:
-    if "mb_s" in res:
-        s = f"{res['mb_s']:9.1f} MB/s  ({res['received_bytes'] / 1e6:.0f} MB, drain {res['drain_s']:.2f}s)"
-    elif "rate" in res:
-        s = (
-            f"{res['rate']:9.0f} conn/s  p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms"
-            f"  per second {res['per_second']}"
-        )
-        if any(res["errors_per_second"]):
-            s += f"  failed per second {res['errors_per_second']}"
-    elif "p50_us" in res:
-        s = f"p50 {res['p50_us']:.1f} us  p99 {res['p99_us']:.1f} us  ({res['count']} round trips)"
-    else:
-        s = ""
-    if "fwd_cpu_cores" in res:
-        s += f"  fwd cpu {res['fwd_cpu_cores']:.2f} cores"
-    if res.get("error"):
-        s += f"  ERROR: {res['error']}"
-    return s
-
-
 # --------------------------------------------------------------------------
 # Aggregation and report
 # --------------------------------------------------------------------------
 
 
-# key, label, higher_is_better (None: shown without a ratio)
-def metric_defs(args: argparse.Namespace) -> list[tuple[str, str, bool | None]]:
+def metric_defs(args: argparse.Namespace) -> list[C.MetricDef]:
     return [
         ("tput1_mb_s", "throughput, 1 stream (MB/s)", True),
         ("tputN_mb_s", f"throughput, {args.streams} streams (MB/s)", True),
@@ -725,33 +609,13 @@ def metric_defs(args: argparse.Namespace) -> list[tuple[str, str, bool | None]]:
 
 
 def flatten(run: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    ph = run["phases"]
-
-    def ok(p: str) -> dict[str, Any] | None:
-        r = ph.get(p)
-        return r if r and not r.get("error") else None
-
-    if r := ok("tput1"):
-        out["tput1_mb_s"] = r["mb_s"]
-    if r := ok("tputN"):
-        out["tputN_mb_s"] = r["mb_s"]
-    if r := ok("connrate"):
-        out["conn_rate"] = r["rate"]
-        out["conn_p50_ms"] = r["p50_ms"]
-        out["conn_p99_ms"] = r["p99_ms"]
+    out = C.flatten_phases(run)
     # The per-second counts are kept even when the phase was voided by failures:
     # a rate that collapses is exactly what they are there to show.
-    if (r := ph.get("connrate")) and "per_second" in r:
+    if (r := run["phases"].get("connrate")) and "per_second" in r:
         out["conn_first"] = r["first_s"]
         out["conn_last"] = r["last_s"]
         out["conn_sustain"] = r["sustain"]
-    if r := ok("rtt"):
-        out["rtt_p50_us"] = r["p50_us"]
-        out["rtt_p99_us"] = r["p99_us"]
-    for p, key in (("tput1", "cpu_tput1"), ("tputN", "cpu_tputN"), ("connrate", "cpu_conn")):
-        if (r := ok(p)) and "fwd_cpu_cores" in r:
-            out[key] = r["fwd_cpu_cores"]
     mem = run.get("memory") or {}
     if mem.get("entry", {}).get("main_hwm_kb"):
         out["rss_entry_mib"] = mem["entry"]["main_hwm_kb"] / 1024
@@ -766,18 +630,7 @@ def flatten(run: dict[str, Any]) -> dict[str, float]:
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Median over rounds; memory: the maximum (it is a peak); sustain: the worst."""
-    flat = [flatten(r) for r in runs]
-    keys = {k for f in flat for k in f}
-    out = {}
-    for k in keys:
-        vals = [f[k] for f in flat if k in f]
-        if k.startswith("rss_"):
-            out[k] = max(vals)
-        elif k == "conn_sustain":
-            out[k] = min(vals)
-        else:
-            out[k] = statistics.median(vals)
-    return out
+    return C.aggregate(runs, flatten, {"conn_sustain": min})
 
 
 def baselines_for(variant: str, systems: list[str]) -> list[str]:
@@ -790,18 +643,11 @@ def baselines_for(variant: str, systems: list[str]) -> list[str]:
 
 
 def compute_ratios(summary: dict[str, dict[str, float]], systems: list[str]) -> dict[str, Any]:
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for variant in (s for s in systems if s.startswith("nodepass") and s in summary):
-        out[variant] = {}
-        for base in baselines_for(variant, systems):
-            if base not in summary:
-                continue
-            out[variant][base] = {
-                k: summary[variant][k] / v
-                for k, v in summary[base].items()
-                if k in summary[variant] and v
-            }
-    return out
+    return {
+        variant: C.ratios(summary, variant, baselines_for(variant, systems))
+        for variant in systems
+        if variant.startswith("nodepass") and variant in summary
+    }
 
 
 def sustain_verdicts(results: dict[str, Any], systems: list[str]) -> dict[str, dict[str, Any]]:
@@ -894,23 +740,7 @@ def transport_table(results: dict[str, Any], args: argparse.Namespace, markdown:
 def raw_table(results: dict[str, Any], args: argparse.Namespace, markdown: bool) -> str:
     summary = results["summary"]
     systems = [s for s in args.run_systems if s in summary]
-    rows = []
-    for key, label, hib in metric_defs(args):
-        if not any(key in summary[s] for s in systems):
-            continue
-        row = [label.strip() if markdown else label]
-        for s in systems:
-            v = summary[s].get(key)
-            if key == "conn_sustain":
-                row.append("-" if v is None or math.isnan(v) else f"{v:.2f}")
-                continue
-            digits = 3 if key.startswith(("conn_p", "cpu_")) else 2 if key == "ready_s" else 1
-            if key in ("conn_first", "conn_last"):
-                digits = 0
-            row.append(C.fmt_num(v, digits))
-        row.append("higher" if hib else ("" if hib is None else "lower"))
-        rows.append(row)
-    return C.render_table(["metric", *systems, "better"], rows, markdown=markdown)
+    return C.metric_table(metric_defs(args), summary, systems, markdown)
 
 
 def ratio_table(
@@ -926,7 +756,7 @@ def ratio_table(
         for b in bases:
             r = ratios[b].get(key)
             row.append("-" if r is None else f"{r:.2f}x")
-        row.append("higher" if hib else "lower")
+        row.append(C.better(hib))
         rows.append(row)
     header = [f"{variant} / baseline", *bases, "better"]
     return C.render_table(header, rows, markdown=markdown)
@@ -936,10 +766,7 @@ def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     out = [f"{s}: skipped, {why}" for s, why in results["skipped"].items()]
     for s in args.run_systems:
         for r in results["runs"].get(s, []):
-            for e in r["errors"]:
-                out.append(f"{s} (round {r['round']}): {e}")
-            for w in r.get("warnings", []):
-                out.append(f"{s} (round {r['round']}, warning): {w}")
+            out += C.run_notes(s, r)
             mem = r.get("memory") or {}
             if s.startswith("socat") and mem:
                 kids = max(m["max_children"] for m in mem.values())
@@ -960,35 +787,23 @@ def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     return out
 
 
-def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
-    meta = results["meta"]
-    print()
-    print(
-        f"NodePass dual-end tunnel benchmark  {meta['date']}  host={meta['host']}  "
-        f"cpus={meta['cpus']}  python={meta['python']}"
-    )
-    la0, la1 = meta["loadavg_start"][0], meta["loadavg_end"][0]
-    print(
-        f"cpu: {meta['cpu_model']}  kernel {meta['kernel']}  "
-        f"load average (1 min) {la0:.2f} at start, {la1:.2f} at end"
-    )
-    print(
-        f"rounds={args.rounds} (median; RSS = max)  stream={args.duration:g}s"
-        f"  conn={args.conn_duration:g}s x {args.workers} workers  rtt={args.rtt_duration:g}s"
-        + (f" (pinned to CPU {args.rtt_cpu})" if args.rtt_cpu >= 0 else " (not pinned)")
-    )
-    for s, v in meta["versions"].items():
-        print(f"  {s}: {v}")
-    print(
-        f"  haproxy: nbthread {C.HAPROXY_THREADS} per process; socat: a fork per connection; "
-        "*-chain: two processes in a row; MB = 10^6 bytes"
-    )
-    print()
-    print(raw_table(results, args, markdown=False))
+def print_ratio_tables(results: dict[str, Any], args: argparse.Namespace, markdown: bool) -> None:
     for variant in results["ratios"]:
         if results["ratios"][variant]:
             print()
-            print(ratio_table(results, variant, args, markdown=False))
+            print(ratio_table(results, variant, args, markdown=markdown))
+
+
+def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    C.print_header(
+        "NodePass dual-end tunnel benchmark",
+        results["meta"],
+        args,
+        f"haproxy: nbthread {C.HAPROXY_THREADS} per process; socat: a fork per connection; "
+        "*-chain: two processes in a row; MB = 10^6 bytes",
+    )
+    print(raw_table(results, args, markdown=False))
+    print_ratio_tables(results, args, markdown=False)
     if results["sustain"]:
         print()
         print(
@@ -1012,70 +827,33 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"first second >= {SUSTAIN_MIN:.0%}:"
         )
         print(transport_table(results, args, markdown=False))
-    ns = notes(results, args)
-    if ns:
-        print()
-        for n in ns:
-            print("note: " + n)
+    C.print_notes(notes(results, args))
     if args.markdown:
         print()
         print(raw_table(results, args, markdown=True))
-        for variant in results["ratios"]:
-            if results["ratios"][variant]:
-                print()
-                print(ratio_table(results, variant, args, markdown=True))
+        print_ratio_tables(results, args, markdown=True)
         if results["transports"]:
             print()
             print(transport_table(results, args, markdown=True))
 
 
 def collect_meta(args: argparse.Namespace, tools: dict[str, str | None]) -> dict[str, Any]:
-    versions = {}
-    if tools.get("socat"):
-        versions["socat"] = C.command_version(["socat", "-V"])
-    if tools.get("haproxy"):
-        versions["haproxy"] = C.command_version(["haproxy", "-v"])
+    versions = C.tool_versions(tools)
     if any(s.startswith("nodepass") for s in args.run_systems):
-        try:
-            out = subprocess.run(
-                [sys.executable, "-c", "import nodepass; print(nodepass.__version__)"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                cwd=C.REPO_ROOT,
-            )
-            versions["nodepass"] = out.stdout.strip() or "?"
-        except (OSError, subprocess.SubprocessError):
-            versions["nodepass"] = "?"
+        versions["nodepass"] = C.nodepass_version() or "?"
         versions["nodepass server"] = args.server_url
         versions["nodepass client"] = args.client_url
         versions["pool transports"] = args.transports_line
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "haproxy_nbthread": C.HAPROXY_THREADS,
-        "loadavg_start": os.getloadavg(),
-        "args": {
+    meta = C.run_meta(
+        versions,
+        {
             k: ({n: [t, vars(tr)] for n, (t, tr) in v.items()} if k == "np_variants" else v)
             for k, v in vars(args).items()
             if k != "transports"
         },
-        "transports": [vars(t) for t in args.transports],
-    }
+    )
+    meta["transports"] = [vars(t) for t in args.transports]
+    return meta
 
 
 # --------------------------------------------------------------------------
@@ -1141,7 +919,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--phases",
-        default=",".join(PHASES),
+        default=",".join(C.PHASES),
         help="phases to run: tput1, tputN, connrate, rtt",
     )
     p.add_argument(
@@ -1208,20 +986,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write raw results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = p.parse_args(argv)
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [s for s in args.systems if s not in ALL_SYSTEMS]
-    if bad:
-        p.error(f"unknown system(s): {', '.join(bad)}")
+    args.systems = C.parse_systems(p, args.systems, ALL_SYSTEMS)
     try:
         args.tls = sorted({int(t) for t in args.tls.split(",") if t.strip()})
     except ValueError:
         p.error("--tls takes a list of 0 and 1")
     if not args.tls or any(t not in (0, 1) for t in args.tls):
         p.error("--tls takes a list of 0 and 1")
-    args.phases = [s.strip() for s in args.phases.split(",") if s.strip()]
-    bad = [s for s in args.phases if s not in PHASES]
-    if bad:
-        p.error(f"unknown phase(s): {', '.join(bad)} (known: {', '.join(PHASES)})")
+    args.phases = C.parse_phases(p, args.phases)
     if args.np_log not in ("none", "debug", "info", "warn", "error", "event"):
         p.error("--np-log: none, debug, info, warn, error or event")
     if args.quick:
@@ -1231,10 +1003,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pool_settle = min(args.pool_settle, 0.5)
     if args.conn_duration < 2:
         p.error("--conn-duration must be >= 2 (first and last second are compared)")
-    if args.rtt_cpu >= 0 and args.rtt_cpu not in os.sched_getaffinity(0):
-        p.error(f"--rtt-cpu {args.rtt_cpu} is not available to this process")
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
+    C.check_run_args(p, args)
     return args
 
 
@@ -1281,9 +1050,7 @@ def expand_systems(args: argparse.Namespace, skipped: dict[str, str]) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.install_signal_handlers()
-    atexit.register(C.REGISTRY.kill_all)
-    t_start = time.monotonic()
+    t_start = C.start_run()
 
     if "nodepass" in args.systems:
         installed, args.transports_line = installed_transports()
@@ -1312,45 +1079,16 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
     }
 
-    interrupted = False
-    srv = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="nodepass-pair-") as tmpdir:
-            if args.log_dir:
-                os.makedirs(args.log_dir, exist_ok=True)
-                tmpdir = args.log_dir  # configs, certificate and process logs are kept
-            srv = C.TargetServer.start()
-            C.log(f"[setup] target (sink+echo) pid {srv.proc.pid} on 127.0.0.1:{srv.port}")
-            for rnd in range(args.rounds):
-                order = systems if rnd % 2 == 0 else list(reversed(systems))
-                for s in order:
-                    if srv.proc.poll() is not None:
-                        raise RuntimeError("target server died")
-                    run: dict[str, Any] = {"round": rnd + 1}
-                    results["runs"].setdefault(s, []).append(run)
-                    run_system(s, srv, tmpdir, args, f"{s} r{rnd + 1}", run)
-    except KeyboardInterrupt:
-        interrupted = True
-        C.log("\ninterrupted: stopping children, reporting what was measured")
-    finally:
-        if srv is not None:
-            srv.stop()
-        C.REGISTRY.kill_all()
-
+    interrupted = C.run_rounds(systems, args, results["runs"], run_system, "nodepass-pair-")
     results["summary"] = {s: aggregate(r) for s, r in results["runs"].items()}
     results["ratios"] = compute_ratios(results["summary"], systems)
     results["sustain"] = sustain_verdicts(results, systems)
     results["transports"] = transport_rows(results, args)
-    results["meta"]["wall_s"] = time.monotonic() - t_start
-    results["meta"]["loadavg_end"] = os.getloadavg()
-    results["meta"]["interrupted"] = interrupted
+    C.end_meta(results["meta"], t_start, interrupted)
     print_report(results, args)
     print(f"\n(total {results['meta']['wall_s']:.0f} s)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        print(f"raw results: {args.json}")
+        C.write_json(args.json, results)
     if interrupted:
         return 130
     failed = [s for s in systems if not results["summary"].get(s)]
