@@ -32,6 +32,7 @@ from zope.interface.verify import verifyObject
 
 import nodepass.transports.quic as quicModule
 from nodepass.testing import TransportConformanceMixin
+from nodepass.testing import _Event as Event
 from nodepass.tls import ServerCredentials, certificateFingerprint, peerFingerprint
 from nodepass.transports.interface import INodePassTransport, PoolAddress
 from nodepass.transports.quic import (
@@ -69,29 +70,6 @@ def within(d: Deferred[_T], what: str, timeout: float = STEP) -> Deferred[_T]:
     d.addTimeout(timeout, reactor)
     d.addErrback(timedOut)
     return d
-
-
-class Event:
-    def __init__(self) -> None:
-        self.happened = False
-        self.value: Any = None
-        self._waiters: list[Deferred[Any]] = []
-
-    def fire(self, value: Any = None) -> None:
-        if self.happened:
-            return
-        self.happened, self.value = True, value
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(value)
-
-    def wait(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        if self.happened:
-            d.callback(self.value)
-        else:
-            self._waiters.append(d)
-        return d
 
 
 class Peer(Protocol):
