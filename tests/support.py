@@ -311,3 +311,30 @@ def certificates(directory: Path) -> tuple[Path, Path, Path]:
         )
     )
     return caPath, certPath, keyPath
+
+
+def assertForwards(
+    port: int, size: int = 1 << 20, datagrams: tuple[int, ...] = (1, 512, 4000)
+) -> None:
+    """
+    C{size} random bytes sent through C{port} with a half-close come back whole from an
+    echo target, and datagrams of the given sizes come back intact over UDP.
+    """
+    import hashlib
+
+    payload = os.urandom(size)
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sender = threading.Thread(
+            target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
+        )
+        sender.start()
+        received = recvAll(sock)
+        sender.join(10)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dgram.settimeout(5)
+    with dgram:
+        for length in datagrams:
+            data = os.urandom(length)
+            dgram.sendto(data, (LOOPBACK, port))
+            assert dgram.recvfrom(65536)[0] == data

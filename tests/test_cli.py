@@ -6,7 +6,6 @@ forwarding through twistd.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -18,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from nodepass.service import Options
-from tests.support import LOOPBACK, ROOT, TCPServer, UDPEcho, echo, freePort, recvAll, waitFor
+from tests.support import (
+    LOOPBACK,
+    ROOT,
+    TCPServer,
+    UDPEcho,
+    assertForwards,
+    echo,
+    freePort,
+    waitFor,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +185,6 @@ def test_twistd_help_lists_nodepass() -> None:
 
 
 def test_twistd_nodepass_forwards_tcp_and_udp() -> None:
-    payload = os.urandom(1 << 20)
     port = freePort()
     with TCPServer(echo) as tcpTarget, UDPEcho(port=tcpTarget.port) as udpTarget:
         assert udpTarget.port == tcpTarget.port
@@ -197,21 +204,7 @@ def test_twistd_nodepass_forwards_tcp_and_udp() -> None:
             # The NodePass line format, not twistd's own.
             started = next(line for line in lines if b"Client started" in line)
             assert b"  INFO  Client started: client://********@" in started
-            with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
-                sender = threading.Thread(
-                    target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
-                )
-                sender.start()
-                received = recvAll(sock)
-                sender.join(10)
-            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
-            dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            dgram.settimeout(5)
-            with dgram:
-                for size in (1, 512, 4000):
-                    data = os.urandom(size)
-                    dgram.sendto(data, (LOOPBACK, port))
-                    assert dgram.recvfrom(65536)[0] == data
+            assertForwards(port, 1 << 20, (1, 512, 4000))
         finally:
             proc.terminate()
             proc.wait(15)

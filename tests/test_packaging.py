@@ -7,9 +7,7 @@ only thanks to the checkout being on ``sys.path``.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +18,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import LOOPBACK, ROOT, TCPServer, UDPEcho, echo, freePort, recvAll, waitFor
+from tests.support import (
+    LOOPBACK,
+    ROOT,
+    TCPServer,
+    UDPEcho,
+    assertForwards,
+    echo,
+    freePort,
+    waitFor,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.packaging]
 
@@ -105,7 +112,6 @@ def test_installed_wheel_finds_the_plugin_outside_the_checkout(
 
 
 def test_installed_console_script_forwards(installed: Path, tmp_path: Path) -> None:
-    payload = os.urandom(1 << 20)
     port = freePort()
     with TCPServer(echo) as target, UDPEcho(port=target.port):
         proc = subprocess.Popen(
@@ -123,21 +129,7 @@ def test_installed_console_script_forwards(installed: Path, tmp_path: Path) -> N
         reader.start()
         try:
             waitFor(lambda: any(b"CHECK_POINT" in line for line in lines), 30, "start-up")
-            with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
-                sender = threading.Thread(
-                    target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
-                )
-                sender.start()
-                received = recvAll(sock)
-                sender.join(10)
-            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
-            dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            dgram.settimeout(5)
-            with dgram:
-                for size in (1, 1000, 8000):
-                    data = os.urandom(size)
-                    dgram.sendto(data, (LOOPBACK, port))
-                    assert dgram.recvfrom(65536)[0] == data
+            assertForwards(port, 1 << 20, (1, 1000, 8000))
         finally:
             proc.terminate()
             proc.wait(15)
