@@ -1398,6 +1398,32 @@ class BodyLimitTests(AppTestCase):
         self.assertEqual(len(self.store.ids()), 2)
 
 
+class UnsavableStateTests(AppTestCase):
+    """
+    A change the store cannot save (a full disk, a read-only file) is 503 with the cause,
+    and nothing changes: neither what the API shows nor what is stored.
+    """
+
+    def test_nothingChanges(self) -> None:
+        id = self.create()["id"]
+        self.call("PATCH", f"/instances/{id}", b'{"action":"stop"}')  # PUT needs no pause
+        before = self.call("GET", "/instances").json()
+        connection = self.store.core._connection
+        assert connection is not None
+        connection.execute("PRAGMA query_only = ON")  # every write now fails in SQLite
+        message = "the state cannot be saved: attempt to write a readonly database"
+        for method, path, body in (
+            ("POST", "/instances", VALID_BODY),
+            ("PATCH", f"/instances/{id}", b'{"alias":"renamed","meta":{"tags":{"a":"b"}}}'),
+            ("PUT", f"/instances/{id}", json.dumps({"url": CLIENT}).encode()),
+            ("DELETE", f"/instances/{id}", None),
+        ):
+            self.assertError(self.call(method, path, body), 503, message)
+        self.assertEqual(self.call("GET", "/instances").json(), before)
+        connection.execute("PRAGMA query_only = OFF")
+        self.assertEqual(self.store.ids(), [id])
+
+
 class RequestDeadlineTests(AppTestCase):
     """
     A request must arrive whole within L{REQUEST_DEADLINE} seconds (§17 a6: slow clients).

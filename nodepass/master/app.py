@@ -55,6 +55,7 @@ from nodepass.master.registry import (
     RegistryError,
     decodeBody,
 )
+from nodepass.master.store import StoreError
 from nodepass.master.tcping import ProbeResult
 
 __all__ = [
@@ -368,6 +369,10 @@ class MasterAPI:
             error = failure.check(RegistryError, _Handled)
             if error is not None:
                 return _error(request, failure.value.status, failure.value.message)
+            if failure.check(StoreError):
+                # Nothing changed (the registry applies a change only once it is saved).
+                log.error("{error}", error=str(failure.value))
+                return _error(request, 503, str(failure.value))
             if failure.check(CancelledError) or failure.check(Exception) is None:
                 return failure  # the client went away (Klein cancels): nothing to answer
             log.failure(

@@ -587,13 +587,23 @@ class SyncStore:
     @staticmethod
     @contextlib.contextmanager
     def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        connection.execute("BEGIN IMMEDIATE")
+        """
+        One write transaction; a failure (a full disk, a read-only file) rolls it back
+        and becomes a L{StoreError} naming the cause.
+        """
         try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        except sqlite3.Error as e:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise StoreError(f"the state cannot be saved: {e}") from e
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
