@@ -72,20 +72,23 @@ INFO_INTEGERS = {
     "uptime",
 }
 
-# Status codes each operation can answer (spec §4, §5, §8), 405 aside (path-level).
+# Status codes each operation can answer (spec §4, §5, §8), 405 aside (path-level); every
+# operation can also get 408 (request deadline) and every protected one 503 (starting,
+# shutting down, or a change that cannot be saved).
+_PROTECTED = {"408", "503"}
 STATUSES = {
-    ("/instances", "get"): {"200", "401"},
-    ("/instances", "post"): {"201", "400", "401", "409", "413"},
-    ("/instances/{id}", "get"): {"200", "400", "401", "404"},
-    ("/instances/{id}", "patch"): {"200", "400", "401", "404", "413"},
-    ("/instances/{id}", "put"): {"200", "400", "401", "403", "404", "409", "413"},
-    ("/instances/{id}", "delete"): {"204", "400", "401", "403", "404"},
-    ("/events", "get"): {"200", "401"},
-    ("/info", "get"): {"200", "401"},
-    ("/info", "post"): {"200", "400", "401", "413"},
-    ("/tcping", "get"): {"200", "400", "401"},
-    ("/openapi.json", "get"): {"200"},
-    ("/docs", "get"): {"200"},
+    ("/instances", "get"): {"200", "401"} | _PROTECTED,
+    ("/instances", "post"): {"201", "400", "401", "409", "413"} | _PROTECTED,
+    ("/instances/{id}", "get"): {"200", "400", "401", "404"} | _PROTECTED,
+    ("/instances/{id}", "patch"): {"200", "400", "401", "404", "413"} | _PROTECTED,
+    ("/instances/{id}", "put"): {"200", "400", "401", "403", "404", "409", "413"} | _PROTECTED,
+    ("/instances/{id}", "delete"): {"204", "400", "401", "403", "404"} | _PROTECTED,
+    ("/events", "get"): {"200", "401"} | _PROTECTED,
+    ("/info", "get"): {"200", "401"} | _PROTECTED,
+    ("/info", "post"): {"200", "400", "401", "413"} | _PROTECTED,
+    ("/tcping", "get"): {"200", "400", "401"} | _PROTECTED,
+    ("/openapi.json", "get"): {"200", "408"},
+    ("/docs", "get"): {"200", "408"},
 }
 
 # Error messages of spec §5 and §8 that must be documented, by operation and status.

@@ -355,7 +355,17 @@ _UNAUTHORIZED = _errorResponse(
     "Unauthorized: API key required",
     "Unauthorized: Invalid API key",
 )
-_TOO_LARGE = _errorResponse("The request body is too large.")
+_TOO_LARGE = _errorResponse("The request body is too large.", "Request body too large")
+_TIMEOUT = _errorResponse(
+    "The request (headers and body) did not arrive whole within 30 s; the connection is closed.",
+    "Request timeout",
+)
+_UNAVAILABLE = _errorResponse(
+    "The master is starting or shutting down, or the change cannot be saved (a full disk, "
+    "say); nothing changed.",
+    "Master is starting",
+    "Master is shutting down",
+)
 _ID_REQUIRED = "Instance ID is required"
 _NOT_FOUND = _errorResponse("No instance has this id.", "Instance not found")
 _FORBIDDEN = _errorResponse(
@@ -391,8 +401,9 @@ def _operation(
         op["security"] = []
     if requestBody is not None:
         op["requestBody"] = requestBody
+    responses = {"408": _TIMEOUT, **responses}
     if not public:
-        responses = {**responses, "401": _UNAUTHORIZED}
+        responses = {**responses, "401": _UNAUTHORIZED, "503": _UNAVAILABLE}
     op["responses"] = dict(sorted(responses.items()))
     return op
 
