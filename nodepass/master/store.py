@@ -945,12 +945,8 @@ class Store:
 
         Fails with L{StoreError} (and stops the thread) if it cannot be opened.
         """
-        if self._pool is not None:
-            raise StoreError(f"state database already open: {self.core.path}")
-        pool = ThreadPool(minthreads=1, maxthreads=1, name="nodepass-store")
-        pool.start()
-        self._pool = pool
-        self._trigger = self._reactor.addSystemEventTrigger("after", "shutdown", self._stopPool)
+        self._checkClosed()
+        self._startPool()
         d = self._run(self.core.open)
 
         def failed(reason: Any) -> Any:
@@ -969,13 +965,9 @@ class Store:
 
         @raise StoreError: the database cannot be opened (nothing is started then).
         """
-        if self._pool is not None:
-            raise StoreError(f"state database already open: {self.core.path}")
+        self._checkClosed()
         self.core.open()
-        pool = ThreadPool(minthreads=1, maxthreads=1, name="nodepass-store")
-        pool.start()
-        self._pool = pool
-        self._trigger = self._reactor.addSystemEventTrigger("after", "shutdown", self._stopPool)
+        self._startPool()
 
     def closeNow(self) -> None:
         """
@@ -984,6 +976,19 @@ class Store:
         """
         self._stopPool()
         self.core.close()
+
+    def _checkClosed(self) -> None:
+        if self._pool is not None:
+            raise StoreError(f"state database already open: {self.core.path}")
+
+    def _startPool(self) -> None:
+        """
+        Start the worker thread, stopped again after the reactor shuts down.
+        """
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="nodepass-store")
+        pool.start()
+        self._pool = pool
+        self._trigger = self._reactor.addSystemEventTrigger("after", "shutdown", self._stopPool)
 
     def _stopPool(self) -> None:
         pool, self._pool = self._pool, None
