@@ -159,11 +159,12 @@ def _resolver(config: Config, reactor: Any) -> Resolver:
     return Resolver(reactor, config.dnsTTL, systemLookup(reactor))
 
 
-def _credentials(config: Config, reactor: Any, settings: Settings) -> tuple[Any, int]:
+def serverCredentials(config: Config, reactor: Any, settings: Settings) -> tuple[Any, int]:
     """
     The server's TLS credentials and the mode they give (dataplane spec §8):
     a certificate generated once for ``tls=1``, files for ``tls=2`` (falling
     back to a generated one when they cannot be loaded, as the reference does).
+    A master's API uses the same rules (master spec §13).
     """
     mode = config.effectiveTLS
     if mode == 0:
@@ -277,7 +278,7 @@ def _startServer(root: NodePassService, config: Config, reactor: Any, settings: 
         transport = forType(config.type)
     except TransportError as error:
         raise StartupError(str(error)) from None
-    credentials, tlsMode = _credentials(config, reactor, settings)
+    credentials, tlsMode = serverCredentials(config, reactor, settings)
     if credentials is None and transport.minimumTLS:
         from nodepass.tls import ServerCredentials
 

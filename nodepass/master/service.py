@@ -43,6 +43,7 @@ from nodepass.master.store import Store, StoreError
 from nodepass.master.supervisor import Supervisor
 from nodepass.master.sysinfo import CpuSampler, collect
 from nodepass.master.tcping import TCPing
+from nodepass.service import serverCredentials
 from nodepass.settings import Settings
 from nodepass.url import Config
 
@@ -232,36 +233,20 @@ class MasterService(Service):
         site.displayTracebacks = False
         site.noisy = False
         factory: Any = site
-        mode = self.config.effectiveTLS
-        if mode:
+        # The same certificate rules and log lines as a tunnel server's (§13).
+        credentials, _ = serverCredentials(self.config, self.reactor, self.settings)
+        if credentials is not None:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            factory = TLSMemoryBIOFactory(self._credentials(mode), False, site)
+            factory = TLSMemoryBIOFactory(
+                credentials.contextFactory(alpn=[b"http/1.1"]), False, site
+            )
         host = self.config.tunnel.host
         try:
             return self.reactor.listenTCP(self.config.tunnel.port, factory, interface=host)
         except CannotListenError as e:
             where = f"{host}:{self.config.tunnel.port}" if host else f":{self.config.tunnel.port}"
             raise StartupError(f"cannot listen on {where}: {e.socketError}") from None
-
-    def _credentials(self, mode: int) -> Any:
-        from nodepass.tls import ServerCredentials, TLSError
-
-        if mode == 2:
-            try:
-                credentials = ServerCredentials.fromFiles(
-                    self.config.crt, self.config.keyFile, self.reactor, self.settings.reloadInterval
-                )
-            except TLSError as error:
-                log.error("Certificate load failed: {error}", error=str(error))
-                log.warn("TLS code-1: RAM cert with TLS 1.3")
-                credentials = ServerCredentials.selfSigned()
-            else:
-                log.info("TLS code-2: {cn} with TLS 1.3", cn=credentials.commonName)
-        else:
-            log.info("TLS code-1: RAM cert with TLS 1.3")
-            credentials = ServerCredentials.selfSigned()
-        return credentials.contextFactory(alpn=[b"http/1.1"])
 
     def _address(self) -> str:
         host = self.config.tunnel.host
