@@ -1431,7 +1431,9 @@ class RequestDeadlineTests(AppTestCase):
 
     def connect(self) -> tuple[Any, StringTransport, Clock]:
         clock = Clock()
-        site = Site(self.api.resource(), reactor=clock)
+        # The master's idle timeout too: a stream must outlive it (Twisted suspends it
+        # while a request is handled).
+        site = Site(self.api.resource(), reactor=clock, timeout=60)
         site.requestFactory = LimitedRequest
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()

@@ -16,12 +16,12 @@ CORS).  Every JSON answer is one value and a newline with C{Content-Type: applic
 (§4.2, §18 b3); every error is C{{"error": message}}.
 
 One Klein route catches every path (C{branch=True}) and hands it to L{MasterAPI.dispatch};
-Klein still does what it is good at: Deferred results, cancelling the handler's Deferred
-when the client goes away (which ends an SSE subscription), and rendering resources (the
-Swagger UI assets).
+Klein still does what it is good at: Deferred and coroutine results, and cancelling the
+handler's Deferred when the client goes away (which ends an SSE subscription).
 
-Request bodies are capped (§17 a6): L{LimitedRequest} stops storing a body past
-L{MAX_BODY} bytes, and the handler answers 413.
+Requests are bounded (§17 a6): L{LimitedRequest} stops storing a body past L{MAX_BODY}
+bytes (the handler answers 413) and answers 408 to a request not received whole within
+L{REQUEST_DEADLINE} seconds.
 """
 
 from __future__ import annotations
@@ -47,14 +47,7 @@ from nodepass import COMPATIBLE_VERSION
 from nodepass.master.auth import API_KEY_HEADER, CorsPolicy
 from nodepass.master.events import encodeJSON
 from nodepass.master.openapi import DOCS_STATIC_FILES, docsPage, documentJSON
-from nodepass.master.registry import (
-    FORBIDDEN_KEY,
-    INVALID_BODY,
-    PSEUDO_ID,
-    MasterSettings,
-    RegistryError,
-    decodeBody,
-)
+from nodepass.master.registry import MasterSettings, RegistryError, decodeBody
 from nodepass.master.store import StoreError
 from nodepass.master.tcping import ProbeResult
 
@@ -410,8 +403,7 @@ class MasterAPI:
                 return _json(request, 200, current)  # Go: empty body, nothing changes
             return _json(request, 200, await self.registry.patch(id, body))
         if method == "PUT":
-            if id == PSEUDO_ID:
-                raise _Handled(403, FORBIDDEN_KEY)  # before the body (§8.5)
+            self.registry.checkReplaceable(id)  # 403 for ******** before the body (§8.5)
             body = _body(request)
             return _json(request, 200, await self.registry.putFromBody(id, body))
         if method == "DELETE":
@@ -422,18 +414,14 @@ class MasterAPI:
     def _events(self, request: IRequest, _: str) -> Any:
         if _method(request) != "GET":
             raise _Handled(405, METHOD_NOT_ALLOWED)
-        channel = getattr(request, "channel", None)
-        setTimeout = getattr(channel, "setTimeout", None)
-        if setTimeout is not None:
-            setTimeout(None)  # a stream is idle between events by design
+        # No idle timeout to lift: Twisted's channel suspends it while a request is handled.
         return self.hub.subscribe(request)
 
     async def _infoRoute(self, request: IRequest, _: str) -> Any:
         method = _method(request)
         if method == "POST":
             body = _body(request)
-            alias = _stringField(body, "alias")
-            await self.registry.setMasterAlias(alias or "")
+            await self.registry.setMasterAliasFromBody(body)
         elif method != "GET":
             raise _Handled(405, METHOD_NOT_ALLOWED)
         return _json(request, 200, await self.infoObject())
@@ -570,16 +558,3 @@ def _body(request: IRequest) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise _Handled(413, BODY_TOO_LARGE)
     return decodeBody(raw)
-
-
-def _stringField(body: Mapping[str, Any], name: str) -> str | None:
-    """
-    A string field matched case-insensitively (Go); C{None} if absent or null.
-    """
-    value: Any = None
-    for key, item in body.items():
-        if key.lower() == name:
-            value = item
-    if value is not None and not isinstance(value, str):
-        raise _Handled(400, INVALID_BODY)
-    return value

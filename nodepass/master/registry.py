@@ -50,7 +50,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 from attrs import field, frozen
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults
+from twisted.internet.defer import Deferred, DeferredLock, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -531,6 +531,16 @@ class Registry:
 
         return Deferred.fromCoroutine(run())
 
+    def setMasterAliasFromBody(self, body: Mapping[str, Any]) -> Deferred[None]:
+        """
+        L{setMasterAlias} from a decoded C{POST P/info} body: a missing or null C{alias}
+        clears it; any other type is 400 C{Invalid request body}.
+        """
+        _, alias = _field(_body(body), "alias")
+        if alias is not None and not isinstance(alias, str):
+            return fail(RegistryError(400, INVALID_BODY))
+        return self.setMasterAlias(alias or "")
+
     # -- boot ----------------------------------------------------------------------------------
 
     def load(self, autoStart: bool = True) -> Deferred[LoadResult]:
@@ -788,12 +798,19 @@ class Registry:
         """
 
         async def run() -> dict[str, Any]:
-            self._checkPutTarget(id)
+            self.checkReplaceable(id)
             return await self._put(id, _url(body))
 
         return Deferred.fromCoroutine(run())
 
-    def _checkPutTarget(self, id: str) -> None:
+    def checkReplaceable(self, id: str) -> None:
+        """
+        The checks of PUT and DELETE that come before the request body is read (§8.5,
+        §8.6): 400 C{Instance ID is required}, 403 C{Forbidden: API Key} for C{********},
+        404 C{Instance not found}.
+
+        @raise RegistryError: as above.
+        """
         if not id:
             raise RegistryError(400, ID_REQUIRED)
         if id == PSEUDO_ID:
@@ -801,7 +818,7 @@ class Registry:
         self._find(id)
 
     async def _put(self, id: str, url: str | None) -> dict[str, Any]:
-        self._checkPutTarget(id)
+        self.checkReplaceable(id)
         if not isinstance(url, str) or not url:
             raise RegistryError(400, INVALID_BODY)
         scheme, enhanced, config = self._normalise(url)
@@ -837,7 +854,7 @@ class Registry:
         return Deferred.fromCoroutine(self._delete(id))
 
     async def _delete(self, id: str) -> None:
-        self._checkPutTarget(id)
+        self.checkReplaceable(id)
         lock = self._lock(id)
         async with self._locked(lock):
             instance = self._find(id)
