@@ -286,10 +286,8 @@ class MasterService(Service):
         return d
 
     def _startPeriodic(self) -> None:
-        interval = self.settings.reloadInterval
-        if not interval > 0:
-            interval = Settings().reloadInterval
-        self._every(interval, self._reload)
+        # Positive: the settings refuse 0 and negative values (§17 a5).
+        self._every(self.settings.reloadInterval, self._reload)
         self._every(TRAFFIC_FLUSH_INTERVAL, self._flushTraffic)
 
     def _every(self, interval: float, function: Any) -> None:
