@@ -48,6 +48,7 @@ from nodepass.master.store import StoredInstance, SyncStore
 from nodepass.master.supervisor import Checkpoint
 from nodepass.master.sysinfo import SYSTEM_FIELDS
 from nodepass.master.tcping import ProbeResult
+from tests.test_master_openapi import INFO_INTEGERS, INFO_STRINGS
 from tests.test_master_registry import (
     CLIENT,
     CLIENT_CONFIG,
@@ -77,29 +78,7 @@ VALID_BODY = json.dumps({"url": SERVER}).encode()
 SYSTEM = {name: 1000 + n for n, name in enumerate(SYSTEM_FIELDS)} | {"cpu": 7}
 
 #: Every key of C{/info} (§8.8).
-INFO_KEYS = {
-    "mid",
-    "alias",
-    "os",
-    "arch",
-    "cpu",
-    "mem_total",
-    "mem_used",
-    "swap_total",
-    "swap_used",
-    "netrx",
-    "nettx",
-    "diskr",
-    "diskw",
-    "sysup",
-    "ver",
-    "name",
-    "uptime",
-    "log",
-    "tls",
-    "crt",
-    "key",
-}
+INFO_KEYS = INFO_STRINGS | INFO_INTEGERS
 
 #: The CORS lines of every registered route under the default policy (§4.3).
 CORS = {
