@@ -159,36 +159,6 @@ def _resolver(config: Config, reactor: Any) -> Resolver:
     return Resolver(reactor, config.dnsTTL, systemLookup(reactor))
 
 
-def serverCredentials(config: Config, reactor: Any, settings: Settings) -> tuple[Any, int]:
-    """
-    The server's TLS credentials and the mode they give (dataplane spec §8):
-    a certificate generated once for ``tls=1``, files for ``tls=2`` (falling
-    back to a generated one when they cannot be loaded, as the reference does).
-    A master's API uses the same rules (master spec §13).
-    """
-    mode = config.effectiveTLS
-    if mode == 0:
-        return None, 0
-    from nodepass.tls import ServerCredentials, TLSError
-
-    if mode == 2:
-        try:
-            credentials = ServerCredentials.fromFiles(
-                config.crt, config.keyFile, reactor, settings.reloadInterval
-            )
-        except TLSError as error:
-            log.error("Certificate load failed: {error}", error=str(error))
-            log.warn("TLS code-1: RAM cert with TLS 1.3")
-            return ServerCredentials.selfSigned(), 1
-        log.info("TLS code-2: {cn} with TLS 1.3", cn=credentials.commonName)
-        return credentials, 2
-    if config.tls == 0:
-        log.info("TLS code-1: RAM cert with TLS 1.3 for stream pool")
-    else:
-        log.info("TLS code-1: RAM cert with TLS 1.3")
-    return ServerCredentials.selfSigned(), 1
-
-
 def _shared(config: Config, reactor: Any, settings: Settings, resolver: Resolver) -> Any:
     from nodepass.balance import TargetDialer, Targets
     from nodepass.tunnel.session import Shared
@@ -278,7 +248,11 @@ def _startServer(root: NodePassService, config: Config, reactor: Any, settings: 
         transport = forType(config.type)
     except TransportError as error:
         raise StartupError(str(error)) from None
-    credentials, tlsMode = serverCredentials(config, reactor, settings)
+    credentials, tlsMode = None, 0
+    if config.effectiveTLS:
+        from nodepass.tls import serverCredentials
+
+        credentials, tlsMode = serverCredentials(config, reactor, settings)
     if credentials is None and transport.minimumTLS:
         from nodepass.tls import ServerCredentials
 

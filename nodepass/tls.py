@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     # Public as twisted.internet.ssl.platformTrust()'s return type; only named here.
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
+    from nodepass.settings import Settings
+    from nodepass.url import Config
+
 __all__ = [
     "DEFAULT_RELOAD_INTERVAL",
     "ServerCredentials",
@@ -59,6 +62,7 @@ __all__ = [
     "generateSelfSigned",
     "localFingerprint",
     "peerFingerprint",
+    "serverCredentials",
 ]
 
 log = Logger()
@@ -325,8 +329,6 @@ class ServerCredentials:
     L{contextFactory} to C{TLSMemoryBIOFactory(creator, False, wrappedFactory)}.
     """
 
-    _processSelfSigned: ServerCredentials | None = None
-
     def __init__(self, pair: _KeyPair, reloader: _FileReloader | None = None) -> None:
         """
         Use L{selfSigned}, L{fromPEM} or L{fromFiles}.
@@ -338,15 +340,13 @@ class ServerCredentials:
     @classmethod
     def selfSigned(cls) -> ServerCredentials:
         """
-        Mode 1: the process-wide self-signed credentials (L{generateSelfSigned}), made on the
-        first call; later calls return the same object, so the certificate and fingerprint stay
-        the same across restarts of the tunnel within one process (spec §8.1).
+        Mode 1: new self-signed credentials (L{generateSelfSigned}).  An instance makes them
+        once, when its tree is built, and keeps them across restarts of its tunnel, so its
+        certificate and fingerprint stay the same (spec §8.1); two instances in one process
+        never share them.
         """
-        credentials = ServerCredentials._processSelfSigned
-        if credentials is None:
-            certPEM, keyPEM = generateSelfSigned()
-            credentials = ServerCredentials._processSelfSigned = cls.fromPEM(certPEM, keyPEM)
-        return credentials
+        certPEM, keyPEM = generateSelfSigned()
+        return cls.fromPEM(certPEM, keyPEM)
 
     @classmethod
     def fromPEM(cls, certPEM: bytes, keyPEM: bytes) -> ServerCredentials:
@@ -537,3 +537,33 @@ def clientContextFactory(
             extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
         )
     raise ValueError(f"TLS client mode must be 1 or 2, not {mode!r}")
+
+
+def serverCredentials(
+    config: Config, clock: IReactorTime, settings: Settings, log: Logger = log
+) -> tuple[ServerCredentials | None, int]:
+    """
+    A server's TLS credentials and the mode they give (dataplane spec §8): a certificate
+    generated for C{tls=1}, files for C{tls=2} (falling back to a generated one when they
+    cannot be loaded, as the reference does), nothing for C{tls=0}.  A master's API uses the
+    same rules (master spec §13).  The reference's C{TLS code-N} lines go to C{log}.
+    """
+    mode = config.effectiveTLS
+    if mode == 0:
+        return None, 0
+    if mode == 2:
+        try:
+            credentials = ServerCredentials.fromFiles(
+                config.crt, config.keyFile, clock, settings.reloadInterval
+            )
+        except TLSError as error:
+            log.error("Certificate load failed: {error}", error=str(error))
+            log.warn("TLS code-1: RAM cert with TLS 1.3")
+            return ServerCredentials.selfSigned(), 1
+        log.info("TLS code-2: {cn} with TLS 1.3", cn=credentials.commonName)
+        return credentials, 2
+    if config.tls == 0:
+        log.info("TLS code-1: RAM cert with TLS 1.3 for stream pool")
+    else:
+        log.info("TLS code-1: RAM cert with TLS 1.3")
+    return ServerCredentials.selfSigned(), 1

@@ -346,13 +346,14 @@ class GeneratedCertificateTests(SynchronousTestCase):
         other = x509.load_pem_x509_certificate(generateSelfSigned()[0])
         self.assertNotEqual(other.serial_number, self.cert.serial_number)
 
-    def test_selfSignedCredentialsOncePerProcess(self) -> None:
+    def test_selfSignedCredentialsPerInstance(self) -> None:
         """
-        L{ServerCredentials.selfSigned} generates once and hands back the same credentials,
-        which have no CN.
+        L{ServerCredentials.selfSigned} makes new credentials at every call, so two
+        instances in one process never share a key; they have no CN.
         """
         first = ServerCredentials.selfSigned()
-        self.assertIs(ServerCredentials.selfSigned(), first)
+        second = ServerCredentials.selfSigned()
+        self.assertNotEqual(second.fingerprint, first.fingerprint)
         self.assertEqual(first.commonName, "")
         self.assertEqual(first.fingerprint, certificateFingerprint(first.certificate))
         self.assertIs(first.contextFactory([b"h2"]), first.contextFactory([b"h2"]))

@@ -43,7 +43,6 @@ from nodepass.master.store import Store, StoreError
 from nodepass.master.supervisor import Supervisor
 from nodepass.master.sysinfo import CpuSampler, collect
 from nodepass.master.tcping import TCPing
-from nodepass.service import serverCredentials
 from nodepass.settings import Settings
 from nodepass.url import Config
 
@@ -234,9 +233,13 @@ class MasterService(Service):
         site.noisy = False
         factory: Any = site
         # The same certificate rules and log lines as a tunnel server's (§13).
-        credentials, _ = serverCredentials(self.config, self.reactor, self.settings)
-        if credentials is not None:
+        if self.config.effectiveTLS:
             from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from nodepass.tls import serverCredentials
+
+            credentials, _ = serverCredentials(self.config, self.reactor, self.settings)
+            assert credentials is not None
 
             factory = TLSMemoryBIOFactory(
                 credentials.contextFactory(alpn=[b"http/1.1"]), False, site
