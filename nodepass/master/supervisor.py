@@ -42,7 +42,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from nodepass.settings import Settings
 
@@ -170,10 +170,12 @@ class ExitStatus:
 
     code: int | None
     signal: int | None
+    #: The instance ran in an instance host that died: not the instance's own failure.
+    hostLost: bool = False
 
     @property
     def clean(self) -> bool:
-        return self.code == 0 and self.signal is None
+        return self.code == 0 and self.signal is None and not self.hostLost
 
     @classmethod
     def fromReason(cls, reason: Failure) -> ExitStatus:
@@ -228,7 +230,12 @@ class InstanceProcess(ProcessProtocol):
                 self._handle(line)
 
     def _handle(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace")
+        self.feedLine(raw.decode("utf-8", "replace"))
+
+    def feedLine(self, line: str) -> None:
+        """
+        One complete output line of the instance (from a child's pipe or an instance host).
+        """
         checkpoint = parseCheckpoint(line)
         if checkpoint is not None:
             self._onCheckpoint(checkpoint)
@@ -240,7 +247,15 @@ class InstanceProcess(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:  # type: ignore[override]
         for fd in sorted(self._buffers):
             self.childConnectionLost(fd)
-        self.exitStatus = ExitStatus.fromReason(reason)
+        self.ended(ExitStatus.fromReason(reason))
+
+    def ended(self, status: ExitStatus) -> None:
+        """
+        The instance is gone (reaped child, or an instance host's report): wake the waiters.
+        """
+        if self.exitStatus is not None:
+            return
+        self.exitStatus = status
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self.exitStatus)
@@ -290,6 +305,7 @@ class Event(Enum):
     STOP = "stop"
     EXITED_CLEAN = "exited-clean"
     EXITED_FAILED = "exited-failed"
+    HOST_LOST = "host-lost"
 
 
 @frozen
@@ -334,6 +350,9 @@ def transition(state: State, event: Event) -> State:
         if phase is Phase.IDLE:
             return State(Status.STOPPED, phase)
         return state
+    if event is Event.HOST_LOST:
+        # The instance host died: not the instance's fault, so never an error.
+        return State(Status.STOPPED, Phase.IDLE)
     if event in (Event.EXITED_CLEAN, Event.EXITED_FAILED):
         if phase is Phase.STOPPING:
             return State(Status.STOPPED, Phase.IDLE)
@@ -453,16 +472,160 @@ def _killGroup(pid: int, signum: int) -> None:
     os.killpg(pid, signum)
 
 
+class IInstanceHandle(Interface):
+    """
+    One launched instance, whatever runs it: a child process of its own or an instance host.
+    Its end is reported to the L{InstanceProcess} it was launched with.
+    """
+
+    pid: int | None
+    """The process the instance runs in (its own, or its host's), when known."""
+
+    def terminate() -> None:
+        """
+        Ask for a graceful stop (SIGTERM for a child).
+
+        @raise ProcessExitedAlready: the instance has already ended.
+        """
+
+    def kill() -> None:
+        """
+        End it now (SIGKILL for a child), without a grace period.
+
+        @raise ProcessExitedAlready: the instance has already ended.
+        """
+
+
+class IInstanceRunner(Interface):
+    """
+    Where instances run (L{ProcessRunner}: a process each; L{nodepass.master.hosts}: many per
+    instance host).
+    """
+
+    def launch(
+        instanceId: str, url: str, env: Mapping[str, str] | None, process: InstanceProcess
+    ) -> IInstanceHandle:
+        """
+        Start the instance now.  Its output lines go to C{process.feedLine} (or its pipes) and
+        its end to C{process.ended}/C{processEnded}.
+
+        @raise Exception: it could not be started at all (the status becomes C{error}).
+        """
+
+
+@implementer(IInstanceHandle)
+class _ChildHandle:
+    def __init__(
+        self, transport: IProcessTransport, killGroup: Callable[[int, int], None] | None
+    ) -> None:
+        self._transport = transport
+        self._killGroup = killGroup
+
+    @property
+    def pid(self) -> int | None:
+        pid: int | None = self._transport.pid
+        return pid
+
+    def terminate(self) -> None:
+        self._signal("TERM")
+
+    def kill(self) -> None:
+        self._signal("KILL")
+
+    def _signal(self, name: str) -> None:
+        """
+        Signal the child's process group, or the child alone when it has no group (yet).
+        """
+        pid = self._transport.pid
+        if pid is None:
+            raise ProcessExitedAlready()
+        if self._killGroup is not None:
+            try:
+                self._killGroup(pid, getattr(signal, "SIG" + name))
+                return
+            except ProcessLookupError:
+                pass  # the launcher has not called setpgid yet
+        self._transport.signalProcess(name)
+
+
+@implementer(IInstanceRunner)
+class ProcessRunner:
+    """
+    One child process per instance (master spec §9.1): C{command} started through
+    L{nodepass.master.launch} (own process group, SIGKILL when the master dies), the URL in
+    C{NP_INSTANCE_URL}.
+
+    @param reactor: provides L{IReactorProcess}.
+    @param environ: the environment every child inherits; copied at every spawn.
+    @param command: the child program, an explicit argv (no C{PATH} lookup).
+    @param launcher: start C{command} through the launcher.
+    @param killGroup: signals a process group (C{os.killpg}); L{None} signals the process only.
+    @param urlArgument: hand the URL to C{command} as its last argument, as the Go master
+        does (for a core that does not read C{NP_INSTANCE_URL}); needs the launcher.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        environ: Mapping[str, str],
+        command: Sequence[str] = (sys.executable, "-m", "nodepass"),
+        launcher: bool = True,
+        killGroup: Callable[[int, int], None] | None = _killGroup,
+        urlArgument: bool = False,
+    ) -> None:
+        self._reactor = reactor
+        self._environ = dict(environ)
+        self._command = list(command)
+        self._launcher = launcher
+        self._killGroup = killGroup
+        self._urlArgument = urlArgument and launcher
+
+    def _argv(self) -> list[str]:
+        if not self._launcher:
+            return list(self._command)
+        return launcherArgv(self._command, urlArgument=self._urlArgument)
+
+    def _environment(self, url: str, env: Mapping[str, str] | None) -> dict[str, str]:
+        environment = dict(self._environ)
+        if env is not None:
+            environment.update(env)
+        environment[URL_VARIABLE] = url
+        return environment
+
+    def launch(
+        self, instanceId: str, url: str, env: Mapping[str, str] | None, process: InstanceProcess
+    ) -> IInstanceHandle:
+        argv = self._argv()
+        transport = self._reactor.spawnProcess(
+            process, argv[0], argv, env=self._environment(url, env), path=None, usePTY=False
+        )
+        return _ChildHandle(transport, self._killGroup)
+
+
+def launcherArgv(command: Sequence[str], urlArgument: bool = False) -> list[str]:
+    """
+    The argv that starts C{command} through L{nodepass.master.launch}: its own process group,
+    and SIGKILL when this process dies.
+    """
+    launch = [sys.executable, "-m", "nodepass.master.launch", str(os.getpid())]
+    if urlArgument:
+        launch.append("--url-argument")
+    return launch + list(command)
+
+
 @define(eq=False)
 class _Instance:
     instanceId: str
     lock: DeferredLock = field(factory=DeferredLock)
     state: State = field(factory=State)
     process: InstanceProcess | None = None
-    transport: IProcessTransport | None = None
+    handle: IInstanceHandle | None = None
     monitor: LoopingCall | None = None
     lastCheckpoint: float | None = None
     removed: bool = False
+    #: What the last start used, for a restart after its instance host died.
+    url: str = ""
+    env: Mapping[str, str] | None = None
 
 
 class Supervisor:
@@ -481,6 +644,8 @@ class Supervisor:
     @param killGroup: signals a process group (C{os.killpg}); L{None} signals the process only.
     @param urlArgument: hand the URL to C{command} as its last argument, as the Go master
         does (for a core that does not read C{NP_INSTANCE_URL}); needs the launcher.
+    @param runner: where instances run; by default a L{ProcessRunner} built from C{environ},
+        C{command}, C{launcher}, C{killGroup} and C{urlArgument}.
     """
 
     def __init__(
@@ -493,16 +658,14 @@ class Supervisor:
         launcher: bool = True,
         killGroup: Callable[[int, int], None] | None = _killGroup,
         urlArgument: bool = False,
+        runner: IInstanceRunner | None = None,
     ) -> None:
-        self._reactor = reactor
         self._clock = IReactorTime(reactor)
         self._observer = observer
-        self._environ = dict(environ)
         self._settings = settings if settings is not None else Settings()
-        self._command = list(command)
-        self._launcher = launcher
-        self._killGroup = killGroup
-        self._urlArgument = urlArgument and launcher
+        if runner is None:
+            runner = ProcessRunner(reactor, environ, command, launcher, killGroup, urlArgument)
+        self._runner = runner
         self._instances: dict[str, _Instance] = {}
         self._closing = False
 
@@ -518,10 +681,9 @@ class Supervisor:
 
     def pid(self, instanceId: str) -> int | None:
         instance = self._instances.get(instanceId)
-        if instance is None or instance.transport is None:
+        if instance is None or instance.handle is None:
             return None
-        pid: int | None = instance.transport.pid
-        return pid
+        return instance.handle.pid
 
     def setStatus(self, instanceId: str, status: Status) -> None:
         """
@@ -601,11 +763,11 @@ class Supervisor:
         """
         killed = 0
         for instance in list(self._instances.values()):
-            transport = instance.transport
-            if transport is None or instance.process is None:
+            handle = instance.handle
+            if handle is None or instance.process is None:
                 continue
             try:
-                self._signal(transport, "KILL")
+                handle.kill()
             except ProcessExitedAlready:
                 continue
             killed += 1
@@ -637,21 +799,6 @@ class Supervisor:
         if instance.state.status is not before.status and not instance.removed:
             self._observer.statusChanged(instance.instanceId, instance.state.status, event)
 
-    def _argv(self) -> list[str]:
-        if not self._launcher:
-            return list(self._command)
-        launch = [sys.executable, "-m", "nodepass.master.launch", str(os.getpid())]
-        if self._urlArgument:
-            launch.append("--url-argument")
-        return launch + self._command
-
-    def _environment(self, url: str, env: Mapping[str, str] | None) -> dict[str, str]:
-        environment = dict(self._environ)
-        if env is not None:
-            environment.update(env)
-        environment[URL_VARIABLE] = url
-        return environment
-
     async def _start(self, instance: _Instance, url: str, env: Mapping[str, str] | None) -> None:
         if instance.removed or self._closing or not canStart(instance.state):
             return
@@ -663,28 +810,21 @@ class Supervisor:
             onError=lambda line: self._errorLine(instance, process, line),
             onLine=lambda line: self._line(instance, line),
         )
-        argv = self._argv()
+        instance.url, instance.env = url, env
         try:
-            transport = self._reactor.spawnProcess(
-                process,
-                argv[0],
-                argv,
-                env=self._environment(url, env),
-                path=None,
-                usePTY=False,
-            )
+            handle = self._runner.launch(instance.instanceId, url, env, process)
         except Exception:
             log.failure("Instance spawn failed [{instanceId}]", instanceId=instance.instanceId)
             self._apply(instance, Event.SPAWN_FAILED)
             return
         instance.process = process
-        instance.transport = transport
+        instance.handle = handle
         instance.lastCheckpoint = None  # not Go's bug a12
         self._apply(instance, Event.SPAWNED)
         log.info(
             "Instance started [{instanceId}] pid={pid}",
             instanceId=instance.instanceId,
-            pid=transport.pid,
+            pid=handle.pid,
         )
         instance.monitor = self._startMonitor(instance)
         process.whenEnded().addCallback(self._ended, instance, process)
@@ -735,8 +875,26 @@ class Supervisor:
             return
         self._stopMonitor(instance)
         instance.process = None
-        instance.transport = None
+        instance.handle = None
         instance.lastCheckpoint = None
+        if status.hostLost:
+            stopping = instance.state.phase is Phase.STOPPING
+            log.warn(
+                "Instance host lost [{instanceId}]{then}",
+                instanceId=instance.instanceId,
+                then="" if stopping or self._closing else ": starting it again",
+            )
+            self._apply(instance, Event.HOST_LOST)
+            if not stopping and not instance.removed and not self._closing:
+                # Not the instance's fault: it runs again at once (on a fresh host).
+                self.start(instance.instanceId, instance.url, instance.env).addErrback(
+                    lambda f: log.failure(
+                        "Restart after host loss failed [{instanceId}]",
+                        f,
+                        instanceId=instance.instanceId,
+                    )
+                )
+            return
         log.info(
             "Instance exited [{instanceId}] code={code} signal={signal}",
             instanceId=instance.instanceId,
@@ -745,26 +903,9 @@ class Supervisor:
         )
         self._apply(instance, Event.EXITED_CLEAN if status.clean else Event.EXITED_FAILED)
 
-    def _signal(self, transport: IProcessTransport, name: str) -> None:
-        """
-        Signal the child's process group, or the child alone when it has no group (yet).
-
-        @raise ProcessExitedAlready: the child has been reaped.
-        """
-        pid = transport.pid
-        if pid is None:
-            raise ProcessExitedAlready()
-        if self._killGroup is not None:
-            try:
-                self._killGroup(pid, getattr(signal, "SIG" + name))
-                return
-            except ProcessLookupError:
-                pass  # the launcher has not called setpgid yet
-        transport.signalProcess(name)
-
     async def _stop(self, instance: _Instance) -> None:
-        process, transport = instance.process, instance.transport
-        if process is None or transport is None:
+        process, handle = instance.process, instance.handle
+        if process is None or handle is None:
             self._apply(instance, Event.STOP)
             return
         self._apply(instance, Event.STOP)
@@ -776,12 +917,12 @@ class Supervisor:
             nonlocal forced
             forced = True
             try:
-                self._signal(transport, "KILL")
+                handle.kill()
             except ProcessExitedAlready:
                 pass
 
         try:
-            self._signal(transport, "TERM")
+            handle.terminate()
         except ProcessExitedAlready:
             pass
         killer: IDelayedCall = self._clock.callLater(self.gracePeriod, kill)
