@@ -111,6 +111,15 @@ class TunnelServer(TunnelPeer):
         else:
             self.runMode = 2
 
+    def privilegedStartService(self) -> None:
+        """
+        Bind the tunnel port (and the entry listeners in flow C{-}) before twistd drops
+        privileges; L{StartupError} on failure.
+        """
+        if self.tunnelPort is None:
+            self.bind()
+        super().privilegedStartService()
+
     @property
     def flow(self) -> str:
         return "-" if self.runMode == 1 else "+"

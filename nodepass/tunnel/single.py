@@ -335,6 +335,14 @@ class SingleEnd(Service):
                 message = f"{message}, {self.fallbackMessage}"
             raise StartupError(message) from error
 
+    def privilegedStartService(self) -> None:
+        """
+        Bind the listeners (before twistd drops privileges); L{StartupError} on failure.
+        """
+        if self.tcpPort is None and self.udpPort is None:
+            self.bind()
+        super().privilegedStartService()
+
     def startService(self) -> None:
         if self.tcpPort is None and self.udpPort is None:
             self.bind()
