@@ -30,10 +30,9 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides
 
 from nodepass.errors import DialError
+from nodepass.log import defaultLogger
 from nodepass.resolve import Resolver, isIP
 from nodepass.url import HostPort
-
-log = Logger()
 
 ROUND_ROBIN, LOWEST_LATENCY, PRIMARY_BACKUP = 0, 1, 2
 
@@ -282,7 +281,7 @@ class _Dial(Generic[P]):
             return
         dialer = self.dialer
         if self.bound and dialer._source is not None:
-            log.error(
+            dialer.log.error(
                 "dialWithRotation: fallback to system auto due to dialer failure: {reason}",
                 reason=reason.value,
             )
@@ -297,7 +296,7 @@ class _Dial(Generic[P]):
         self.last = reason.value
         dialer = self.dialer
         dialer.targets.failed(self.index)
-        log.debug(
+        dialer.log.debug(
             "Target {target} failed: {reason}",
             target=dialer.targets.targets[self.index],
             reason=reason.value,
@@ -327,6 +326,9 @@ class TargetDialer:
 
     A source address that fails once is dropped for the rest of the process
     lifetime, after one error line, as the reference does.
+
+    @param log: the instance's logger (by default, one publishing to the
+        global log publisher).
     """
 
     def __init__(
@@ -336,7 +338,10 @@ class TargetDialer:
         resolver: Resolver,
         timeout: float,
         sourceIP: str | None = None,
+        *,
+        log: Logger | None = None,
     ) -> None:
+        self.log = log if log is not None else defaultLogger()
         self._reactor = reactor
         self._clock: IReactorTime = reactor  # type: ignore[assignment]
         self.targets = targets

@@ -158,6 +158,21 @@ class NodePassLogObserver:
             pass
 
 
+def defaultLogger() -> Logger:
+    """
+    A logger of our own namespace that publishes to Twisted's global log
+    publisher: what an object logs through when its owner gave it no logger
+    (standalone use, tests).
+
+    Inside a process that runs several instances, each instance's objects
+    log through the logger its composition root made for it
+    (C{Logger(namespace="nodepass", observer=...)}), so every line is
+    attributed to its instance; data-plane modules have no module-level
+    logger for that reason.
+    """
+    return Logger(namespace="nodepass")
+
+
 def logEvent(logger: Logger, fmt: str, **kwargs: Any) -> None:
     """
     Emit C{fmt} at the NodePass EVENT level.

@@ -20,8 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from nodepass.errors import ResolveError
-
-log = Logger()
+from nodepass.log import defaultLogger
 
 Lookup = Callable[[str], "Deferred[str]"]
 
@@ -83,9 +82,15 @@ class Resolver:
     """
     Resolve host names through C{lookup}, caching answers for C{ttl} seconds
     of C{clock} time.  Concurrent lookups of one name share one query.
+
+    @param log: the instance's logger (by default, one publishing to the
+        global log publisher).
     """
 
-    def __init__(self, clock: IReactorTime, ttl: float, lookup: Lookup) -> None:
+    def __init__(
+        self, clock: IReactorTime, ttl: float, lookup: Lookup, *, log: Logger | None = None
+    ) -> None:
+        self.log = log if log is not None else defaultLogger()
         self._clock = clock
         self._ttl = ttl
         self._lookup = lookup
@@ -123,7 +128,7 @@ class Resolver:
     def _resolved(self, address: str, host: str) -> None:
         if self._ttl > 0:
             self._cache[host] = (address, self._clock.seconds() + self._ttl)
-        log.debug("Resolved {host} -> {address}", host=host, address=address)
+        self.log.debug("Resolved {host} -> {address}", host=host, address=address)
         for waiter in self._pending.pop(host, []):
             waiter.callback(address)
 

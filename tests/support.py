@@ -3,6 +3,9 @@
 Everything here is bounded in time: waits poll with a deadline and raise
 ``AssertionError`` when it passes; servers run in daemon threads and stop
 when the test ends.
+
+Also, for unit tests: L{instanceLogger}, the logger an instance gets from its
+composition root.
 """
 
 from __future__ import annotations
@@ -16,9 +19,28 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from twisted.logger import LogEvent, Logger, globalLogPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
+
+
+def instanceLogger(case: Any) -> tuple[Logger, list[LogEvent], list[LogEvent]]:
+    """
+    A logger with an observer of its own, as the composition root gives each
+    instance, plus what the process-global log publisher receives until
+    C{case} (a trial test case) ends.
+
+    @return: the logger, the events it received, the global events.
+    """
+    mine: list[LogEvent] = []
+    seenGlobally: list[LogEvent] = []
+    observer = seenGlobally.append
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return Logger(namespace="nodepass", observer=mine.append), mine, seenGlobally
 
 
 def freePort(udp: bool = True) -> int:

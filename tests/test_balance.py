@@ -32,6 +32,7 @@ from nodepass.balance import (
 from nodepass.errors import DialError, ResolveError
 from nodepass.resolve import Resolver
 from nodepass.url import HostPort, parseHostPort
+from tests.support import instanceLogger
 
 
 def hosts(*texts: str) -> list[HostPort]:
@@ -344,6 +345,30 @@ class TargetDialerTests(SynchronousTestCase):
             complete(self.reactor, 3)
         self.successResultOf(again)
         self.assertEqual([e for e in later if e["log_level"].name == "error"], [])
+
+    def test_logsThroughTheInstanceLogger(self) -> None:
+        """
+        Given a logger, the dialer's lines (here the source-address fallback
+        and a failed target) go to it and not to the process-global publisher.
+        """
+        log, mine, seenGlobally = instanceLogger(self)
+        resolver = Resolver(self.reactor, 300.0, noLookup, log=log)
+        dialer = TargetDialer(
+            self.reactor,
+            Targets(THREE, ROUND_ROBIN, self.reactor),
+            resolver,
+            5.0,
+            "10.9.9.9",
+            log=log,
+        )
+        dialer.connectDeferred(Protocol())
+        refuse(self.reactor, 0)  # bound: falls back to no source address
+        refuse(self.reactor, 1)  # the same target unbound: the next one
+        lines = [formatEvent(event) for event in mine]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith("dialWithRotation: fallback to system auto"))
+        self.assertTrue(lines[1].startswith("Target 10.0.0.1:80 failed: "), lines[1])
+        self.assertEqual(seenGlobally, [])
 
     def test_unboundRetryFailureMovesToTheNextTarget(self) -> None:
         dialer = self.dialer(source="10.9.9.9")

@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.errors import NodePassError, ResolveError
 from nodepass.resolve import Resolver, isIP, splitServer
+from tests.support import instanceLogger
 
 
 class FakeLookup:
@@ -161,6 +163,29 @@ class ResolverTests(SynchronousTestCase):
         self.lookup.answers[1].callback("192.0.2.2")
         self.assertEqual(self.successResultOf(resolver.resolve("a.test")), "192.0.2.1")
         self.assertEqual(self.successResultOf(resolver.resolve("b.test")), "192.0.2.2")
+
+    def test_logsThroughTheInstanceLogger(self) -> None:
+        """
+        Given a logger, the resolver's lines go to it and not to the
+        process-global publisher (several instances share one process).
+        """
+        log, mine, seenGlobally = instanceLogger(self)
+        resolver = Resolver(self.clock, 300.0, self.lookup, log=log)
+        resolver.resolve("backend.test")
+        self.lookup.answers[0].callback("192.0.2.10")
+        self.assertEqual(
+            [formatEvent(event) for event in mine], ["Resolved backend.test -> 192.0.2.10"]
+        )
+        self.assertEqual(seenGlobally, [])
+
+    def test_withoutALoggerLogsGlobally(self) -> None:
+        resolver = self.resolver()
+        with capturedLogs() as events:
+            resolver.resolve("backend.test")
+            self.lookup.answers[0].callback("192.0.2.10")
+        self.assertEqual(
+            [formatEvent(event) for event in events], ["Resolved backend.test -> 192.0.2.10"]
+        )
 
     def test_lookupRaisingSynchronouslyFailsAndIsNotStuck(self) -> None:
         calls: list[str] = []
