@@ -33,7 +33,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -44,11 +44,12 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.transports.interface import ILoggingTransport, INodePassTransport, PoolAddress
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase
@@ -325,6 +326,26 @@ class TransportConformanceMixin(_Base):
         self.assertIsInstance(self.transport.halfClose, bool)
         self.assertIsInstance(self.transport.readyAfterHandshake, bool)
         self.assertIn(self.transport.minimumTLS, (0, 1))
+
+    def test_withLogger(self) -> None:
+        """
+        A transport providing L{ILoggingTransport} gives each instance its own
+        copy: another object, itself a transport, with the same name, type
+        code and flags.
+        """
+        if not ILoggingTransport.providedBy(self.transport):
+            self.skipTest(f"{self.transport.name} does not log")
+        self.assertTrue(verifyObject(ILoggingTransport, self.transport))
+        events: list[LogEvent] = []
+        log = Logger(namespace="nodepass", observer=cast(ILogObserver, events.append))
+        own = self.transport.withLogger(log)
+        self.assertIsNot(own, self.transport)
+        self.assertTrue(verifyObject(INodePassTransport, own))
+        attributes = ("name", "typeCode", "halfClose", "minimumTLS", "readyAfterHandshake")
+        self.assertEqual(
+            [getattr(own, name) for name in attributes],
+            [getattr(self.transport, name) for name in attributes],
+        )
 
     # -- relaying ----------------------------------------------------------
 

@@ -24,6 +24,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IListeningPort, IPushProducer, ITransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -483,7 +484,7 @@ class StreamTests(QuicTestCase):
         """
         factory = ServerFactory()
         port = self.portOf(self.listen(factory))
-        other = _Client(reactor, address(port), 1, 5.0, alpn="h3")
+        other = _Client(reactor, address(port), 1, 5.0, alpn="h3", log=Logger())
         self.addCleanup(other.stopped)
         self.addCleanup(other.close)
         failure = await within(_failure(other.whenEstablished()), "the refusal")

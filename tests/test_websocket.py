@@ -25,7 +25,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter, IOPump
@@ -43,12 +43,13 @@ from nodepass.transports.websocket import (
     MAX_SEND,
     MessageStream,
     WebSocketError,
+    WebSocketTransport,
     hostHeader,
     ws,
 )
 from nodepass.tunnel.pool import CONTROL_ID, ClientPool, ServerPool
 
-from .support import ROOT
+from .support import ROOT, instanceLogger
 
 IP = "127.0.0.1"
 PORT = 10101
@@ -149,6 +150,7 @@ class Link:
         clientTLS: Any = None,
         greeting: bytes = bytes(4),
         complete: bool = True,
+        transport: WebSocketTransport = ws,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.servers: list[Recorder] = []
@@ -159,10 +161,11 @@ class Link:
             return server
 
         self.reactor.listenTCP(
-            address.port, ws.serverFactory(self.reactor, Factory.forProtocol(build), serverTLS)
+            address.port,
+            transport.serverFactory(self.reactor, Factory.forProtocol(build), serverTLS),
         )
         self.client = Recorder()
-        self.result = ws.connect(self.reactor, address, self.client, clientTLS, 30.0)
+        self.result = transport.connect(self.reactor, address, self.client, clientTLS, 30.0)
         self.toServer: list[bytes] = []
         self.toClient: list[bytes] = []
         if complete:
@@ -654,6 +657,23 @@ class StreamTests(SynchronousTestCase):
         link.server.lost.trap(WebSocketError)
         link.client.lost.trap(ConnectionLost)
         self.assertIn("1003", link.client.lost.getErrorMessage())
+
+    def test_logsThroughTheInstanceLogger(self) -> None:
+        """
+        The copy L{WebSocketTransport.withLogger} gives an instance logs through that
+        instance's logger, on both ends; none of its lines reach the process-global
+        publisher (autobahn's own chatter may).
+        """
+        log, mine, seenGlobally = instanceLogger(self)
+        link = Link(transport=ws.withLogger(log))
+        channel: Any = link.client.transport.channel  # type: ignore[union-attr]
+        channel.sendMessage(b"text", isBinary=False)
+        link.flush()
+        self.assertEqual(
+            [formatEvent(event) for event in mine],
+            ["WebSocket pool connection failed: text message on a binary stream"],
+        )
+        self.assertEqual([e for e in seenGlobally if e.get("log_namespace") == "nodepass"], [])
 
     def test_tls(self) -> None:
         """

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.logger import Logger
 
 from nodepass.errors import NodePassError
-from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.transports.interface import ILoggingTransport, INodePassTransport, PoolAddress
 
 __all__ = [
+    "ILoggingTransport",
     "INodePassTransport",
     "PoolAddress",
     "TransportError",
     "available",
+    "forInstance",
     "forType",
 ]
-
-log = Logger()
 
 
 class TransportError(NodePassError):
@@ -100,3 +101,13 @@ def forType(
             f"no pool transport for type={typeCode}; available: {choices or 'none'}"
         )
     return plugin
+
+
+def forInstance(transport: Any, log: Logger) -> Any:
+    """
+    C{transport} as one instance uses it: L{ILoggingTransport.withLogger}
+    when the transport provides it, else the transport itself.
+    """
+    if ILoggingTransport.providedBy(transport):
+        return transport.withLogger(log)
+    return transport

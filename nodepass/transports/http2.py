@@ -46,14 +46,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.errors import NodePassError
-from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.log import defaultLogger
+from nodepass.transports.interface import ILoggingTransport, PoolAddress
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
 
 __all__ = ["HTTP2Error", "HTTP2Transport", "StreamTransport", "h2transport"]
-
-log = Logger()
 
 #: The request path of a pool stream.
 STREAM_PATH = b"/stream"
@@ -286,7 +285,9 @@ class StreamTransport:
         try:
             self.protocol.dataReceived(data)
         except Exception:
-            log.failure("Pool protocol failed on HTTP/2 stream {id}", id=self.streamID)
+            self.connection.log.failure(
+                "Pool protocol failed on HTTP/2 stream {id}", id=self.streamID
+            )
             self.abortConnection()
 
     def ended(self) -> None:
@@ -318,11 +319,15 @@ class StreamTransport:
             try:
                 producer.stopProducing()
             except Exception:
-                log.failure("Producer failed to stop on HTTP/2 stream {id}", id=self.streamID)
+                self.connection.log.failure(
+                    "Producer failed to stop on HTTP/2 stream {id}", id=self.streamID
+                )
         try:
             self.protocol.connectionLost(reason)
         except Exception:
-            log.failure("Pool protocol failed on the end of HTTP/2 stream {id}", id=self.streamID)
+            self.connection.log.failure(
+                "Pool protocol failed on the end of HTTP/2 stream {id}", id=self.streamID
+            )
 
 
 @cache
@@ -377,6 +382,7 @@ class _Connection(Protocol):
     def __init__(self, reactor: Any, owner: HTTP2Transport, tls: bool) -> None:
         self.reactor = reactor
         self.owner = owner
+        self.log = owner.log
         self.tls = tls
         self.h2 = _newH2(self.clientSide)
         self.streams: dict[int, StreamTransport] = {}
@@ -403,7 +409,7 @@ class _Connection(Protocol):
     def handshakeCompleted(self) -> None:
         negotiated = getattr(self.transport, "negotiatedProtocol", None)
         if negotiated != b"h2":
-            log.debug(
+            self.log.debug(
                 "HTTP/2 pool connection with {peer} negotiated ALPN {alpn!r}, not h2: dropped",
                 peer=self.transport.getPeer(),  # type: ignore[union-attr]
                 alpn=negotiated,
@@ -424,7 +430,7 @@ class _Connection(Protocol):
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as e:
-            log.debug(
+            self.log.debug(
                 "HTTP/2 protocol error from {peer}: {error}",
                 peer=self.transport.getPeer(),  # type: ignore[union-attr]
                 error=e,
@@ -728,7 +734,7 @@ class _ServerConnection(_Connection):
         try:
             protocol = self.poolFactory.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
         except Exception:
-            log.failure("Pool factory failed on a new HTTP/2 stream")
+            self.log.failure("Pool factory failed on a new HTTP/2 stream")
             protocol = None
         if protocol is None:
             self.notFound(sid)
@@ -742,7 +748,7 @@ class _ServerConnection(_Connection):
         try:
             protocol.makeConnection(stream)
         except Exception:
-            log.failure("Pool protocol failed on a new HTTP/2 stream")
+            self.log.failure("Pool protocol failed on a new HTTP/2 stream")
             stream.abortConnection()
             return
         if rest:
@@ -772,7 +778,7 @@ class _ServerConnection(_Connection):
 
     def _idleExpired(self) -> None:
         self._idleTimer = None
-        log.debug("HTTP/2 pool connection idle: closing it")
+        self.log.debug("HTTP/2 pool connection idle: closing it")
         self.close()
 
     def _stopIdle(self) -> None:
@@ -909,7 +915,7 @@ class _ClientConnection(_Connection):
         if self.gone or self.closing:
             return
         if self._pinged and not self.heard:
-            log.info(
+            self.log.info(
                 "HTTP/2 pool connection to {peer} silent for {seconds} s after a PING: dropped",
                 peer=self.transport.getPeer(),  # type: ignore[union-attr]
                 seconds=PING_INTERVAL,
@@ -954,7 +960,8 @@ class _Dial:
     within C{timeout}; fires C{result} with the pool protocol.
     """
 
-    def __init__(self, reactor: Any, protocol: IProtocol, description: str) -> None:
+    def __init__(self, reactor: Any, protocol: IProtocol, description: str, log: Logger) -> None:
+        self.log = log
         self.reactor = reactor
         self.protocol = protocol
         self.description = description
@@ -979,7 +986,7 @@ class _Dial:
         try:
             self.protocol.makeConnection(stream)
         except Exception as e:
-            log.failure("Pool protocol failed on a new HTTP/2 stream")
+            self.log.failure("Pool protocol failed on a new HTTP/2 stream")
             stream.abortConnection()
             self.fail(Failure(HTTP2Error(f"pool protocol failed on {self.description}: {e}")))
             return
@@ -1022,7 +1029,7 @@ class _ClientFactory(Factory):
         return self.connection
 
 
-@implementer(IPlugin, INodePassTransport)
+@implementer(IPlugin, ILoggingTransport)
 class HTTP2Transport:
     """
     Pool connections are HTTP/2 streams on one TLS connection (ALPN ``h2``)
@@ -1031,6 +1038,8 @@ class HTTP2Transport:
     @ivar alpn: the ALPN protocols the TLS creators given to this transport
         must offer.
     @ivar live: the HTTP/2 connections currently open, both ends.
+    @ivar log: what its connections log through (by default, a logger
+        publishing to the global log publisher; see L{withLogger}).
     """
 
     name = "h2"
@@ -1040,10 +1049,17 @@ class HTTP2Transport:
     readyAfterHandshake = False
     alpn = [b"h2"]
 
-    def __init__(self) -> None:
+    def __init__(self, log: Logger | None = None) -> None:
+        self.log = log if log is not None else defaultLogger()
         self.live: set[_Connection] = set()
         self._clients: dict[Any, list[_ClientConnection]] = {}
         self._quiet: list[Deferred[None]] = []
+
+    def withLogger(self, log: Logger) -> HTTP2Transport:
+        """
+        A transport of its own, with its own connections, logging through C{log}.
+        """
+        return HTTP2Transport(log)
 
     def serverFactory(
         self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
@@ -1065,7 +1081,7 @@ class HTTP2Transport:
             creator = id(tls)
         key = (reactor, address.ip, address.port, address.serverName, creator)
         description = f"https://{address.text}{STREAM_PATH.decode()}"
-        dial = _Dial(reactor, protocol, description)
+        dial = _Dial(reactor, protocol, description, self.log)
         for connection in self._clients.get(key, []):
             if connection.usable():
                 return dial.start(connection, timeout)

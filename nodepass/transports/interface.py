@@ -28,6 +28,12 @@ Optional extras a transport may offer (looked up with C{getattr}):
 * C{disconnectAll()}: the client calls it when a session ends, to drop
   shared carrier connections (HTTP/2, QUIC) at once.
 
+A transport that logs (the built-in WebSocket, HTTP/2 and QUIC ones) also
+provides L{ILoggingTransport}: each tunnel then asks it, once, for a copy of
+its own whose connections log through that NodePass instance's logger (many
+instances may run in one process, and each line must name its instance).
+A transport without it is used as it is, unchanged.
+
 Implementations are plugins: objects providing both
 L{twisted.plugin.IPlugin} and L{INodePassTransport}, made available from a
 module in a ``twisted/plugins/`` directory (see docs/plugins.md).
@@ -40,6 +46,7 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 
@@ -114,4 +121,24 @@ class INodePassTransport(Interface):
         @param tls: an C{IOpenSSLClientConnectionCreator} for ``tls=1/2``, else
             L{None}.
         @param timeout: seconds allowed for the whole connection set-up.
+        """
+
+
+class ILoggingTransport(INodePassTransport):
+    """
+    A pool transport whose connections log, and that can log through one
+    NodePass instance's logger instead of the process-global log publisher.
+
+    Optional: a tunnel server (once) and a tunnel client (once per type
+    code) call L{withLogger} with their instance's logger and use what it
+    returns in place of the plugin object for everything else.
+    """
+
+    def withLogger(log: Logger) -> INodePassTransport:
+        """
+        This transport for one NodePass instance: an object with the same
+        name, type code and flags, whose connections (and the carrier
+        connections it shares between them) log through C{log} and are kept
+        apart from those of other instances.  The plugin object itself keeps
+        logging where it did.
         """

@@ -57,7 +57,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.errors import NodePassError
-from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.log import defaultLogger
+from nodepass.transports.interface import ILoggingTransport, PoolAddress
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ALPN", "QuicError", "QuicStream", "QuicTransport", "quic"]
 
-log = Logger()
 
 #: The ALPN protocol both ends require.
 ALPN = "np-quic"
@@ -323,7 +323,7 @@ class QuicStream:
         try:
             self.protocol.dataReceived(data)
         except Exception:
-            log.failure("Pool protocol failed on QUIC stream data")
+            self.connection.log.failure("Pool protocol failed on QUIC stream data")
             self.abortConnection()
 
     def _peerEnded(self, reason: Failure) -> None:
@@ -365,7 +365,9 @@ class QuicStream:
             else:
                 quic.send_stream_data(self.streamID, b"", end_stream=True)
         except Exception as e:  # e.g. already reset by a STOP_SENDING
-            log.debug("Cannot end QUIC stream {id}: {error}", id=self.streamID, error=e)
+            self.connection.log.debug(
+                "Cannot end QUIC stream {id}: {error}", id=self.streamID, error=e
+            )
 
     def _stopReceiving(self) -> None:
         if self._receiveClosed:
@@ -405,14 +407,14 @@ class QuicStream:
             try:
                 producer.stopProducing()
             except Exception:
-                log.failure("Producer failed to stop on a closed QUIC stream")
+                self.connection.log.failure("Producer failed to stop on a closed QUIC stream")
         protocol, self.protocol = self.protocol, None
         if protocol is None:
             return
         try:
             protocol.connectionLost(reason)
         except Exception:
-            log.failure("Pool protocol failed in connectionLost on a QUIC stream")
+            self.connection.log.failure("Pool protocol failed in connectionLost on a QUIC stream")
 
 
 # -- one QUIC connection -------------------------------------------------------------------------
@@ -435,7 +437,9 @@ class _Connection:
         sendDatagram: Callable[[bytes, Any], None],
         getHost: Callable[[], Any],
         peerAddress: Any,
+        log: Logger,
     ) -> None:
+        self.log = log
         self.reactor = reactor
         self.quic = quic
         self.sendDatagram = sendDatagram
@@ -624,7 +628,7 @@ class _Connection:
             for data, addr in self.quic.datagrams_to_send(now=self.reactor.seconds()):
                 self.sendDatagram(data, addr)
         except Exception as e:
-            log.debug("Sending the QUIC close failed: {error}", error=e)
+            self.log.debug("Sending the QUIC close failed: {error}", error=e)
         self.terminated(reason, closing=True)
 
     def terminated(self, reason: str, closing: bool = False) -> None:
@@ -702,7 +706,7 @@ def _newConnection(
     return result
 
 
-def _growBuffers(port: Any) -> None:
+def _growBuffers(port: Any, log: Logger) -> None:
     """
     Ask for L{SOCKET_BUFFER}-byte kernel buffers on a listening UDP port.
     """
@@ -773,7 +777,10 @@ class _ServerEndpoint(DatagramProtocol):
         poolFactory: IProtocolFactory,
         credentials: Any,
         clientIP: str | None = None,
+        *,
+        log: Logger,
     ) -> None:
+        self.log = log
         self.reactor = reactor
         self.poolFactory = poolFactory
         self.credentials = credentials
@@ -792,7 +799,7 @@ class _ServerEndpoint(DatagramProtocol):
         try:
             self.transport.write(data, addr)
         except (OSError, MessageLengthError) as e:
-            log.debug("QUIC datagram to {addr} not sent: {error}", addr=addr, error=e)
+            self.log.debug("QUIC datagram to {addr} not sent: {error}", addr=addr, error=e)
 
     def _getHost(self) -> Any:
         return None if self.transport is None else self.transport.getHost()
@@ -843,7 +850,7 @@ class _ServerEndpoint(DatagramProtocol):
 
     def _accept(self, configuration: QuicConfiguration, cid: bytes, addr: Any) -> _Connection:
         connection = _newConnection(
-            lambda quic: _Connection(self.reactor, quic, self._send, self._getHost, addr),
+            lambda quic: _Connection(self.reactor, quic, self._send, self._getHost, addr, self.log),
             configuration=configuration,
             original_destination_connection_id=cid,
         )
@@ -866,7 +873,7 @@ class _ServerEndpoint(DatagramProtocol):
             self.connections.discard(connection)
             self._seen.pop(connection, None)
             self._seenBelow.pop(connection, None)
-            log.debug(
+            self.log.debug(
                 "QUIC connection from {peer} ended: {reason}", peer=addr, reason=c.closeReason
             )
 
@@ -874,7 +881,9 @@ class _ServerEndpoint(DatagramProtocol):
             host = str(addr[0])
             if self.clientIP is not None and host != self.clientIP:
                 # What the Go server does (CloseWithError(0, ...)).
-                log.debug("QUIC connection from {peer} refused: not the handshake IP", peer=addr)
+                self.log.debug(
+                    "QUIC connection from {peer} refused: not the handshake IP", peer=addr
+                )
                 c.close("unauthorized IP")
 
         connection.onConnectionID = onConnectionID
@@ -929,7 +938,7 @@ class _ServerEndpoint(DatagramProtocol):
         try:
             protocol = self.poolFactory.buildProtocol(peer)
         except Exception:
-            log.failure("Pool factory failed on a new QUIC stream")
+            self.log.failure("Pool factory failed on a new QUIC stream")
             protocol = None
         if protocol is None:
             stream.abortConnection()
@@ -937,7 +946,7 @@ class _ServerEndpoint(DatagramProtocol):
         try:
             stream.attach(protocol)
         except Exception:
-            log.failure("Pool protocol failed on a new QUIC stream")
+            self.log.failure("Pool protocol failed on a new QUIC stream")
             stream.abortConnection()
             return
         # The first byte only announced the stream; the rest is the pool's.
@@ -1071,7 +1080,10 @@ class _Client:
         mode: int,
         handshakeTimeout: float,
         alpn: str = ALPN,
+        *,
+        log: Logger,
     ) -> None:
+        self.log = log
         self.reactor = reactor
         self.description = f"{address.text} (UDP {address.ip}:{address.port})"
         self.server = (address.ip, address.port)
@@ -1085,10 +1097,12 @@ class _Client:
         self.port = reactor.listenUDP(
             0, self.socket, interface=interface, maxPacketSize=MAX_DATAGRAM
         )
-        _growBuffers(self.port)
+        _growBuffers(self.port, log)
         self.port.connect(address.ip, address.port)
         self.connection = _newConnection(
-            lambda quic: _Connection(reactor, quic, self._send, self.port.getHost, self.server),
+            lambda quic: _Connection(
+                reactor, quic, self._send, self.port.getHost, self.server, log
+            ),
             configuration=_clientConfiguration(mode, address.serverName, alpn),
         )
         self.connection.onEstablished = self._established
@@ -1106,7 +1120,9 @@ class _Client:
         try:
             self.port.write(data)
         except (OSError, MessageLengthError) as e:
-            log.debug("QUIC datagram to {where} not sent: {error}", where=self.description, error=e)
+            self.log.debug(
+                "QUIC datagram to {where} not sent: {error}", where=self.description, error=e
+            )
 
     def datagramReceived(self, data: bytes) -> None:
         self.connection.datagramReceived(data, self.server)
@@ -1152,7 +1168,7 @@ class _Client:
         self._handshakeTimer = self._idle = None
         reason = connection.closeReason
         if connection.established:
-            log.debug(
+            self.log.debug(
                 "QUIC connection to {where} ended: {reason}", where=self.description, reason=reason
             )
         waiters, self._waiters = self._waiters, []
@@ -1233,7 +1249,7 @@ class _Client:
 # -- the plugin ------------------------------------------------------------------------------------
 
 
-@implementer(IPlugin, INodePassTransport)
+@implementer(IPlugin, ILoggingTransport)
 class QuicTransport:
     """
     Pool connections are streams of one QUIC connection to the tunnel
@@ -1244,6 +1260,9 @@ class QuicTransport:
     refuses TCP pool connections.  C{wantsCredentials} tells the tunnel to
     pass, as C{tls}, the L{nodepass.tls.ServerCredentials} to L{listenPool}
     and the TLS mode (an C{int}) to L{connect}.
+
+    @ivar log: what its connections log through (by default, a logger
+        publishing to the global log publisher; see L{withLogger}).
     """
 
     name = "quic"
@@ -1254,8 +1273,15 @@ class QuicTransport:
     wantsCredentials = True
     alpn = [ALPN.encode("ascii")]
 
-    def __init__(self) -> None:
+    def __init__(self, log: Logger | None = None) -> None:
+        self.log = log if log is not None else defaultLogger()
         self._clients: dict[tuple[Any, ...], _Client] = {}
+
+    def withLogger(self, log: Logger) -> QuicTransport:
+        """
+        A transport of its own, with its own client connections, logging through C{log}.
+        """
+        return QuicTransport(log)
 
     def serverFactory(
         self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
@@ -1289,9 +1315,9 @@ class QuicTransport:
         if tls is None:
             raise QuicError("the QUIC pool needs server credentials (tls=1 or 2)")
         host, portNumber = address
-        endpoint = _ServerEndpoint(reactor, poolFactory, tls, clientIP)
+        endpoint = _ServerEndpoint(reactor, poolFactory, tls, clientIP, log=self.log)
         port = reactor.listenUDP(portNumber, endpoint, interface=host, maxPacketSize=MAX_DATAGRAM)
-        _growBuffers(port)
+        _growBuffers(port, self.log)
         return QuicListeningPort(endpoint, port)
 
     def connect(
@@ -1314,7 +1340,7 @@ class QuicTransport:
         client = self._clients.get(key)
         if client is None or client.dead:
             try:
-                client = _Client(reactor, address, mode, timeout)
+                client = _Client(reactor, address, mode, timeout, log=self.log)
             except Exception as e:
                 return fail(QuicError(f"cannot open QUIC to {address.text}: {e}"))
             self._clients[key] = client

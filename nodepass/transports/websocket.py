@@ -35,11 +35,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.errors import NodePassError
-from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.log import defaultLogger
+from nodepass.transports.interface import ILoggingTransport, PoolAddress
 
 __all__ = ["WebSocketError", "WebSocketTransport", "ws"]
-
-log = Logger()
 
 #: The largest message this side sends: a longer write is split (the stream
 #: is the same; Go's peers write far smaller chunks anyway).
@@ -191,7 +190,8 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
     class ChannelMixin:
         """
         What the server and client channels share: carry one pool protocol
-        in binary messages.
+        in binary messages.  They log through their factory's C{poolLog}
+        (autobahn's own C{log} is its txaio logger).
         """
 
         factory: Any
@@ -232,7 +232,9 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
 
         def _closeExpired(self) -> None:
             self._closeTimer = None
-            log.debug("WebSocket close handshake not done in time: dropping the connection")
+            self.factory.poolLog.debug(
+                "WebSocket close handshake not done in time: dropping the connection"
+            )
             self.abortTransport()
 
         def abortTransport(self) -> None:
@@ -257,7 +259,7 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
             except Exception:
                 # autobahn calls onOpen from a Deferred callback: an error
                 # would surface only as "Unhandled error in Deferred".
-                log.failure("Pool protocol failed on a new WebSocket connection")
+                self.factory.poolLog.failure("Pool protocol failed on a new WebSocket connection")
                 self.pool = None
                 self.abortTransport()
                 return False
@@ -273,7 +275,7 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
                 self.pool.dataReceived(payload)
 
         def protocolError(self, reason: str) -> None:
-            log.debug("WebSocket pool connection failed: {reason}", reason=reason)
+            self.factory.poolLog.debug("WebSocket pool connection failed: {reason}", reason=reason)
             self.failure = Failure(WebSocketError(reason))
             if self.stream is not None:
                 self.stream.disconnecting = True
@@ -327,7 +329,7 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
 
         def _handshakeExpired(self) -> None:
             self._handshakeTimer = None
-            log.debug("WebSocket upgrade request not received in time")
+            self.factory.poolLog.debug("WebSocket upgrade request not received in time")
             self.abortTransport()
 
         def _stopHandshakeTimer(self) -> None:
@@ -345,7 +347,7 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
             try:
                 pool = self.factory.poolFactory.buildProtocol(self.transport.getPeer())
             except Exception:
-                log.failure("Pool factory failed on a new WebSocket connection")
+                self.factory.poolLog.failure("Pool factory failed on a new WebSocket connection")
                 pool = None
             if pool is None:
                 self.closeNormally()
@@ -395,9 +397,10 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
         protocol = ServerChannel
         noisy = False
 
-        def __init__(self, reactor: Any, poolFactory: IProtocolFactory) -> None:
+        def __init__(self, reactor: Any, poolFactory: IProtocolFactory, poolLog: Logger) -> None:
             super().__init__(server=None, reactor=reactor)
             self.poolFactory = poolFactory
+            self.poolLog = poolLog
             self.setProtocolOptions(webStatus=False, requireMaskedClientFrames=True)
             _options(self)
 
@@ -409,6 +412,7 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
             super().__init__(url, reactor=reactor)
             self.hostHeader = hostHeader
             self.dial = dial
+            self.poolLog = dial.log
             self.setProtocolOptions(maskClientFrames=True, perMessageCompressionOffers=[])
             _options(self)
 
@@ -421,7 +425,8 @@ class _Dial:
     all within C{timeout}; fires C{result} with the pool protocol.
     """
 
-    def __init__(self, reactor: Any, protocol: IProtocol, description: str) -> None:
+    def __init__(self, reactor: Any, protocol: IProtocol, description: str, log: Logger) -> None:
+        self.log = log
         self.reactor = reactor
         self.protocol = protocol
         self.description = description
@@ -443,7 +448,7 @@ class _Dial:
         if not self.result.called:
             self.result.errback(failure)
         elif not failure.check(CancelledError):
-            log.failure("WebSocket dial to {where} failed", failure, where=self.description)
+            self.log.failure("WebSocket dial to {where} failed", failure, where=self.description)
 
     def opened(self, channel: Any) -> None:
         if self.result.called:
@@ -485,11 +490,14 @@ def hostHeader(address: PoolAddress) -> str:
     return address.host
 
 
-@implementer(IPlugin, INodePassTransport)
+@implementer(IPlugin, ILoggingTransport)
 class WebSocketTransport:
     """
     Pool connections are WebSocket connections to the tunnel port (inside
     TLS when the tunnel runs TLS), carrying the stream in binary messages.
+
+    @ivar log: what its connections log through (by default, a logger
+        publishing to the global log publisher; see L{withLogger}).
     """
 
     name = "ws"
@@ -498,11 +506,20 @@ class WebSocketTransport:
     minimumTLS = 0
     readyAfterHandshake = False
 
+    def __init__(self, log: Logger | None = None) -> None:
+        self.log = log if log is not None else defaultLogger()
+
+    def withLogger(self, log: Logger) -> WebSocketTransport:
+        """
+        A transport of its own, logging through C{log}.
+        """
+        return WebSocketTransport(log)
+
     def serverFactory(
         self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
     ) -> IProtocolFactory:
         ServerFactory = _classes()[0]
-        factory: IProtocolFactory = ServerFactory(reactor, poolFactory)
+        factory: IProtocolFactory = ServerFactory(reactor, poolFactory, self.log)
         if tls is None:
             return factory
         from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -517,7 +534,7 @@ class WebSocketTransport:
         ClientFactory = _classes()[1]
         scheme = "ws" if tls is None else "wss"
         url = f"{scheme}://{address.text}/"
-        dial = _Dial(reactor, protocol, url)
+        dial = _Dial(reactor, protocol, url, self.log)
         factory: IProtocolFactory = ClientFactory(reactor, url, hostHeader(address), dial)
         if tls is not None:
             # What wrapClientTLS does, but with TLS's write timer on our reactor.
