@@ -9,45 +9,22 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import NoReturn
 
-#: Twisted's own TLS glue.  Its TCP and reactor modules import it when pyOpenSSL is
-#: installed, which loads pyOpenSSL and cryptography: about 13 MiB in every instance.
-#: NodePass builds its TLS itself (L{nodepass.tls} over C{TLSMemoryBIOFactory}) and imports
-#: those libraries only when a URL needs TLS.
-_BUILTIN_TLS = ("twisted.internet._newtls", "twisted.protocols.tls", "twisted.internet.ssl")
+from nodepass._compat.leantls import importReactorModules
 
-
-@contextmanager
-def _withoutBuiltinTLS() -> Iterator[None]:
-    """
-    Import Twisted's TCP and reactor modules as if pyOpenSSL were missing, which Twisted
-    supports: C{reactor.listenSSL}/C{connectSSL} and C{transport.startTLS} are then absent
-    (NodePass uses none of them).  The modules stay importable afterwards.
-    """
-    hidden = [name for name in _BUILTIN_TLS if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-
-
-with _withoutBuiltinTLS():
-    import twisted.internet.posixbase  # noqa: F401  (imports tcp and udp)
+importReactorModules()
 
 from twisted.python import usage  # noqa: E402
 
-from nodepass.service import (  # noqa: E402
+from nodepass.errors import StartupError  # noqa: E402
+from nodepass.tap import (  # noqa: E402
     USAGE,
     Options,
-    buildService,
+    fail,
     raiseOpenFileLimit,
+    standalone,
     transportsText,
     versionText,
 )
@@ -110,17 +87,35 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from twisted.logger import globalLogBeginner
 
     raiseOpenFileLimit()
-    root = buildService(options["config"], reactor)
+    root = standalone(options["config"], reactor, os.environ)
+    assert root.logObserver is not None
+    # Twisted's own messages (and the master's modules) go to the same lines.
     globalLogBeginner.beginLoggingTo(
         [root.logObserver], discardBuffer=True, redirectStandardIO=False
     )
-    root.privilegedStartService()
+    code = 0
+
+    def fatal(message: str) -> None:
+        nonlocal code
+        fail(message)
+        code = 1
+        reactor.stop()  # type: ignore[attr-defined]
+
+    root.fatal.append(fatal)
+    try:
+        root.privilegedStartService()
+    except StartupError as error:
+        fail(str(error))
+        _exit(1)
     root.startService()
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()  # type: ignore[attr-defined]
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
     # Everything is stopped and closed by now: skip the interpreter's teardown of every
     # module (about 60 ms of CPU), which adds up when a master stops a hundred instances.
-    code = root.exitCode
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nodepass.service import Options
+from nodepass.tap import Options
 from tests.support import (
     LOOPBACK,
     ROOT,

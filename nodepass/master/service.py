@@ -25,8 +25,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -40,7 +40,7 @@ from nodepass.master.events import EventHub
 from nodepass.master.openapi import staticDirectory
 from nodepass.master.registry import MasterSettings, Registry
 from nodepass.master.store import Store, StoreError
-from nodepass.master.supervisor import Supervisor
+from nodepass.master.supervisor import IInstanceRunner, ProcessRunner, Supervisor
 from nodepass.master.sysinfo import CpuSampler, collect
 from nodepass.master.tcping import TCPing
 from nodepass.settings import Settings
@@ -48,6 +48,8 @@ from nodepass.url import Config
 
 __all__ = [
     "CORE_VARIABLE",
+    "HOSTS_VARIABLE",
+    "ISOLATE_VARIABLE",
     "STATE_DIR_VARIABLE",
     "TRAFFIC_FLUSH_INTERVAL",
     "MasterService",
@@ -68,6 +70,12 @@ TRAFFIC_FLUSH_INTERVAL: Final = 60.0
 
 #: Seconds of the shutdown budget kept for what follows the children's stop.
 SHUTDOWN_RESERVE: Final = 1.0
+
+#: One process per instance instead of instance hosts (any value but empty and "0").
+ISOLATE_VARIABLE: Final = "NP_ISOLATE"
+
+#: How many instance hosts: a number, or "auto" (one per CPU core, the default).
+HOSTS_VARIABLE: Final = "NP_INSTANCE_HOSTS"
 
 #: Idle time after which an API connection is closed (SSE streams excepted, §17 a6).
 CONNECTION_TIMEOUT: Final = 60.0
@@ -117,17 +125,126 @@ def _masterSettings(config: Config) -> MasterSettings:
     )
 
 
-class MasterService(Service):
+def hostCount(environ: Mapping[str, str]) -> int:
     """
-    The master: state, supervisor, SSE hub and API on one reactor.
+    How many instance hosts C{NP_INSTANCE_HOSTS} asks for: a positive number, or C{auto}
+    (the default: one per CPU core).
+
+    @raise StartupError: anything else.
+    """
+    raw = environ.get(HOSTS_VARIABLE, "").strip().lower()
+    if raw in ("", "auto"):
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if raw.isdigit() and 0 < int(raw) <= 256:
+        return int(raw)
+    raise StartupError(f"{HOSTS_VARIABLE}={raw}: expected a number from 1 to 256 or 'auto'")
+
+
+def isolated(environ: Mapping[str, str]) -> bool:
+    """
+    Whether instances run one process each: C{NP_ISOLATE} set (not empty, not C{0}), or a
+    foreign core program in C{NP_CORE_BIN}.
+    """
+    flag = environ.get(ISOLATE_VARIABLE, "").strip()
+    return bool(environ.get(CORE_VARIABLE, "")) or flag not in ("", "0")
+
+
+class _StoreService(Service):
+    """
+    The SQLite state: opened before anything listens (a corrupt database without a usable
+    backup stops the start here, §11.6), closed last.
+    """
+
+    name = "store"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            self.store.openNow()
+        except StoreError as e:
+            raise StartupError(str(e)) from None
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+
+        async def close() -> None:
+            try:
+                await self.store.close()
+            except Exception as e:
+                log.error("Cannot close the state database: {why}", why=str(e))
+
+        return Deferred.fromCoroutine(close())
+
+
+class _APIService(Service):
+    """
+    The API's listening port: bound in C{privilegedStartService} (a port in use stops the
+    start, §17 a25), closed first at shutdown.
+    """
+
+    name = "api"
+
+    def __init__(self, listen: Any) -> None:
+        self._listen = listen
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:
+            self.port = self._listen()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+
+class _Timers(Service):
+    """
+    The periodic work (§11.5, §11.6), started once the state is restored.
+    """
+
+    name = "timers"
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._calls: list[LoopingCall] = []
+
+    def every(self, interval: float, function: Any) -> None:
+        call = LoopingCall(function)
+        call.clock = self._clock
+        call.start(interval, now=False).addErrback(lambda f: log.failure("Periodic task failed", f))
+        self._calls.append(call)
+
+    def stopService(self) -> None:
+        super().stopService()
+        for call in self._calls:
+            if call.running:
+                call.stop()
+        self._calls.clear()
+
+
+class MasterService(MultiService):
+    """
+    The master: state, instance runner, SSE hub and API on one reactor, as named children:
+    C{store}, C{hosts} (unless instances are isolated), C{api} and C{timers}.
 
     @param config: the parsed C{master://} URL.
     @param reactor: the reactor (TCP, time, processes, threads).
-    @param settings: the C{NP_*} tunables.
-    @param environ: the environment the children inherit (and C{NP_STATE_DIR},
-        C{NP_CORS_ORIGINS}).
-    @param command: the child program (tests may replace it).
-    @param out: where child output lines go (default: C{sys.stdout}).
+    @param settings: the C{NP_*} tunables, read once; instances get them from here.
+    @param environ: the master's environment: C{NP_STATE_DIR}, C{NP_CORS_ORIGINS},
+        C{NP_ISOLATE}, C{NP_INSTANCE_HOSTS}, C{NP_CORE_BIN}, and what children inherit.
+    @param command: the isolated child program (tests may replace it).
+    @param out: where instance output lines go (default: C{sys.stdout}).
+    @param fatal: told when the master cannot go on after start-up (its state cannot be
+        restored); the entry point exits with status 1.
+    @param runner: where instances run (tests may replace it); by default instance hosts,
+        or one process each when isolated.
     """
 
     name = "master"
@@ -140,36 +257,34 @@ class MasterService(Service):
         environ: Mapping[str, str],
         command: tuple[str, ...] | None = None,
         out: Any = None,
+        fatal: Any = None,
+        runner: IInstanceRunner | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         self.out = out
         self.reactor = reactor
         self.settings = settings
         self.environ = dict(environ)
+        self._fatal = fatal
         self.directory = stateDirectory(environ)
         self.masterSettings = _masterSettings(config)
         self.store = Store(self.directory, reactor)
         self.hub = EventHub(reactor, lambda: self.registry.snapshot())
-        supervisorArgs: dict[str, Any] = {}
-        core = self.environ.get(CORE_VARIABLE, "")
-        if command is not None:
-            supervisorArgs["command"] = command
-        elif core:
-            # Another core program (the Go binary, say) gets the URL as its argument.
-            supervisorArgs.update(command=(os.path.abspath(core),), urlArgument=True)
+        #: A setting that makes the start fail (reported by L{privilegedStartService}).
+        self._settingError: str | None = None
+        self.hosts: Any = None
+        if runner is None:
+            runner = self._runner(command)
         self.registry = Registry(
             reactor,
             self.store,
-            lambda observer: Supervisor(
-                reactor, observer, self.environ, settings, **supervisorArgs
-            ),
+            lambda observer: Supervisor(reactor, observer, self.environ, settings, runner=runner),
             self.hub,
             self.masterSettings,
             output=self._writeLine,
         )
         sampler = CpuSampler()
-        #: A setting that makes the start fail (reported by L{startService}, one line).
-        self._settingError: str | None = None
         try:
             cors = corsPolicyFromEnvironment(environ)
         except ValueError as e:
@@ -186,12 +301,41 @@ class MasterService(Service):
             staticDirectory(),
             readFile=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), _read, path),
         )
-        self.port: Any = None
+        _StoreService(self.store).setServiceParent(self)
+        if self.hosts is not None:
+            self.hosts.setServiceParent(self)
+        self.apiService = _APIService(self._listen)
+        self.apiService.setServiceParent(self)
+        self.timers = _Timers(reactor)
+        self.timers.setServiceParent(self)
         self.ready: Deferred[None] = Deferred()
-        self._periodic: list[LoopingCall] = []
         self._stopping: Deferred[None] | None = None
-        #: Non-zero when start-up failed after the reactor started (the CLI exits with it).
-        self.exitCode = 0
+
+    @property
+    def port(self) -> Any:
+        return self.apiService.port
+
+    def _runner(self, command: tuple[str, ...] | None) -> IInstanceRunner:
+        core = self.environ.get(CORE_VARIABLE, "")
+        if command is not None:
+            return ProcessRunner(self.reactor, self.environ, command)
+        if core:
+            # Another core program (the Go binary, say) gets the URL as its argument.
+            return ProcessRunner(
+                self.reactor, self.environ, (os.path.abspath(core),), urlArgument=True
+            )
+        if isolated(self.environ):
+            return ProcessRunner(self.reactor, self.environ)
+        from nodepass.master.hosts import HostPool
+
+        try:
+            count = hostCount(self.environ)
+        except StartupError as e:
+            self._settingError = str(e)
+            count = 1
+        self.hosts = HostPool(self.reactor, self.environ, self.settings, count)
+        runner: IInstanceRunner = self.hosts.runner
+        return runner
 
     def _writeLine(self, line: str) -> None:
         out = self.out if self.out is not None else sys.stdout
@@ -203,19 +347,14 @@ class MasterService(Service):
 
     # -- start ---------------------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
+    def privilegedStartService(self) -> None:
         if self._settingError is not None:
             raise StartupError(self._settingError)
         core = self.environ.get(CORE_VARIABLE, "")
         if core and not os.access(core, os.X_OK):
             raise StartupError(f"{CORE_VARIABLE}={core}: not an executable file")
         try:
-            self.store.openNow()
-        except StoreError as e:
-            raise StartupError(str(e)) from None
-        try:
-            self.port = self._listen()
+            super().privilegedStartService()  # the store opens, then the API port binds
         except BaseException:
             self.store.closeNow()
             raise
@@ -224,6 +363,9 @@ class MasterService(Service):
             address=self._address(),
             prefix=self.config.apiPrefix,
         )
+
+    def startService(self) -> None:
+        super().startService()
         self.reactor.callWhenRunning(self._restore)
 
     def _listen(self) -> Any:
@@ -280,24 +422,16 @@ class MasterService(Service):
 
         def failed(failure: Any) -> None:
             log.failure("Master error: cannot restore the state", failure)
-            sys.stderr.write(f"Error: cannot restore the state: {failure.value} [{os.getpid()}]\n")
-            sys.stderr.flush()
-            self.exitCode = 1
-            self.reactor.stop()
+            if self._fatal is not None:
+                self._fatal(f"cannot restore the state: {failure.value}")
 
         d.addCallbacks(self.ready.callback, failed)
         return d
 
     def _startPeriodic(self) -> None:
         # Positive: the settings refuse 0 and negative values (§17 a5).
-        self._every(self.settings.reloadInterval, self._reload)
-        self._every(TRAFFIC_FLUSH_INTERVAL, self._flushTraffic)
-
-    def _every(self, interval: float, function: Any) -> None:
-        call = LoopingCall(function)
-        call.clock = self.reactor
-        call.start(interval, now=False).addErrback(lambda f: log.failure("Periodic task failed", f))
-        self._periodic.append(call)
+        self.timers.every(self.settings.reloadInterval, self._reload)
+        self.timers.every(TRAFFIC_FLUSH_INTERVAL, self._flushTraffic)
 
     async def _backup(self) -> None:
         try:
@@ -328,33 +462,30 @@ class MasterService(Service):
     def stopService(self) -> Deferred[None]:
         if self._stopping is None:
             self._stopping = Deferred.fromCoroutine(self._stop())
-        super().stopService()
         return self._stopping
 
     async def _stop(self) -> None:
+        # The children stop in this order, not MultiService's reverse one: the streams and
+        # the port first, then the instances (through their hosts), then the hosts, and the
+        # state last, once everything that writes to it is done.
+        Service.stopService(self)
         budget = self.settings.shutdownTimeout
         started = self.reactor.seconds()
-        for call in self._periodic:
-            if call.running:
-                call.stop()
-        self._periodic.clear()
+        self.timers.stopService()
         self.api.ready = False
         # The streams hear about it first, and get a reactor turn to send it, before a
-        # hundred children start exiting at once.
+        # hundred instances start exiting at once.
         self.hub.shutdown()
         await deferLater(self.reactor, 0, lambda: None)
-        port, self.port = self.port, None
-        if port is not None:
-            await port.stopListening()
+        await self.apiService.stopService()
         if self.ready.called:
             # Keep a part of the budget for reaping killed children, the last save and the
             # database close.
             remaining = budget - (self.reactor.seconds() - started) - SHUTDOWN_RESERVE
             await self.registry.shutdown(timeout=max(0.5, remaining))
-        try:
-            await self.store.close()
-        except Exception as e:
-            log.error("Cannot close the state database: {why}", why=str(e))
+        if self.hosts is not None:
+            await self.hosts.stopService()
+        await self.getServiceNamed("store").stopService()
         log.info(
             "Master shutdown complete in {seconds:.2f}s",
             seconds=self.reactor.seconds() - started,

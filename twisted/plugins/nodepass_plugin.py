@@ -5,7 +5,7 @@ from twisted.application.service import ServiceMaker
 
 nodepassServiceMaker = ServiceMaker(
     "NodePass",
-    "nodepass.service",
+    "nodepass.tap",
     "NodePass TCP/UDP tunnel: server://, client:// or master:// URL",
     "nodepass",
 )

@@ -1,0 +1,89 @@
+"""The AMP commands between a master and its instance hosts.
+
+An instance host (L{nodepass.master.host}) is a process that runs many instances, each the
+same service tree a standalone C{nodepass URL} runs.  The master talks to it over two pipes
+(the host's descriptors 3 and 4) with L{twisted.protocols.amp}; every message about an
+instance carries its id.
+
+Master to host:
+
+  - L{StartInstance}: build and start an instance; answered once its listeners are bound
+    (or failed), after the lines it printed on the way;
+  - L{StopInstance}: stop it gracefully (or, with C{force}, at once);
+  - L{ResetCounters}: zero its traffic counters;
+  - L{Ping}: the heartbeat; a host that does not answer in time is replaced.
+
+Host to master (no answers: the stream is ordered, and a lost host is noticed anyway):
+
+  - L{InstanceLines}: output lines, exactly as a child process would print them (the
+    master reads checkpoints and error markers from them);
+  - L{InstanceExited}: the instance is gone, with the exit status a child would have had.
+
+Only this module and the standard library are imported here, so the host stays small.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+__all__ = [
+    "Block",
+    "InstanceExited",
+    "InstanceLines",
+    "Ping",
+    "ResetCounters",
+    "StartInstance",
+    "StopInstance",
+]
+
+#: Longest text AMP carries in one value (its limit is 65,535 bytes); longer lines are cut.
+MAX_VALUE = 60_000
+
+
+class StartInstance(amp.Command):
+    arguments = [
+        (b"id", amp.Unicode()),
+        (b"url", amp.Unicode()),
+        # The master's NP_* settings, read once, as JSON (field name -> value).
+        (b"settings", amp.Unicode()),
+    ]
+    response = [(b"started", amp.Boolean())]
+
+
+class StopInstance(amp.Command):
+    arguments = [(b"id", amp.Unicode()), (b"force", amp.Boolean())]
+    response = []  # type: ignore[var-annotated]
+
+
+class ResetCounters(amp.Command):
+    arguments = [(b"id", amp.Unicode())]
+    response = []  # type: ignore[var-annotated]
+
+
+class Ping(amp.Command):
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"instances", amp.Integer())]
+
+
+class Block(amp.Command):
+    """
+    Test-only: make the host's reactor stop answering for C{seconds}.  A host honours it only
+    when started with C{--test-hooks}.
+    """
+
+    arguments = [(b"seconds", amp.Float())]
+    response = []  # type: ignore[var-annotated]
+
+
+class InstanceLines(amp.Command):
+    arguments = [(b"id", amp.Unicode()), (b"lines", amp.ListOf(amp.Unicode()))]
+    requiresAnswer = False
+
+
+class InstanceExited(amp.Command):
+    arguments = [
+        (b"id", amp.Unicode()),
+        (b"code", amp.Integer(optional=True)),
+        (b"signal", amp.Integer(optional=True)),
+    ]
+    requiresAnswer = False

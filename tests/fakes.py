@@ -1,0 +1,218 @@
+"""
+In-memory fakes shared by the tests of the instance hosts (no processes, no sockets).
+
+L{HostReactor} is the master's reactor: C{spawnProcess} of an instance host gives the
+master's L{nodepass.master.hosts.HostProcess} a L{FakeHostTransport} whose descriptors 3
+and 4 are wired, through a L{Pump}, to a real L{nodepass.master.host.HostProtocol} running
+on its own L{MemoryReactorClock}.  Killing the fake host ends it as a killed process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from nodepass.master.host import HostProtocol
+
+
+class Pump:
+    """
+    Bytes waiting in both directions between a master and its fake hosts; L{flush} delivers
+    them until nothing is left (each delivery may queue answers).
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Any, bytes]] = []
+
+    def put(self, deliver: Any, data: bytes) -> None:
+        self.queue.append((deliver, data))
+
+    def flush(self) -> None:
+        rounds = 0
+        while self.queue:
+            rounds += 1
+            assert rounds < 100_000, "the pump never drains"
+            deliver, data = self.queue.pop(0)
+            deliver(data)
+
+
+class _HostSide:
+    """
+    The host protocol's transport: what it writes reaches the master's descriptor 4.
+    """
+
+    disconnecting = False
+
+    def __init__(self, fake: FakeHostTransport) -> None:
+        self._fake = fake
+
+    def write(self, data: bytes) -> None:
+        if not self._fake.ended:
+            self._fake.pump.put(lambda d: self._fake.toMaster(d), data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def getPeer(self) -> str:
+        return "master"
+
+    def getHost(self) -> str:
+        return "host"
+
+
+class FakeHostTransport:
+    """
+    The master's view of one fake instance host process.
+    """
+
+    def __init__(
+        self, protocol: Any, pid: int, pump: Pump, argv: list[str], childFDs: dict[int, str]
+    ) -> None:
+        self.protocol = protocol
+        self.pid: int | None = pid
+        self.pump = pump
+        self.argv = argv
+        self.childFDs = childFDs
+        self.signals: list[str] = []
+        self.ended = False
+        self.hostReactor = InstanceReactor()
+        self.host = HostProtocol(
+            self.hostReactor, testHooks=True, onLost=lambda: self.exit(ProcessDone(0))
+        )
+        #: While True, the host reads nothing (a blocked reactor).
+        self.blocked = False
+        self._held: list[bytes] = []
+        self.host.makeConnection(_HostSide(self))  # type: ignore[arg-type]
+
+    def toMaster(self, data: bytes) -> None:
+        if not self.ended:
+            self.protocol.childDataReceived(4, data)
+
+    def _toHost(self, data: bytes) -> None:
+        if self.ended:
+            return
+        if self.blocked:
+            self._held.append(data)
+        else:
+            self.host.dataReceived(data)
+
+    def unblock(self) -> None:
+        self.blocked = False
+        held, self._held = self._held, []
+        for data in held:
+            self.pump.put(self._toHost, data)
+
+    # IProcessTransport, as far as the master uses it
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        assert fd == 3, fd
+        self.pump.put(self._toHost, data)
+
+    def closeStdin(self) -> None:
+        pass
+
+    def closeChildFD(self, fd: int) -> None:
+        # The master closed the command channel: the host stops and exits.
+        if not self.ended:
+            self.pump.put(lambda _: self._hostLost(), b"")
+
+    def _hostLost(self) -> None:
+        # The host sees its channel close; it then exits (its onLost).
+        if not self.ended:
+            self.host.connectionLost(Failure(ProcessDone(0)))
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+        if name == "KILL" and not self.ended:
+            self.exit(ProcessTerminated(signal=9))
+
+    def exit(self, reason: Exception) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.pid = None
+        self.protocol.childConnectionLost(4)
+        self.protocol.processEnded(Failure(reason))
+
+
+class HostReactor(MemoryReactorClock):
+    """
+    The master's reactor for host tests: time, and instance hosts that live in memory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pump = Pump()
+        self.spawned: list[FakeHostTransport] = []
+        self._pid = 1000
+
+    def spawnProcess(
+        self,
+        processProtocol: Any,
+        executable: Any,
+        args: Any = (),
+        env: Any = None,
+        path: Any = None,
+        uid: Any = None,
+        gid: Any = None,
+        usePTY: Any = False,
+        childFDs: Any = None,
+    ) -> FakeHostTransport:
+        self._pid += 1
+        fake = FakeHostTransport(processProtocol, self._pid, self.pump, list(args), childFDs)
+        self.spawned.append(fake)
+        processProtocol.makeConnection(fake)
+        return fake
+
+    def killGroup(self, transport: Any) -> None:
+        transport.signalProcess("KILL")
+
+
+class _UDPPort:
+    def __init__(self, reactor: InstanceReactor, port: int, protocol: Any) -> None:
+        self._reactor = reactor
+        self.port = port
+        self.protocol = protocol
+        self.listening = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def stopReading(self) -> None:
+        pass
+
+    def startReading(self) -> None:
+        pass
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", "127.0.0.1", self.port)
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        pass
+
+
+class InstanceReactor(MemoryReactorClock):
+    """
+    A memory reactor an instance's whole tree can start on: TCP and UDP listeners are
+    recorded (C{tcpServers}, C{udpServers}), nothing is bound.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpServers: list[tuple[int, Any, str, int]] = []
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> _UDPPort:
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        udp = _UDPPort(self, port, protocol)
+        protocol.makeConnection(udp)
+        return udp
