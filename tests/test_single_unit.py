@@ -26,6 +26,7 @@ from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.tunnel.single import SingleEnd
 from nodepass.url import parse
+from tests.support import instanceLogger
 
 URL = "client://127.0.0.1:9000/127.0.0.1:80?mode=1"
 USER = IPv4Address("TCP", "198.51.100.9", 40001)
@@ -257,6 +258,41 @@ class SingleEndTests(SynchronousTestCase):
         )
         self.assertEqual(service.ping, 0)
         self.successResultOf(service.stopService())
+
+    # -- whose log -------------------------------------------------------------------------
+
+    def test_logsThroughTheInstanceLogger(self) -> None:
+        """
+        Given a logger, every line of the forwarder and of what it made
+        (accepted connections, its target dialer, the CHECK_POINT) goes to
+        it and none to the process-global publisher: several instances share
+        one process.
+        """
+        log, mine, seenGlobally = instanceLogger(self)
+        config = parse(URL + "&slot=1&log=debug")
+        resolver = Resolver(self.reactor, config.dnsTTL, self.lookup, log=log)
+        service = SingleEnd(config, self.reactor, Settings(), resolver, log=log)
+        service.bind()
+        self.accept(service)
+        self.accept(service)  # over the slot limit
+        self.reactor.tcpClients[0][2].clientConnectionFailed(
+            self.reactor.connectors[0], Failure(ConnectionRefusedError())
+        )
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertEqual(
+            [formatEvent(event) for event in mine],
+            [
+                "Tunnel connection: 10.0.0.1:12345 <-> 198.51.100.9:40001",
+                "singleTCPLoop: TCP slot limit reached: 1/1",
+                "Target 127.0.0.1:80 failed: Connection was refused by other side.",
+                "singleTCPLoop: dialWithRotation failed: "
+                "dial 127.0.0.1:80 failed: Connection was refused by other side.",
+                "CHECK_POINT|MODE=1|PING=0ms|POOL=0|TCPS=0|UDPS=0|TCPRX=0|TCPTX=0|UDPRX=0|UDPTX=0",
+                "Client shutdown complete",
+            ],
+        )
+        self.assertEqual(seenGlobally, [])
 
     # -- slots -------------------------------------------------------------------------------
 

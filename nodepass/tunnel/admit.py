@@ -19,8 +19,6 @@ from nodepass import sniff
 from nodepass.limits import Slots
 from nodepass.relay import RelayProtocol
 
-log = Logger()
-
 
 def hostPort(address: Any) -> str:
     """
@@ -33,13 +31,20 @@ def hostPort(address: Any) -> str:
 
 class AdmittedUser(RelayProtocol):
     """
-    Subclasses set L{loop} (the log prefix) and implement L{slots},
+    Subclasses set L{loop} (the log prefix) and implement L{log}, L{slots},
     L{block} and L{proceed}.
     """
 
     loop = "commonTCPLoop"
     hasSlot = False
     sniffing = False
+
+    @property
+    def log(self) -> Logger:
+        """
+        The logger of the instance that accepted the connection.
+        """
+        raise NotImplementedError
 
     @property
     def slots(self) -> Slots:
@@ -65,7 +70,7 @@ class AdmittedUser(RelayProtocol):
         """
         slots = self.slots
         if not slots.tryAcquire("tcp"):
-            log.error(
+            self.log.error(
                 "{loop}: TCP slot limit reached: {used}/{limit}",
                 loop=self.loop,
                 used=slots.tcp + slots.udp,
@@ -100,7 +105,7 @@ class AdmittedUser(RelayProtocol):
         self.sniffing = False
         blocked = sniff.detect(b"".join(self.pending)[: sniff.PEEK_SIZE], self.block)
         if blocked is not None:
-            log.warn(
+            self.log.warn(
                 "{loop}: blocked {proto} protocol from {peer}",
                 loop=self.loop,
                 proto=blocked,

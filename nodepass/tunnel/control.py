@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nodepass.errors import NodePassError
+from nodepass.log import defaultLogger
 
 __all__ = [
     "ControlChannel",
@@ -41,8 +42,6 @@ __all__ = [
     "decodeSignal",
     "encodeSignal",
 ]
-
-log = Logger()
 
 
 @attrs.frozen
@@ -330,6 +329,8 @@ class ControlChannel:
         handler: ControlHandler,
         reportInterval: float = 5.0,
         maxLine: int = 65536,
+        *,
+        log: Logger | None = None,
     ) -> None:
         """
         @param key: the tunnel key (not empty).
@@ -338,12 +339,15 @@ class ControlChannel:
         @param handler: receives signals, pongs, ticks and the failure.
         @param reportInterval: the C{report} period in seconds (positive).
         @param maxLine: the longest acceptable line, newline excluded.
+        @param log: the instance's logger (by default, one publishing to the
+            global log publisher).
         """
         _keyBytes(key)
         if reportInterval <= 0:
             raise ValueError(f"reportInterval must be positive, not {reportInterval!r}")
         if maxLine < 1:
             raise ValueError(f"maxLine must be positive, not {maxLine!r}")
+        self.log = log if log is not None else defaultLogger()
         self._key = key
         self._clock = clock
         self._write = write
@@ -443,7 +447,7 @@ class ControlChannel:
         try:
             signal = decodeSignal(self._key, line)
         except SignalError as e:
-            log.warn(
+            self.log.warn(
                 "commonQueue: {stage} signal failed: {reason}",
                 stage=e.stage,
                 reason=str(e),
@@ -457,7 +461,7 @@ class ControlChannel:
             else:
                 self._handler.signal(signal)
         except Exception:
-            log.failure("control signal {action!r} handling failed", action=signal.action)
+            self.log.failure("control signal {action!r} handling failed", action=signal.action)
 
     def _sincePing(self) -> int:
         if self.lastPingAt is None:
@@ -482,7 +486,7 @@ class ControlChannel:
         try:
             flush = self._handler.tick()
         except Exception:
-            log.failure("control health check failed")
+            self.log.failure("control health check failed")
             flush = False
         if self._done:
             return
@@ -493,7 +497,7 @@ class ControlChannel:
             self._ping()
 
     def _tickerFailed(self, failure: Failure) -> None:
-        log.failure("control ticker failed", failure)
+        self.log.failure("control ticker failed", failure)
 
     def _timedOut(self) -> None:
         self._silence = None

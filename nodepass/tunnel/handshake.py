@@ -37,6 +37,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from nodepass.errors import NodePassError
+from nodepass.log import defaultLogger
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -57,8 +58,6 @@ __all__ = [
     "handshakeFactory",
     "token",
 ]
-
-log = Logger()
 
 EXT_HEADER = b"X-NodePass-Ext"
 """The request header by which our client offers the extensions of spec §16.1."""
@@ -310,6 +309,9 @@ class HandshakeResource(Resource):
     C{announce} may decline the extensions (return C{ext=False} when asked)
     but never impose them: a config with C{ext} set is sent and passed on
     with C{ext=False} to a client that did not ask.
+
+    C{log} is the instance's logger (by default, one publishing to the
+    global log publisher).
     """
 
     isLeaf = True
@@ -319,8 +321,11 @@ class HandshakeResource(Resource):
         key: str,
         announce: Callable[[bool], TunnelConfig],
         onAccepted: Callable[[str, TunnelConfig], None],
+        *,
+        log: Logger | None = None,
     ) -> None:
         super().__init__()
+        self.log = log if log is not None else defaultLogger()
         self._token = token(key).encode("ascii")
         self._announce = announce
         self._onAccepted = onAccepted
@@ -352,17 +357,17 @@ class HandshakeResource(Resource):
             config = attrs.evolve(config, ext=False)
         self._completed = True
         _respond(request, 200, b"application/json", encodeConfig(config))
-        log.debug("Tunnel handshake accepted from {peer}", peer=peer)
+        self.log.debug("Tunnel handshake accepted from {peer}", peer=peer)
         try:
             self._onAccepted(peer, config)
         except Exception:
             # The response is already out; a failing callback is a bug of the
             # caller, reported here rather than as a bogus 500.
-            log.failure("Tunnel handshake: onAccepted failed")
+            self.log.failure("Tunnel handshake: onAccepted failed")
         return NOT_DONE_YET
 
     def _reject(self, request: Request, peer: str, code: int, text: str) -> int:
-        emit = log.warn if code == 401 else log.debug
+        emit = self.log.warn if code == 401 else self.log.debug
         emit(
             "Tunnel handshake rejected from {peer}: {code} {text}", peer=peer, code=code, text=text
         )

@@ -27,9 +27,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.errors import NodePassError
+from nodepass.log import defaultLogger
 from nodepass.relay import RelayProtocol
-
-log = Logger()
 
 CONTROL_ID = "00000000"
 
@@ -187,12 +186,18 @@ class _Waiter:
 class Pool:
     """
     Parked pool connections and the two ways to take them out.
+
+    @param log: the instance's logger (by default, one publishing to the
+        global log publisher).
     """
 
     #: Whether this side reads the 4 ID bytes (client) or writes them (server).
     readsID = False
 
-    def __init__(self, clock: IReactorTime, getTimeout: float = 5.0) -> None:
+    def __init__(
+        self, clock: IReactorTime, getTimeout: float = 5.0, *, log: Logger | None = None
+    ) -> None:
+        self.log = log if log is not None else defaultLogger()
         self.clock = clock
         self.getTimeout = getTimeout
         self.idle: OrderedDict[str, PoolConnection] = OrderedDict()
@@ -362,8 +367,10 @@ class ServerPool(Pool):
         clientIP: str | None = None,
         getTimeout: float = 5.0,
         randomBytes: Callable[[int], bytes] = os.urandom,
+        *,
+        log: Logger | None = None,
     ) -> None:
-        super().__init__(clock, getTimeout)
+        super().__init__(clock, getTimeout, log=log)
         self.maxSize = max(1, maxSize)
         self.clientIP = clientIP
         self._random = randomBytes
@@ -390,7 +397,7 @@ class ServerPool(Pool):
             return
         peer: Any = conn.transport.getPeer()  # type: ignore[union-attr]
         if self.clientIP is not None and getattr(peer, "host", None) != self.clientIP:
-            log.debug("Pool connection from {peer} refused: not the handshake IP", peer=peer)
+            self.log.debug("Pool connection from {peer} refused: not the handshake IP", peer=peer)
             conn.close()
             return
         ident = self._nextID()
@@ -426,8 +433,10 @@ class ClientPool(Pool):
         getTimeout: float = 5.0,
         minInterval: float = 0.1,
         maxInterval: float = 1.0,
+        *,
+        log: Logger | None = None,
     ) -> None:
-        super().__init__(clock, getTimeout)
+        super().__init__(clock, getTimeout, log=log)
         minSize, maxSize = max(1, minSize), max(1, maxSize)
         if minSize > maxSize:
             minSize, maxSize = maxSize, minSize
@@ -508,7 +517,7 @@ class ClientPool(Pool):
         def failed(reason: Failure) -> None:
             self._connecting.discard(conn)
             self.dialFailures += 1
-            log.debug("Pool dial failed: {reason}", reason=reason.getErrorMessage())
+            self.log.debug("Pool dial failed: {reason}", reason=reason.getErrorMessage())
             if not done.called:
                 done.callback(False)
 
@@ -544,7 +553,7 @@ class ClientPool(Pool):
                     # Once per pool: a certificate the client does not trust
                     # fails every connection the same way.
                     self._tlsWarned = True
-                    log.warn(
+                    self.log.warn(
                         "Pool connection TLS handshake failed: {reason}",
                         reason=reason.getErrorMessage(),
                     )

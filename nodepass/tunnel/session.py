@@ -23,15 +23,13 @@ from nodepass import proxyproto
 from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
-from nodepass.log import checkpointLine, logEvent
+from nodepass.log import checkpointLine, defaultLogger, logEvent
 from nodepass.relay import Counters, IdleTimer, Relay, RelayProtocol, Throttle
 from nodepass.settings import Settings
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
 from nodepass.tunnel.pool import Pool, PoolConnection
 from nodepass.url import Config
-
-log = Logger()
 
 
 class _NoSlot(Exception):
@@ -54,7 +52,9 @@ def splitRemote(remote: str) -> tuple[str, int]:
 class Shared:
     """
     What lives for the whole process, across restarts: counters, slots, the
-    rate limiter, the target dialer.
+    rate limiter, the target dialer, and the instance's logger (C{log}; by
+    default, one publishing to the global log publisher), which every
+    session logs through.
     """
 
     def __init__(
@@ -64,7 +64,10 @@ class Shared:
         settings: Settings,
         dialer: TargetDialer,
         counters: Counters,
+        *,
+        log: Logger | None = None,
     ) -> None:
+        self.log = log if log is not None else defaultLogger()
         self.config = config
         self.reactor = reactor
         self.settings = settings
@@ -117,6 +120,10 @@ class _User(AdmittedUser):
     factory: _UserFactory
 
     @property
+    def log(self) -> Logger:
+        return self.factory.session.log
+
+    @property
     def slots(self) -> Slots:
         return self.factory.session.shared.slots
 
@@ -143,14 +150,16 @@ class _User(AdmittedUser):
             conn.close()
             return
         session.control.send(Signal("tcp", remote=self.peerText, id=conn.ident))
-        log.debug("TCP launch signal: cid {id} -> {peer}", id=conn.ident, peer=self.peerText)
+        session.log.debug(
+            "TCP launch signal: cid {id} -> {peer}", id=conn.ident, peer=self.peerText
+        )
         poolPeer: Any = conn.transport.getPeer()  # type: ignore[union-attr]
-        log.info("Starting exchange: {a} <-> {b}", a=self.peerText, b=hostPort(poolPeer))
+        session.log.info("Starting exchange: {a} <-> {b}", a=self.peerText, b=hostPort(poolPeer))
         session.relay(self, conn)
         self.gate.resume("connect")
 
     def _timeout(self, reason: Failure) -> None:
-        log.warn("commonTCPLoop: request timeout: {reason}", reason=reason.getErrorMessage())
+        self.log.warn("commonTCPLoop: request timeout: {reason}", reason=reason.getErrorMessage())
         if not self.closed:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -238,6 +247,8 @@ class _EntryUDP(DatagramProtocol):
     adopts it).
     """
 
+    # Twisted's "Starting protocol" lines would go to the global log, not the instance's.
+    noisy = False
     session: Session
 
     def __init__(self, session: Session | None, clock: Any) -> None:
@@ -263,7 +274,7 @@ class _EntryUDP(DatagramProtocol):
         udp = self.sessions.get(addr)
         if udp is None:
             if not shared.slots.tryAcquire("udp"):
-                log.error(
+                session.log.error(
                     "commonUDPLoop: UDP slot limit reached: {udp}/{limit}",
                     udp=shared.slots.udp,
                     limit=shared.slots.limit,
@@ -282,7 +293,7 @@ class _EntryUDP(DatagramProtocol):
                 udp.attached(conn)
 
             def failed(reason: Failure, udp: _EntryUDPSession = udp) -> None:
-                log.warn(
+                session.log.warn(
                     "commonUDPLoop: request timeout: {reason}", reason=reason.getErrorMessage()
                 )
                 udp.end()
@@ -295,6 +306,8 @@ class _ExitUDPSession(DatagramProtocol):
     """
     The exit side of one UDP flow: a connected socket towards the target.
     """
+
+    noisy = False
 
     def __init__(self, session: Session, key: str, conn: PoolConnection) -> None:
         self.session = session
@@ -339,7 +352,7 @@ class _ExitUDPSession(DatagramProtocol):
         self.conn.write(self.codec.encode(data))
 
     def connectionRefused(self) -> None:
-        log.debug("UDP target refused datagrams for {key}", key=self.key)
+        self.session.log.debug("UDP target refused datagrams for {key}", key=self.key)
 
     def connectionLost(self, reason: Any = None) -> None:  # type: ignore[override]
         # Called both as the pool connection's consumer and by the UDP port.
@@ -401,6 +414,7 @@ class Session:
         poolHalfClose: bool = True,
     ) -> None:
         self.shared = shared
+        self.log = shared.log
         self.clock = shared.reactor
         self.pool = pool
         self.role = role
@@ -429,6 +443,7 @@ class Session:
             control.write,
             self,
             shared.settings.reportInterval,
+            log=self.log,
         )
 
     # -- lifecycle ---------------------------------------------------------
@@ -451,7 +466,7 @@ class Session:
         self.control.start()
         self.controlConn.attach(_ControlConsumer(self))
         if self.tlsMode:
-            log.info("TLS certificate fingerprint verifying...")
+            self.log.info("TLS certificate fingerprint verifying...")
             Deferred.fromCoroutine(self._sendVerify()).addErrback(self._verifyFailed)
         self._maybeOpen()
 
@@ -519,7 +534,7 @@ class Session:
     def _relayEnded(self, relay: Relay) -> None:
         self.relays.discard(relay)
         self.shared.slots.release("tcp")
-        log.info("Exchange complete: EOF")
+        self.log.info("Exchange complete: EOF")
 
     # -- control handler -------------------------------------------------------
 
@@ -540,7 +555,7 @@ class Session:
         elif signal.action == "flush":
             self.pool.flush()
         else:
-            log.debug("Ignoring unknown signal {action}", action=signal.action)
+            self.log.debug("Ignoring unknown signal {action}", action=signal.action)
 
     def pong(self, pingMs: int) -> None:
         self.ping = pingMs
@@ -550,7 +565,7 @@ class Session:
         shared = self.shared
         counters = shared.counters
         logEvent(
-            log,
+            self.log,
             checkpointLine(
                 self.mode,
                 self.ping,
@@ -566,7 +581,7 @@ class Session:
 
     def tick(self) -> bool:
         if self.pool.errors > self.pool.idleCount // 2:
-            log.debug("Pool health: flushing after {n} errors", n=self.pool.errors)
+            self.log.debug("Pool health: flushing after {n} errors", n=self.pool.errors)
             self.pool.flush()
             return True
         return False
@@ -576,7 +591,7 @@ class Session:
 
     def _logged(self, reason: Failure, where: str) -> None:
         if not self.stopped:
-            log.error("{where}: {reason}", where=where, reason=reason.getErrorMessage())
+            self.log.error("{where}: {reason}", where=where, reason=reason.getErrorMessage())
 
     # -- exit side ------------------------------------------------------------
 
@@ -596,7 +611,7 @@ class Session:
             raise SessionError(f"pool connection {signal.id} was already closed")
         slots = self.shared.slots
         if not slots.tryAcquire(kind):
-            log.error(
+            self.log.error(
                 "common{kind}Once: {kind} slot limit reached: {used}/{limit}",
                 kind=kind.upper(),
                 used=slots.tcp + slots.udp,
@@ -632,7 +647,7 @@ class Session:
                 target.transport.loseConnection()  # type: ignore[union-attr]
                 raise SessionError(f"sendProxyHeader failed: {reason}") from None
             target.transport.write(header)  # type: ignore[union-attr]
-        log.info("Starting exchange: {a} <-> {b}", a=signal.remote, b=hostPort(targetAddress))
+        self.log.info("Starting exchange: {a} <-> {b}", a=signal.remote, b=hostPort(targetAddress))
         if self.stopped and conn.closed:
             target.transport.loseConnection()  # type: ignore[union-attr]
         self.relay(target, conn)
@@ -688,7 +703,7 @@ class Session:
             fingerprint = self._fingerprintOf(conn)
         if not fingerprint:
             raise SessionError("incomingVerify: no TLS certificate on the pool connection")
-        log.debug("TLS verify signal: cid {id} -> peer", id=conn.ident)
+        self.log.debug("TLS verify signal: cid {id} -> peer", id=conn.ident)
         self._sentVerify[conn.ident] = fingerprint
         self.control.send(Signal("verify", id=conn.ident, fp=fingerprint))
         conn.close()
@@ -715,7 +730,7 @@ class Session:
             raise SessionError(
                 f"outgoingVerify: certificate fingerprint mismatch: server: {mine} - client: {theirs}"
             )
-        log.info("TLS certificate fingerprint verified: {fp}", fp=signal.fp)
+        self.log.info("TLS certificate fingerprint verified: {fp}", fp=signal.fp)
         self.verified = True
         self._maybeOpen()
 
@@ -736,5 +751,5 @@ class Session:
         if self.stopped:
             return
         message = reason.getErrorMessage()
-        log.error("{message}", message=message)
+        self.log.error("{message}", message=message)
         self.fail(message)

@@ -24,15 +24,12 @@ from nodepass import proxyproto, sniff
 from nodepass.balance import TargetDialer, Targets, connectTCP
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
-from nodepass.log import checkpointLine, logEvent, wants
+from nodepass.log import checkpointLine, defaultLogger, logEvent, wants
 from nodepass.relay import Counters, IdleTimer, Relay, RelayProtocol, Throttle
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.url import Config, HostPort
-
-log = Logger()
-
 
 #: Read size and write-buffer high-water mark of relayed TCP connections.
 #: Twisted's default is 64 KiB; 128 KiB cut the CPU time per relayed byte by
@@ -70,6 +67,10 @@ class _Inbound(AdmittedUser):
     loop = "singleTCPLoop"
 
     @property
+    def log(self) -> Logger:
+        return self.factory.forwarder.log
+
+    @property
     def slots(self) -> Slots:
         return self.factory.forwarder.slots
 
@@ -85,7 +86,7 @@ class _Inbound(AdmittedUser):
         forwarder.inbound.add(self)
         _tune(self.transport)
         if forwarder.logDebug:
-            log.debug(
+            forwarder.log.debug(
                 "Tunnel connection: {local} <-> {peer}",
                 local=hostPort(self.transport.getHost()),  # type: ignore[union-attr]
                 peer=self.peerText,
@@ -111,7 +112,7 @@ class _Inbound(AdmittedUser):
         _tune(target.transport)
         targetHost: Any = target.transport.getPeer()  # type: ignore[union-attr]
         if forwarder.logDebug:
-            log.debug(
+            forwarder.log.debug(
                 "Target connection: {local} <-> {target}",
                 local=hostPort(target.transport.getHost()),  # type: ignore[union-attr]
                 target=hostPort(targetHost),
@@ -125,13 +126,15 @@ class _Inbound(AdmittedUser):
                     (targetHost.host, targetHost.port),
                 )
             except ValueError as reason:
-                log.error("singleTCPLoop: sendProxyHeader failed: {reason}", reason=reason)
+                forwarder.log.error(
+                    "singleTCPLoop: sendProxyHeader failed: {reason}", reason=reason
+                )
                 target.transport.loseConnection()  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             target.transport.write(header)  # type: ignore[union-attr]
         if forwarder.logInfo:
-            log.info(
+            forwarder.log.info(
                 "Starting exchange: {peer} <-> {target}",
                 peer=self.peerText,
                 target=hostPort(targetHost),
@@ -149,7 +152,7 @@ class _Inbound(AdmittedUser):
         self.gate.resume("connect")
 
     def _dialFailed(self, reason: Failure) -> None:
-        log.error(
+        self.log.error(
             "singleTCPLoop: dialWithRotation failed: {reason}", reason=reason.getErrorMessage()
         )
         if not self.closed:
@@ -174,6 +177,9 @@ class _UDPSession(DatagramProtocol):
     towards the target.  Ends after C{udpReadTimeout} seconds without traffic
     in either direction.
     """
+
+    # Twisted's "Starting protocol" lines would go to the global log, not the instance's.
+    noisy = False
 
     def __init__(self, forwarder: SingleEnd, source: tuple[str, int]) -> None:
         self.forwarder = forwarder
@@ -219,7 +225,7 @@ class _UDPSession(DatagramProtocol):
             self.port.startReading()  # type: ignore[attr-defined]
 
     def connectionRefused(self) -> None:
-        log.debug("UDP target refused datagrams from {source}", source=self.source)
+        self.forwarder.log.debug("UDP target refused datagrams from {source}", source=self.source)
 
     def end(self) -> Deferred[None]:
         if self.ended:
@@ -234,6 +240,8 @@ class _UDPSession(DatagramProtocol):
 
 
 class _UDPListener(DatagramProtocol):
+    noisy = False
+
     def __init__(self, forwarder: SingleEnd) -> None:
         self.forwarder = forwarder
         self.throttle = Throttle(forwarder.clock, self._pauseReading, self._resumeReading)
@@ -262,6 +270,9 @@ class SingleEnd(Service):
     """
     The single-end forwarder service.  Binding happens in C{startService};
     a failure raises L{StartupError}.
+
+    @param log: the instance's logger, which everything the forwarder makes
+        logs through (by default, one publishing to the global log publisher).
     """
 
     name = "single-end"
@@ -276,7 +287,10 @@ class SingleEnd(Service):
         settings: Settings,
         resolver: Resolver,
         counters: Counters | None = None,
+        *,
+        log: Logger | None = None,
     ) -> None:
+        self.log = log if log is not None else defaultLogger()
         self.config = config
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -296,6 +310,7 @@ class SingleEnd(Service):
             resolver,
             settings.tcpDialTimeout,
             None if config.dial == "auto" else config.dial,
+            log=self.log,
         )
         self.tcpPort: IListeningPort | None = None
         self.udpPort: IListeningPort | None = None
@@ -365,7 +380,7 @@ class SingleEnd(Service):
         drained = self._drainRelays()
         waits.append(drained)
         done = DeferredList(waits, consumeErrors=True)
-        done.addCallback(lambda _: log.info("Client shutdown complete"))
+        done.addCallback(lambda _: self.log.info("Client shutdown complete"))
         return done  # type: ignore[return-value]
 
     def _drainRelays(self) -> Deferred[None]:
@@ -387,7 +402,7 @@ class SingleEnd(Service):
         self.relays.discard(relay)
         self.slots.release("tcp")
         if self.logInfo:
-            log.info("Exchange complete: EOF")
+            self.log.info("Exchange complete: EOF")
         drained = getattr(self, "_drained", None)
         if drained is not None and not self.relays and not drained.called:
             drained.callback(None)
@@ -396,7 +411,7 @@ class SingleEnd(Service):
 
     def openUDPSession(self, source: Any) -> _UDPSession | None:
         if not self.slots.tryAcquire("udp"):
-            log.error(
+            self.log.error(
                 "singleUDPLoop: UDP slot limit reached: {udp}/{limit}",
                 udp=self.slots.udp,
                 limit=self.slots.limit,
@@ -420,7 +435,7 @@ class SingleEnd(Service):
                 0, session, interface=interface, maxPacketSize=self.settings.udpBufferSize
             )
             session.transport.connect(ip, target.port)  # type: ignore[union-attr]
-            log.debug(
+            self.log.debug(
                 "Target connection: {source} <-> {target}",
                 source=hostPort(self.udpPort.getHost()) if self.udpPort else "?",  # type: ignore[attr-defined]
                 target=target,
@@ -428,7 +443,7 @@ class SingleEnd(Service):
             session.opened(port)
 
         def failed(reason: Failure) -> None:
-            log.error("singleUDPLoop: {reason}", reason=reason.getErrorMessage())
+            self.log.error("singleUDPLoop: {reason}", reason=reason.getErrorMessage())
             session.end()
 
         d.addCallback(resolved).addErrback(failed)
@@ -448,7 +463,7 @@ class SingleEnd(Service):
         """
         counters = self.counters
         logEvent(
-            log,
+            self.log,
             checkpointLine(
                 1,
                 self.ping,
