@@ -1,21 +1,32 @@
 """
 The restart loop of a tunnel peer (L{nodepass.tunnel.peer.TunnelPeer}): the pause between
-two cycles grows only while attempts keep failing.
+two cycles grows only while attempts keep failing.  And whose log a tunnel server's and a
+tunnel client's lines go to.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import succeed
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from nodepass.balance import TargetDialer, Targets
 from nodepass.relay import Counters
+from nodepass.resolve import Resolver
 from nodepass.settings import Settings
+from nodepass.transports.websocket import ws
+from nodepass.tunnel.client import TunnelClient
 from nodepass.tunnel.peer import MAX_BACKOFF, TunnelPeer
+from nodepass.tunnel.server import TunnelServer
 from nodepass.tunnel.session import Shared
-from nodepass.url import parse
+from nodepass.url import Config, parse
+from tests.support import instanceLogger
 
 URL = "server://127.0.0.1:10101/127.0.0.1:8080"
 
@@ -78,3 +89,114 @@ class BackoffTests(SynchronousTestCase):
 
     def test_backoffIsCapped(self) -> None:
         self.assertEqual(self.pauses([False] * 9)[-1], MAX_BACKOFF)
+
+
+class UDPPort:
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.listening = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+
+class Reactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} that also binds UDP (a server checks its tunnel port's UDP twin).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpPorts: list[UDPPort] = []
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> UDPPort:
+        bound = UDPPort(protocol)
+        self.udpPorts.append(bound)
+        return bound
+
+
+def noLookup(host: str) -> Deferred[str]:
+    raise AssertionError(f"unexpected lookup of {host!r}")
+
+
+def shared(config: Config, reactor: MemoryReactorClock, log: Logger) -> tuple[Shared, Resolver]:
+    """
+    What a composition root builds around a peer, all logging through C{log}.
+    """
+    resolver = Resolver(reactor, 300.0, noLookup, log=log)
+    targets = Targets(config.targets, config.lbs, reactor)
+    dialer = TargetDialer(reactor, targets, resolver, 5.0, log=log)
+    return Shared(config, reactor, Settings(), dialer, Counters(), log=log), resolver
+
+
+class InstanceLogTests(SynchronousTestCase):
+    """
+    Given a logger, a peer's lines and those of what it builds go to it, none to the
+    process-global publisher: several instances share one process.
+    """
+
+    def test_server(self) -> None:
+        log, mine, seenGlobally = instanceLogger(self)
+        reactor = Reactor()
+        config = parse("server://secret@127.0.0.1:10101/127.0.0.1:8080?mode=2&type=2")
+        server = TunnelServer(
+            config,
+            reactor,
+            Settings(),
+            shared(config, reactor, log)[0],
+            None,
+            transport=ws,
+            log=log,
+        )
+        # The WebSocket transport logs: the server uses its own copy, on our logger.
+        self.assertIsNot(server.transport, ws)
+        self.assertIs(server.transport.log, log)
+        server.bind()
+        self.assertEqual([port.listening for port in reactor.udpPorts], [False])
+        server.startService()
+        # A handshake with the wrong key is refused with a warning (by the handshake resource).
+        channel = reactor.tcpServers[0][1].buildProtocol(None)
+        channel.makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.9", 40001))
+        )
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")
+        self.successResultOf(server.stopService())
+        self.assertEqual(
+            [formatEvent(event) for event in mine],
+            [
+                "Pending tunnel handshake...",
+                "Tunnel handshake rejected from 198.51.100.9: 401 Unauthorized",
+                "Server shutdown complete",
+            ],
+        )
+        self.assertEqual(seenGlobally, [])
+
+    def test_client(self) -> None:
+        """
+        The C{Client error:} line a master watches for is one of them.
+        """
+        log, mine, seenGlobally = instanceLogger(self)
+        reactor = MemoryReactorClock()
+        config = parse("client://secret@127.0.0.1:10101/127.0.0.1:8080?mode=2")
+        common, resolver = shared(config, reactor, log)
+        client = TunnelClient(config, reactor, Settings(), common, resolver, log=log)
+        client.startService()
+        # The handshake's connection is refused.
+        reactor.tcpClients[0][2].clientConnectionFailed(
+            reactor.connectors[0], Failure(ConnectionRefusedError())
+        )
+        # HostnameEndpoint gives up at its next attempt tick; the restart pause is longer.
+        reactor.advance(0.3)
+        self.successResultOf(client.stopService())
+        self.assertEqual(
+            [formatEvent(event) for event in mine],
+            [
+                "Pending tunnel handshake...",
+                "Client error: tunnelHandshake: GET http://127.0.0.1:10101/: "
+                "Connection was refused by other side.",
+                "Client shutdown complete",
+            ],
+        )
+        self.assertEqual(seenGlobally, [])

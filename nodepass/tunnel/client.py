@@ -18,14 +18,12 @@ from twisted.web.client import Agent
 from nodepass import tls
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
-from nodepass.transports import PoolAddress, forType
+from nodepass.transports import PoolAddress, forInstance, forType
 from nodepass.tunnel.handshake import clientHandshake
 from nodepass.tunnel.peer import TunnelPeer
 from nodepass.tunnel.pool import ClientPool, PoolConnection
 from nodepass.tunnel.session import Session, Shared
 from nodepass.url import Config
-
-log = Logger()
 
 
 class TunnelClient(TunnelPeer):
@@ -39,11 +37,25 @@ class TunnelClient(TunnelPeer):
         settings: Settings,
         shared: Shared,
         resolver: Resolver,
+        *,
+        log: Logger | None = None,
     ) -> None:
-        super().__init__(config, reactor, settings, shared)
+        super().__init__(config, reactor, settings, shared, log=log)
         self.resolver = resolver
         self._agent = Agent(reactor)
         self._creators: dict[tuple[int, tuple[bytes, ...]], Any] = {}
+        self._transports: dict[str, Any] = {}
+
+    def _transport(self, typeCode: str) -> Any:
+        """
+        The pool transport the server announced, as this instance uses it
+        (its own copy, logging through our logger, when the transport logs).
+        """
+        transport = self._transports.get(typeCode)
+        if transport is None:
+            transport = forInstance(forType(typeCode), self.log)
+            self._transports[typeCode] = transport
+        return transport
 
     def _creator(self, mode: int, alpn: list[bytes] | None = None) -> Any:
         key = (mode, tuple(alpn or ()))
@@ -78,7 +90,7 @@ class TunnelClient(TunnelPeer):
     async def cycle(self) -> None:
         config = self.config
         settings = self.settings
-        log.info("Pending tunnel handshake...")
+        self.log.info("Pending tunnel handshake...")
         tunnelConfig = await clientHandshake(
             self._agent,
             config.tunnel.text,
@@ -92,7 +104,7 @@ class TunnelClient(TunnelPeer):
         self.ext = tunnelConfig.ext
         self.logTunnelConfig("Loading", tunnelConfig)
         tlsMode = int(tunnelConfig.tls) if tunnelConfig.tls in ("1", "2") else 0
-        transport = forType(tunnelConfig.type)
+        transport = self._transport(tunnelConfig.type)
         pool = ClientPool(
             self.reactor,
             self._dialer(transport, tlsMode),
@@ -102,6 +114,7 @@ class TunnelClient(TunnelPeer):
             getTimeout=settings.poolGetTimeout,
             minInterval=settings.minPoolInterval,
             maxInterval=settings.maxPoolInterval,
+            log=self.log,
         )
         pool.start()
         control = await self.awaitControl(pool, started)
@@ -135,5 +148,7 @@ class TunnelClient(TunnelPeer):
                 done = disconnectAll()
                 if isinstance(done, Deferred):
                     done.addErrback(
-                        lambda failure: log.failure("Dropping pool connections failed", failure)
+                        lambda failure: self.log.failure(
+                            "Dropping pool connections failed", failure
+                        )
                     )

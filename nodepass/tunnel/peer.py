@@ -19,14 +19,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from nodepass.log import checkpointLine, logEvent
+from nodepass.log import checkpointLine, defaultLogger, logEvent
 from nodepass.relay import Counters
 from nodepass.settings import Settings
 from nodepass.tunnel.pool import CONTROL_ID, Pool, PoolConnection
 from nodepass.tunnel.session import Session, Shared, _EntryUDP, _UserFactory
 from nodepass.url import Config, describe
-
-log = Logger()
 
 #: Upper bound of the backoff between our own peers.
 MAX_BACKOFF = 30.0
@@ -36,13 +34,26 @@ class TunnelPeer(Service):
     """
     Base class of L{nodepass.tunnel.server.TunnelServer} and
     L{nodepass.tunnel.client.TunnelClient}.
+
+    @param log: the instance's logger, which everything the peer makes
+        (handshake, pool, sessions, transport connections) logs through; by
+        default, one publishing to the global log publisher.
     """
 
     role = "Peer"
     #: Appended to a bind failure message (mode 0 fallback explanations).
     fallbackMessage = ""
 
-    def __init__(self, config: Config, reactor: Any, settings: Settings, shared: Shared) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        settings: Settings,
+        shared: Shared,
+        *,
+        log: Logger | None = None,
+    ) -> None:
+        self.log = log if log is not None else defaultLogger()
         self.config = config
         self.reactor = reactor
         self.settings = settings
@@ -116,11 +127,13 @@ class TunnelPeer(Service):
             except CancelledError:
                 if self.stopping:
                     return
-                log.error("{role} error: cancelled", role=self.role)
+                self.log.error("{role} error: cancelled", role=self.role)
             except Exception as error:
                 if self.stopping:
                     return
-                log.error("{role} error: {error}", role=self.role, error=str(error) or repr(error))
+                self.log.error(
+                    "{role} error: {error}", role=self.role, error=str(error) or repr(error)
+                )
             await self._endSession()
             if self.stopping:
                 return
@@ -133,7 +146,7 @@ class TunnelPeer(Service):
             await deferLater(self.reactor, self._pause())
             if self.stopping:
                 return
-            log.info("{role} restart: {url}", role=self.role, url=describe(self.config))
+            self.log.info("{role} restart: {url}", role=self.role, url=describe(self.config))
 
     def _pause(self) -> float:
         cooldown = self.settings.serviceCooldown
@@ -146,7 +159,7 @@ class TunnelPeer(Service):
         """
         ``Sending tunnel config: ...`` (server) / ``Loading ...`` (client).
         """
-        log.info(
+        self.log.info(
             "{verb} tunnel config: FLOW={flow}|MAX={max}|TLS={tls}|TYPE={type}",
             verb=verb,
             flow=tunnelConfig.flow,
@@ -159,7 +172,7 @@ class TunnelPeer(Service):
         """
         Wait for the control connection ``00000000`` (dataplane spec §4.3).
         """
-        log.info("Getting tunnel pool ready...")
+        self.log.info("Getting tunnel pool ready...")
         try:
             control = await pool.outgoingGet(
                 CONTROL_ID, self.settings.handshakeTimeout + self.settings.poolGetTimeout
@@ -167,7 +180,7 @@ class TunnelPeer(Service):
         except Exception:
             pool.close()
             raise
-        log.info(
+        self.log.info(
             "Marking tunnel handshake as complete in {ms}ms",
             ms=int((self.reactor.seconds() - started) * 1000),
         )
@@ -197,7 +210,7 @@ class TunnelPeer(Service):
     def idleCheckpoint(self, mode: int) -> None:
         counters = self.counters
         logEvent(
-            log,
+            self.log,
             checkpointLine(
                 mode,
                 0,
@@ -243,7 +256,7 @@ class TunnelPeer(Service):
 
         waits.append(drained())
         done = DeferredList(waits, consumeErrors=True)
-        done.addCallback(lambda _: log.info("{role} shutdown complete", role=self.role))
+        done.addCallback(lambda _: self.log.info("{role} shutdown complete", role=self.role))
         return done  # type: ignore[return-value]
 
     def stopExtra(self) -> list[Deferred[Any]]:

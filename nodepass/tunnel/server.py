@@ -27,8 +27,6 @@ from nodepass.url import Config
 if TYPE_CHECKING:
     from nodepass.tls import ServerCredentials
 
-log = Logger()
-
 
 class _TunnelFactory(Factory):
     """
@@ -61,13 +59,15 @@ class TunnelServer(TunnelPeer):
         credentials: ServerCredentials | None,
         tlsMode: int = 0,
         transport: Any = None,
+        *,
+        log: Logger | None = None,
     ) -> None:
-        super().__init__(config, reactor, settings, shared)
-        if transport is None:
-            from nodepass.transports import forType
+        super().__init__(config, reactor, settings, shared, log=log)
+        from nodepass.transports import forInstance, forType
 
+        if transport is None:
             transport = forType(config.type)
-        self.transport = transport
+        self.transport = forInstance(transport, self.log)
         self.credentials = credentials
         self.tlsMode = tlsMode if credentials is not None else 0
         self.tunnelPort: IListeningPort | None = None
@@ -91,7 +91,9 @@ class TunnelServer(TunnelPeer):
             raise StartupError(f"cannot listen on {tunnel}: {error.socketError}") from error
         self.tcpPort = self.tunnelPort
         try:
-            probe = self.reactor.listenUDP(tunnel.port, DatagramProtocol(), interface=tunnel.host)
+            quiet = DatagramProtocol()
+            quiet.noisy = False  # no "Starting protocol" line in the global log
+            probe = self.reactor.listenUDP(tunnel.port, quiet, interface=tunnel.host)
             probe.stopListening()
         except CannotListenError as error:
             self.tunnelPort.stopListening()
@@ -145,10 +147,10 @@ class TunnelServer(TunnelPeer):
             if not accepted.called:
                 accepted.callback((clientIP, tunnelConfig))
 
-        resource = HandshakeResource(config.key, announce, onAccepted)
+        resource = HandshakeResource(config.key, announce, onAccepted, log=self.log)
         self.factory.pool = None
         self.factory.handshake = handshakeFactory(resource, self.reactor)
-        log.info("Pending tunnel handshake...")
+        self.log.info("Pending tunnel handshake...")
         clientIP, tunnelConfig = await accepted
         started = self.reactor.seconds()
         self.ext = tunnelConfig.ext
@@ -158,6 +160,7 @@ class TunnelServer(TunnelPeer):
             config.max,
             clientIP=clientIP if config.type != "2" else None,
             getTimeout=self.settings.poolGetTimeout,
+            log=self.log,
         )
         transport = self.transport
         poolFactory: Any = pool.factory(self.tlsMode != 0 and transport.readyAfterHandshake)
