@@ -44,6 +44,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from nodepass.errors import NodePassError
+from nodepass.log import defaultLogger
 
 if TYPE_CHECKING:
     # Public as twisted.internet.ssl.platformTrust()'s return type; only named here.
@@ -64,8 +65,6 @@ __all__ = [
     "peerFingerprint",
     "serverCredentials",
 ]
-
-log = Logger()
 
 #: C{NP_RELOAD_INTERVAL} default (spec §8.2, §12): one hour.
 DEFAULT_RELOAD_INTERVAL = 3600.0
@@ -360,7 +359,13 @@ class ServerCredentials:
 
     @classmethod
     def fromFiles(
-        cls, crt: str, key: str, clock: IReactorTime, reloadInterval: float
+        cls,
+        crt: str,
+        key: str,
+        clock: IReactorTime,
+        reloadInterval: float,
+        *,
+        log: Logger | None = None,
     ) -> ServerCredentials:
         """
         Mode 2: load the PEM certificate file C{crt} (leaf first, then any intermediates) and
@@ -370,12 +375,17 @@ class ServerCredentials:
         C{reloadInterval} seconds (by C{clock}) have passed since the last load, both files are
         read again (spec §8.2).  Changed contents that load correctly replace the pair for new
         connections; a failed reload is logged and the previous pair stays.  The files are
-        small and read at most once per interval, in the reactor thread.
+        small and read at most once per interval, in the reactor thread.  Reloads log through
+        C{log}: the logger of the instance serving these credentials (by default, one
+        publishing to the global log publisher).
 
         @raise TLSError: a file cannot be read, holds no usable certificate or key, or the two
             do not match.  Its text suits the reference's C{Certificate load failed: ...} line.
         """
-        return cls(_loadFiles(crt, key), _FileReloader(crt, key, clock, reloadInterval))
+        reloader = _FileReloader(
+            crt, key, clock, reloadInterval, log if log is not None else defaultLogger()
+        )
+        return cls(_loadFiles(crt, key), reloader)
 
     @property
     def fingerprint(self) -> str:
@@ -433,7 +443,10 @@ class _FileReloader:
     Re-reads a mode-2 certificate/key pair from its files at most once per interval.
     """
 
-    def __init__(self, crt: str, key: str, clock: IReactorTime, interval: float) -> None:
+    def __init__(
+        self, crt: str, key: str, clock: IReactorTime, interval: float, log: Logger
+    ) -> None:
+        self._log = log
         self._crt = crt
         self._key = key
         self._clock = clock
@@ -457,9 +470,9 @@ class _FileReloader:
                 return pair
             newPair = _KeyPair(certPEM, keyPEM, _describeFiles(self._crt, self._key))
         except TLSError as e:
-            log.error("Certificate reload failed: {error}", error=str(e))
+            self._log.error("Certificate reload failed: {error}", error=str(e))
             return pair
-        log.info(
+        self._log.info(
             "TLS certificate reloaded: {commonName} {fingerprint}",
             commonName=newPair.commonName,
             fingerprint=newPair.fingerprint,
@@ -540,21 +553,25 @@ def clientContextFactory(
 
 
 def serverCredentials(
-    config: Config, clock: IReactorTime, settings: Settings, log: Logger = log
+    config: Config, clock: IReactorTime, settings: Settings, log: Logger | None = None
 ) -> tuple[ServerCredentials | None, int]:
     """
     A server's TLS credentials and the mode they give (dataplane spec §8): a certificate
     generated for C{tls=1}, files for C{tls=2} (falling back to a generated one when they
     cannot be loaded, as the reference does), nothing for C{tls=0}.  A master's API uses the
-    same rules (master spec §13).  The reference's C{TLS code-N} lines go to C{log}.
+    same rules (master spec §13).  The reference's C{TLS code-N} lines, and later those of
+    mode-2 reloads, go to C{log}: the instance's logger (by default, one publishing to the
+    global log publisher).
     """
+    if log is None:
+        log = defaultLogger()
     mode = config.effectiveTLS
     if mode == 0:
         return None, 0
     if mode == 2:
         try:
             credentials = ServerCredentials.fromFiles(
-                config.crt, config.keyFile, clock, settings.reloadInterval
+                config.crt, config.keyFile, clock, settings.reloadInterval, log=log
             )
         except TLSError as error:
             log.error("Certificate load failed: {error}", error=str(error))

@@ -32,7 +32,7 @@ from twisted.internet.ssl import (
 )
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -40,6 +40,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass import tls
 from nodepass.errors import NodePassError
+from nodepass.settings import Settings
 from nodepass.tls import (
     DEFAULT_RELOAD_INTERVAL,
     ServerCredentials,
@@ -50,7 +51,10 @@ from nodepass.tls import (
     generateSelfSigned,
     localFingerprint,
     peerFingerprint,
+    serverCredentials,
 )
+from nodepass.url import parse
+from tests.support import instanceLogger
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -706,6 +710,32 @@ class ReloadTests(FilesTestMixin, SynchronousTestCase):
         self.clock.advance(30.0)
         self.served()
         self.assertEqual(self.reads, [])
+
+    def test_logsThroughTheInstanceLogger(self) -> None:
+        """
+        Credentials built by L{serverCredentials} with an instance's logger report their
+        start-up line and each later reload there, never to the process-global publisher.
+        """
+        log, mine, seenGlobally = instanceLogger(self)
+        config = parse(
+            f"server://127.0.0.1:10101/127.0.0.1:8080?tls=2&crt={self.crt}&key={self.key}"
+        )
+        creds, mode = serverCredentials(config, self.clock, Settings(reloadInterval=60.0), log)
+        assert creds is not None
+        self.assertEqual(mode, 2)
+        second = makeLeaf(self.ca, "second")
+        self.write(second)
+        self.clock.advance(60.0)
+        pair = connectTLS(creds.contextFactory(), clientContextFactory(1, ""))
+        self.assertEqual(peerFingerprint(pair.clientTLS), certificateFingerprint(second.cert))
+        self.assertEqual(
+            [formatEvent(event) for event in mine],
+            [
+                "TLS code-2: localhost with TLS 1.3",
+                f"TLS certificate reloaded: second {certificateFingerprint(second.cert)}",
+            ],
+        )
+        self.assertEqual(seenGlobally, [])
 
     def test_unchangedFiles(self) -> None:
         """
