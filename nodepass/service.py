@@ -111,7 +111,7 @@ def _shared(
         None if config.dial == "auto" else config.dial,
         log=log,
     )
-    return Shared(config, reactor, settings, dialer, counters)
+    return Shared(config, reactor, settings, dialer, counters, log=log)
 
 
 class AutoClient(MultiService):
@@ -170,7 +170,7 @@ def buildService(
             from nodepass.tunnel.client import TunnelClient
 
             shared = _shared(config, reactor, settings, resolver, root.counters, log)
-            return TunnelClient(config, reactor, settings, shared, resolver)
+            return TunnelClient(config, reactor, settings, shared, resolver, log=log)
 
         if config.mode == 2:
             makeDual().setServiceParent(root)
@@ -206,7 +206,7 @@ def _buildServer(
         transport, missing = object(), str(error)
     resolver = _resolver(config, reactor, log)
     shared = _shared(config, reactor, settings, resolver, root.counters, log)
-    server = TunnelServer(config, reactor, settings, shared, None, transport=transport)
+    server = TunnelServer(config, reactor, settings, shared, None, transport=transport, log=log)
 
     def credentials() -> None:
         # A start-up step: the reference prints its TLS lines before "Server started".
