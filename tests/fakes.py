@@ -82,9 +82,7 @@ class FakeHostTransport:
         self.signals: list[str] = []
         self.ended = False
         self.hostReactor = InstanceReactor()
-        self.host = HostProtocol(
-            self.hostReactor, testHooks=True, onLost=lambda: self.exit(ProcessDone(0))
-        )
+        self.host = HostProtocol(self.hostReactor, onLost=lambda: self.exit(ProcessDone(0)))
         #: While True, the host reads nothing (a blocked reactor).
         self.blocked = False
         self._held: list[bytes] = []

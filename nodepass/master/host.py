@@ -32,7 +32,6 @@ from nodepass.errors import StartupError, URLError
 from nodepass.log import NodePassLogObserver
 from nodepass.master.hostproto import (
     MAX_VALUE,
-    Block,
     InstanceExited,
     InstanceLines,
     Ping,
@@ -109,14 +108,12 @@ class HostProtocol(amp.AMP):
     The host's side of the AMP channel: runs the instances the master asks for.
 
     @param reactor: the host's reactor (everything the instances need).
-    @param testHooks: honour L{Block} (tests only).
     @param onLost: called when the master's channel closes.
     """
 
-    def __init__(self, reactor: Any, testHooks: bool = False, onLost: Any = None) -> None:
+    def __init__(self, reactor: Any, onLost: Any = None) -> None:
         super().__init__()
         self._reactor = reactor
-        self._testHooks = testHooks
         self._onLost = onLost
         self.slots: dict[str, _Slot] = {}
         self._gone = False
@@ -196,13 +193,6 @@ class HostProtocol(amp.AMP):
     def ping(self) -> dict[str, int]:
         return {"instances": len(self.slots)}
 
-    @Block.responder
-    def block(self, seconds: float) -> dict[str, Any]:
-        if self._testHooks:
-            # Deliberately blocking: this is what a stuck host looks like to the master.
-            self._reactor.callLater(0, time.sleep, seconds)
-        return {}
-
     # -- stopping ------------------------------------------------------------------------------
 
     def _stopSlot(self, slot: _Slot, force: bool) -> Deferred[Any]:
@@ -272,7 +262,7 @@ def main(argv: Sequence[str]) -> int:
         if reactor.running:  # type: ignore[attr-defined]
             reactor.stop()  # type: ignore[attr-defined]
 
-    protocol = HostProtocol(reactor, testHooks=testHooks, onLost=lost)
+    protocol = HostProtocol(reactor, onLost=lost)
     StandardIO(protocol, stdin=COMMAND_FD, stdout=REPORT_FD, reactor=reactor)  # type: ignore[call-arg]
     reactor.addSystemEventTrigger("before", "shutdown", protocol.stopAll)
     reactor.run()  # type: ignore[attr-defined]

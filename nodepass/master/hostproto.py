@@ -27,7 +27,6 @@ from __future__ import annotations
 from twisted.protocols import amp
 
 __all__ = [
-    "Block",
     "InstanceExited",
     "InstanceLines",
     "Ping",
@@ -63,16 +62,6 @@ class ResetCounters(amp.Command):
 class Ping(amp.Command):
     arguments = []  # type: ignore[var-annotated]
     response = [(b"instances", amp.Integer())]
-
-
-class Block(amp.Command):
-    """
-    Test-only: make the host's reactor stop answering for C{seconds}.  A host honours it only
-    when started with C{--test-hooks}.
-    """
-
-    arguments = [(b"seconds", amp.Float())]
-    response = []  # type: ignore[var-annotated]
 
 
 class InstanceLines(amp.Command):

@@ -42,7 +42,6 @@ from zope.interface import implementer
 
 from nodepass.master.host import COMMAND_FD, REPORT_FD, settingsToJSON
 from nodepass.master.hostproto import (
-    Block,
     InstanceExited,
     InstanceLines,
     Ping,
@@ -81,7 +80,7 @@ SUSPECT_WINDOW: Final = 300.0
 #: A host asked to stop (its channel closed) gets this long before SIGKILL.
 HOST_STOP_GRACE: Final = 2.0
 
-#: What enables the test-only hooks of the hosts (L{Block}).
+#: What enables the hosts' test-only hook (SIGUSR1 blocks a host's reactor).
 TEST_HOOKS_VARIABLE: Final = "NP_HOST_TEST_HOOKS"
 
 
@@ -389,10 +388,6 @@ class HostPool(Service):
             host.start(handle, self.settingsJSON)
         return handle
 
-    def resetCounters(self, handle: IInstanceHandle) -> None:
-        if isinstance(handle, HostedInstance):
-            handle.resetCounters()
-
     # -- placement -----------------------------------------------------------------------------
 
     def _live(self) -> list[HostProcess]:
@@ -504,15 +499,3 @@ class HostPool(Service):
                 self.waiting.append(handle)
             else:
                 host.start(handle, self.settingsJSON)
-
-    # -- tests ---------------------------------------------------------------------------------
-
-    def block(self, number: int, seconds: float) -> Deferred[Any]:
-        """
-        Make host C{number} block its reactor (needs C{NP_HOST_TEST_HOOKS=1}).
-        """
-        for host in self._live():
-            if host.number == number:
-                result: Deferred[Any] = host.call(Block, seconds=seconds)
-                return result
-        return succeed(None)

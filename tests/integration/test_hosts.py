@@ -9,30 +9,14 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import LOOPBACK, TCPServer, echo, freePort
+from tests.support import LOOPBACK, TCPServer, freePort
 from tests.test_master_service import EventStream, Master, isUpdate, startMaster, waitExchange
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def masters(tmp_path: Path) -> Iterator[list[Master]]:
-    started: list[Master] = []
-    yield started
-    for master in started:
-        master.close()
-
-
-@pytest.fixture
-def echoServer() -> Iterator[TCPServer]:
-    server = TCPServer(echo)
-    yield server
-    server.close()
 
 
 def hostOf(master: Master, instanceId: str) -> int:
