@@ -202,7 +202,7 @@ class BrokenRegistry:
     def __init__(self, raising: bool) -> None:
         self.raising = raising
 
-    def list(self) -> Deferred[Any]:
+    def list(self, key: str = "") -> Deferred[Any]:
         if self.raising:
             raise ValueError("broken")
         return fail(ValueError("broken"))
@@ -581,6 +581,41 @@ class UnknownPathTests(AppTestCase):
         self.assertNotFoundPage(self.fetch("GET", "/admin/info"))
 
 
+class ServerHeaderTests(AppTestCase):
+    """
+    Every answer names the software C{NodePass}, never the Twisted version (issue 10).
+    """
+
+    def assertServer(self, answer: Answer) -> None:
+        self.assertEqual(answer.header("Server"), [b"NodePass"], (answer.code, answer.body))
+
+    def test_everyKindOfAnswer(self) -> None:
+        instanceId = self.create()["id"]
+        answers = [
+            self.fetch("GET", "/"),
+            *(self.fetch("GET", path) for path in UNKNOWN_PATHS),
+            self.call("GET", "/info", headers={}),
+            self.call("GET", "/info", headers={"X-API-Key": "wrong"}),
+            self.call("OPTIONS", "/instances", headers={}),
+            self.call("GET", "/instances"),
+            self.call("GET", f"/instances/{instanceId}"),
+            self.call("GET", "/instances/ffffffff"),
+            self.call("PUT", "/info"),
+            self.call("DELETE", f"/instances/{instanceId}"),
+            self.call("GET", "/openapi.json", headers={}),
+            self.call("GET", "/docs", headers={}),
+            self.call("POST", "/instances", "{"),
+        ]
+        for answer in answers:
+            self.assertServer(answer)
+
+    def test_eventStream(self) -> None:
+        d = self.stub.get(BASE + P + "/events", headers={"X-API-Key": KEY})
+        self.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.headers.getRawHeaders("Server"), ["NodePass"])
+
+
 class PublicRouteTests(AppTestCase):
     """
     §3, §8.10: C{P/openapi.json} and C{P/docs} need no key and answer every method.
@@ -670,13 +705,14 @@ class InstanceCollectionTests(AppTestCase):
 
     def test_listInitial(self) -> None:
         """
-        A fresh master lists only the pseudo-instance, without its key (§5, §6.1).
+        A fresh master lists only the pseudo-instance, showing in C{url} the key the caller
+        authenticated with, as Go does (§5, §6.1; issue 10: front-ends read it there).
         """
         (pseudo,) = self.assertJSON(self.call("GET", "/instances"), 200)
         self.assertEqual(list(pseudo), FIELDS)
         self.assertEqual(
             {k: pseudo[k] for k in ("id", "alias", "type", "status", "url", "restart")},
-            {"id": PSEUDO, "alias": "", "type": "", "status": "", "url": "", "restart": False},
+            {"id": PSEUDO, "alias": "", "type": "", "status": "", "url": KEY, "restart": False},
         )
         self.assertRegex(pseudo["config"], r"^[0-9a-f]{16}$")
         self.assertEqual(pseudo["meta"], {"peer": {"sid": "", "type": "", "alias": ""}, "tags": {}})
@@ -988,16 +1024,17 @@ class PseudoInstanceTests(AppTestCase):
         old = self.call("GET", "/info")
         self.assertError(old, 401, "Unauthorized: Invalid API key")
         new = self.call("GET", f"/instances/{PSEUDO}", headers={"X-API-Key": NEW_KEY})
-        self.assertJSON(new, 200, value | {"url": ""})
+        self.assertJSON(new, 200, value)
         self.assertEqual(self.hub.published, [("update", PSEUDO)])
         self.assertEqual(self.hub.shutdowns, 1)
 
     def test_otherContentIgnored(self) -> None:
         """
-        Any other PATCH on C{********} answers the pseudo-instance (no key) and changes
-        nothing, however odd the body.
+        Any other PATCH on C{********} answers the pseudo-instance (with the caller's key)
+        and changes nothing, however odd the body.
         """
         pseudo = self.get(PSEUDO)
+        self.assertEqual(pseudo["url"], KEY)
         bodies = [
             "",
             "{}",
@@ -1242,7 +1279,8 @@ class EventStreamTests(AppTestCase):
         initial = sseEvents(body)
         self.assertEqual([e["type"] for e in initial], ["initial", "initial"])
         self.assertEqual(
-            [e["instance"] for e in initial], [self.get(PSEUDO), self.get(first["id"])]
+            [e["instance"] for e in initial],
+            [self.get(PSEUDO) | {"url": ""}, self.get(first["id"])],
         )
         self.assertEqual(initial[0]["instance"]["url"], "")
         created = self.create(alias="two")
@@ -1434,6 +1472,7 @@ class RequestDeadlineTests(AppTestCase):
         head, body = transport.value().split(b"\r\n\r\n", 1)
         self.assertTrue(head.startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
         self.assertIn(b"Content-Type: application/json", head.split(b"\r\n"))
+        self.assertIn(b"Server: NodePass", head.split(b"\r\n"))
         self.assertEqual(body, b'{"error":"Request timeout"}\n')
 
     def test_slowBodyGets408(self) -> None:

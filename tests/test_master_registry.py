@@ -343,7 +343,13 @@ class ReadTests(RegistryTestCase):
         self.error(registry.get(""), 400, "Instance ID is required")
         self.error(registry.get("nope"), 404, "Instance not found")
         pseudo = self.successResultOf(registry.get(PSEUDO_ID))
-        self.assertEqual(pseudo["url"], "")  # never the key (§5)
+        self.assertEqual(pseudo["url"], "")  # no key given: none shown (§5)
+        key = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+        shown = self.successResultOf(registry.get(PSEUDO_ID, key))
+        self.assertEqual(shown, pseudo | {"url": key})  # the caller's own key, as Go
+        self.assertEqual(self.successResultOf(registry.list(key))[0], shown)
+        self.assertEqual(self.successResultOf(registry.patch(PSEUDO_ID, {}, key)), shown)
+        self.assertEqual(registry.snapshot()[0]["url"], "")  # event streams never see it
 
     def test_masterAlias(self) -> None:
         registry = self.loaded()

@@ -78,9 +78,11 @@ INTERNAL_ERROR: Final = "Internal server error"
 _JSON: Final = b"application/json"
 _ASSET_TYPES: Final = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 _NOT_FOUND_BODY: Final = b"404 page not found\n"
+#: The C{Server} header of every answer (twisted.web's default names the Twisted version).
+SERVER_NAME: Final = b"NodePass"
 _TIMEOUT_BODY: Final = b'{"error":"Request timeout"}\n'
 _TIMEOUT_RESPONSE: Final = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"HTTP/1.1 408 Request Timeout\r\nServer: NodePass\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
 
@@ -318,6 +320,7 @@ class MasterAPI:
         """
         Route C{request} by its decoded path (§3) and apply the order of §4.1.
         """
+        request.setHeader(b"Server", SERVER_NAME)
         path = _decodedPath(request)
         if not path.startswith(self.apiPrefix + "/"):
             return _notFound(request)
@@ -383,7 +386,8 @@ class MasterAPI:
     def _instances(self, request: IRequest, _: str) -> Any:
         method = _method(request)
         if method == "GET":
-            return self.registry.list().addCallback(lambda value: _json(request, 200, value))
+            key = _callerKey(request)
+            return self.registry.list(key).addCallback(lambda value: _json(request, 200, value))
         if method == "POST":
             body = _body(request)
             return self.registry.createFromBody(body).addCallback(
@@ -393,7 +397,8 @@ class MasterAPI:
 
     async def _instance(self, request: IRequest, id: str) -> Any:
         # Empty id 400, unknown id 404, then the method (§4.1).
-        current = await self.registry.get(id)
+        key = _callerKey(request)
+        current = await self.registry.get(id, key)
         method = _method(request)
         if method == "GET":
             return _json(request, 200, current)
@@ -401,7 +406,7 @@ class MasterAPI:
             body = _body(request)
             if not body:
                 return _json(request, 200, current)  # Go: empty body, nothing changes
-            return _json(request, 200, await self.registry.patch(id, body))
+            return _json(request, 200, await self.registry.patch(id, body, key))
         if method == "PUT":
             self.registry.checkReplaceable(id)  # 403 for ******** before the body (§8.5)
             body = _body(request)
@@ -498,6 +503,15 @@ def _peer(transport: Any) -> str:
         return f"{address.host}:{address.port}"
     except Exception:
         return "an unknown peer"
+
+
+def _callerKey(request: IRequest) -> str:
+    """
+    The API key this (authenticated) request carries: the pseudo-instance shows it back in
+    C{url} to the caller who sent it, as Go does, and to nobody else.
+    """
+    value = request.getHeader(API_KEY_HEADER)
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else ""
 
 
 def _readNow(path: str) -> Deferred[bytes]:

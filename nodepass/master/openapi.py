@@ -148,8 +148,9 @@ def _schemas() -> dict[str, Any]:
             "url": _string(
                 "The tunnel URL passed to the child process, with the master's `log` and "
                 "(for servers) TLS settings added and the query keys sorted. For the "
-                "`********` record this is empty, except in the response to the key "
-                "regeneration request, where it carries the new key."
+                "`********` record: in a direct answer, the API key the request was "
+                "authenticated with (the new key in the answer to a key regeneration); "
+                "empty in event streams."
             ),
             "config": _string(
                 "The tunnel URL with every default made explicit, query keys sorted. For "
@@ -431,7 +432,7 @@ def _paths() -> dict[str, Any]:
             "get": _operation(
                 "listInstances",
                 "List instances",
-                "Every instance, the `********` record first (its `url` is empty).",
+                "Every instance, the `********` record first (its `url` is the caller's key).",
                 "instances",
                 {
                     "200": _jsonResponse(

@@ -610,31 +610,38 @@ class Registry:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def snapshot(self) -> _Objects:
+    def snapshot(self, key: str = "") -> _Objects:
         """
         Every instance object, the pseudo-instance first (C{type} and C{status} C{""}, C{url}
-        C{""}), then creation order: for C{GET P/instances} and the SSE C{initial} events.
+        C{key}), then creation order: for C{GET P/instances} and the SSE C{initial} events.
+
+        @param key: what the pseudo-instance shows in C{url}: the key the caller of a
+            direct request authenticated with, never anything in an event stream (C{""}).
         """
-        return [self._pseudoObject()] + [
+        return [self._pseudoObject(key)] + [
             self._object(i) for i in self._instances.values() if not i.deleted
         ]
 
-    def list(self) -> Deferred[_Objects]:
+    def list(self, key: str = "") -> Deferred[_Objects]:
         """
         C{GET P/instances} (§8.1).
-        """
-        return Deferred.fromCoroutine(self._async(self.snapshot))
 
-    def get(self, id: str) -> Deferred[dict[str, Any]]:
+        @param key: the key the caller authenticated with, shown in the pseudo-instance's
+            C{url} as Go does (front-ends read it there); the caller already holds it.
         """
-        C{GET P/instances/{id}} (§8.3); C{********} is the pseudo-instance without its key.
+        return Deferred.fromCoroutine(self._async(lambda: self.snapshot(key)))
+
+    def get(self, id: str, key: str = "") -> Deferred[dict[str, Any]]:
+        """
+        C{GET P/instances/{id}} (§8.3); C{********} is the pseudo-instance with C{key} (the
+        caller's own key, see L{list}) in C{url}.
 
         @raise RegistryError: 400 C{Instance ID is required}, 404 C{Instance not found}.
         """
 
         def find() -> dict[str, Any]:
             if self._isPseudo(id):
-                return self._pseudoObject()
+                return self._pseudoObject(key)
             return self._object(self._find(id))
 
         return Deferred.fromCoroutine(self._async(find))
@@ -697,7 +704,7 @@ class Registry:
 
     # -- PATCH ---------------------------------------------------------------------------------
 
-    def patch(self, id: str, body: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+    def patch(self, id: str, body: Mapping[str, Any], key: str = "") -> Deferred[dict[str, Any]]:
         """
         C{PATCH P/instances/{id}} (§8.4, §5).
 
@@ -709,16 +716,17 @@ class Registry:
         On C{********}, C{{"action":"restart"}} regenerates the API key: the new digest is
         persisted, the old key stops working at once, an C{update} (without the key) is
         published, every SSE stream gets C{shutdown}, and the returned object carries the new
-        key in C{url}.  Anything else on C{********} is ignored.
+        key in C{url}.  Anything else on C{********} is ignored and answered with the
+        pseudo-instance showing C{key}, the caller's own key (see L{list}).
 
         @raise RegistryError: 400 (C{Instance ID is required}, C{Invalid request body},
             C{Invalid action: <a>}, the alias and meta messages), 404 C{Instance not found}.
         """
-        return Deferred.fromCoroutine(self._patch(id, body))
+        return Deferred.fromCoroutine(self._patch(id, body, key))
 
-    async def _patch(self, id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _patch(self, id: str, body: Mapping[str, Any], key: str) -> dict[str, Any]:
         if self._isPseudo(id):
-            return await self._patchPseudo(body)
+            return await self._patchPseudo(body, key)
         self._find(id)
         patch = _validatePatch(body)
         async with self._locked(self._lock(id)):
@@ -765,11 +773,11 @@ class Registry:
         elif action == "restart":
             self._background(self.supervisor.restart(id, url), "restart", id)
 
-    async def _patchPseudo(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _patchPseudo(self, body: Mapping[str, Any], callerKey: str) -> dict[str, Any]:
         _body(body)
         _, action = _field(body, "action")
         if action != "restart":
-            return self._pseudoObject()
+            return self._pseudoObject(callerKey)
         async with self._locked(self._masterLock):
             key = self._newKey()
             self._master = await self._store.setMaster(keyDigest=keyDigest(key))

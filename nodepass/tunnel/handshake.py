@@ -387,10 +387,11 @@ def _respond(
     """
     Write a whole response with Go's header set and (near enough) order:
     C{Connection}, C{Content-Type}, [C{X-Content-Type-Options}], C{Date},
-    C{Content-Length}.  twisted.web adds its C{Server} header; Go clients
-    ignore it.
+    C{Content-Length}.  No C{Server} header (Go sends none; twisted.web's would tell a
+    scanner the Twisted version).
     """
     headers = request.responseHeaders
+    headers.removeHeader(b"Server")
     date = headers.getRawHeaders(b"Date") or [datetimeToString()]
     headers.removeHeader(b"Date")
     request.setResponseCode(code)
