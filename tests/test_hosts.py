@@ -150,8 +150,10 @@ def test_checkpointLinesCarryTheCounters() -> None:
     points = [parseCheckpoint(line) for line in master.linesOf("a1")]
     found = [p for p in points if p is not None]
     assert found and found[-1].tcprx == 1234
-    master.call(ResetCounters, id="a1")
+    raw = master.call(ResetCounters, id="a1")
+    assert raw == {"tcprx": 1234, "tcptx": 0, "udprx": 0, "udptx": 0}
     assert slot.root.counters.tcprx == 0
+    assert master.call(ResetCounters, id="gone") == dict.fromkeys(raw, 0)
 
 
 def test_twoInstancesLogApart() -> None:
@@ -437,6 +439,25 @@ def test_supervisorRestartsInstancesOfALostHostAsStoppedThenRunning() -> None:
     ]
     assert len(reactor.spawned) == 2
     assert supervisor.pid("a") == reactor.spawned[1].pid
+
+
+def test_supervisorResetsAHostedInstancesCounters() -> None:
+    """
+    Supervisor.resetCounters reaches the instance in its host and answers its raw counters
+    as they were when zeroed; an instance without a process answers None.
+    """
+    reactor, hosts = pool(1)
+    supervisor = Supervisor(reactor, Observer(), {}, Settings(), runner=hosts)  # type: ignore[arg-type]
+    supervisor.start("a", FORWARD)
+    reactor.pump.flush()
+    counters = reactor.spawned[0].host.slots["a"].root.counters
+    counters.tcprx, counters.udptx = 500, 7
+    answers: list[Any] = []
+    supervisor.resetCounters("a").addBoth(answers.append)
+    supervisor.resetCounters("nobody").addBoth(answers.append)
+    reactor.pump.flush()
+    assert answers == [None, {"tcprx": 500, "tcptx": 0, "udprx": 0, "udptx": 7}]
+    assert (counters.tcprx, counters.udptx) == (0, 0)
 
 
 def test_supervisorStopsAHostedInstance() -> None:

@@ -915,7 +915,8 @@ class InstancePatchTests(AppTestCase):
         self.assertEqual(self.get(self.instanceId)["tcprx"], 0)
         self.assertEqual(self.hub.published, [("update", self.instanceId)])
         self.assertEqual(len(self.store.puts), self.writes + 1)
-        self.assertEqual(self.supervisor.calls, [])
+        # No start or stop: only the instance's own counters are zeroed.
+        self.assertEqual(self.supervisor.calls, [("resetCounters", self.instanceId)])
 
     def test_status(self) -> None:
         """

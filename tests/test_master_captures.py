@@ -138,7 +138,6 @@ def _instance(recorded: dict[str, Any], ours: dict[str, Any]) -> None:
 
 
 def _compareJSON(exchange: Exchange, recorded: Any, ours: Any) -> None:
-    deviation = DEVIATIONS.get(exchange.number)
     if isinstance(recorded, list):
         # Go lists in sync.Map order; ours is the key holder first, then creation order.
         assert ours[0]["id"] == "********"

@@ -124,6 +124,8 @@ class FakeSupervisor:
         self.spawnFails = False
         self.stopAll_: Deferred[None] | None = None
         self.removing: Deferred[None] | None = None
+        #: What resetCounters answers (an instance host's raw counters when zeroed).
+        self.zeroedRaw: Mapping[str, int] | None = None
 
     def status(self, instanceId: str) -> Status:
         return self.statuses.get(instanceId, Status.STOPPED)
@@ -169,6 +171,10 @@ class FakeSupervisor:
         if self.removing is not None:
             return self.removing
         return succeed(None)
+
+    def resetCounters(self, instanceId: str) -> Deferred[Mapping[str, int] | None]:
+        self.calls.append(("resetCounters", instanceId))
+        return succeed(self.zeroedRaw)
 
     def stopAll(self) -> Deferred[None]:
         self.calls.append(("stopAll",))
@@ -543,6 +549,19 @@ class PatchTests(RegistryTestCase):
         # counting resumes from the raw value at the reset (not Go's bug a10)
         self.registry.checkpointReceived(self.iid, Checkpoint(1, 2, 3, 4, 5, 150, 200, 300, 400))
         self.assertEqual(self.successResultOf(self.registry.get(self.iid))["tcprx"], 50)
+        self.assertEqual(self.supervisor.calls[-1], ("resetCounters", self.iid))
+
+    def test_resetZeroesHostedCounters(self) -> None:
+        """
+        A hosted instance zeroes its own counters on C{reset}; the bytes between the last
+        checkpoint and that moment still count, and counting goes on from zero.
+        """
+        self.registry.checkpointReceived(self.iid, Checkpoint(1, 2, 3, 4, 5, 100, 200, 300, 400))
+        self.supervisor.zeroedRaw = {"tcprx": 130, "tcptx": 200, "udprx": 300, "udptx": 410}
+        self.patchInstance({"action": "reset"})
+        self.registry.checkpointReceived(self.iid, Checkpoint(1, 2, 3, 4, 5, 5, 0, 0, 1))
+        got = self.successResultOf(self.registry.get(self.iid))
+        self.assertEqual([got[k] for k in ("tcprx", "tcptx", "udprx", "udptx")], [35, 0, 0, 11])
 
     def test_serialisedPerInstance(self) -> None:
         self.store.hold = True

@@ -183,11 +183,14 @@ class HostProtocol(amp.AMP):
 
     @ResetCounters.responder
     def resetCounters(self, id: str) -> dict[str, Any]:
+        raw = dict.fromkeys(("tcprx", "tcptx", "udprx", "udptx"), 0)
         slot = self.slots.get(id)
         if slot is not None and slot.root is not None:
             counters = slot.root.counters
-            counters.tcprx = counters.tcptx = counters.udprx = counters.udptx = 0
-        return {}
+            for name in raw:
+                raw[name] = getattr(counters, name)
+                setattr(counters, name, 0)
+        return raw
 
     @Ping.responder
     def ping(self) -> dict[str, int]:

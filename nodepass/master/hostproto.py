@@ -56,7 +56,14 @@ class StopInstance(amp.Command):
 
 class ResetCounters(amp.Command):
     arguments = [(b"id", amp.Unicode())]
-    response = []  # type: ignore[var-annotated]
+    # The raw counters at the moment they were zeroed (all 0 for an unknown id): the master
+    # counts the bytes since its last checkpoint from them, so a reset loses nothing.
+    response = [
+        (b"tcprx", amp.Integer()),
+        (b"tcptx", amp.Integer()),
+        (b"udprx", amp.Integer()),
+        (b"udptx", amp.Integer()),
+    ]
 
 
 class Ping(amp.Command):

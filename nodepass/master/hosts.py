@@ -172,9 +172,11 @@ class HostedInstance:
     def kill(self) -> None:
         self._stop(force=True)
 
-    def resetCounters(self) -> None:
-        if self.host is not None and not self.ended:
-            self.host.call(ResetCounters, id=self.instanceId)
+    def resetCounters(self) -> Deferred[Mapping[str, int] | None]:
+        if self.host is None or self.ended:
+            return succeed(None)
+        d: Deferred[Mapping[str, int] | None] = self.host.call(ResetCounters, id=self.instanceId)
+        return d
 
     def _stop(self, force: bool) -> None:
         if self.ended:

@@ -203,6 +203,8 @@ class SupervisorLike(Protocol):
 
     def remove(self, instanceId: str) -> Deferred[None]: ...
 
+    def resetCounters(self, instanceId: str) -> Deferred[Mapping[str, int] | None]: ...
+
     def stopAll(self) -> Deferred[None]: ...
 
     def killAll(self) -> int: ...
@@ -757,11 +759,26 @@ class Registry:
                 instance.trafficDirty = False
                 if reset:
                     log.info("Traffic stats reset [{id}]", id=id)
+                    self._zeroCounters(instance)
             before = self._object(instance)
             if announce:
                 self._hub.publish("update", before)
             self._act(instance, patch.action)
         return before
+
+    def _zeroCounters(self, instance: _Instance) -> None:
+        """
+        After a C{reset}, have a hosted instance zero its own counters too (the totals are
+        already right; this keeps its raw figures small and exact).
+        """
+
+        def zeroed(raw: Mapping[str, int] | None) -> None:
+            if raw is not None and not instance.deleted:
+                instance.traffic.zeroed(raw)
+                instance.trafficDirty = True
+
+        d = self.supervisor.resetCounters(instance.record.id).addCallback(zeroed)
+        self._background(d, "counter reset", instance.record.id)
 
     def _act(self, instance: _Instance, action: str | None) -> None:
         id, url = instance.record.id, instance.record.url

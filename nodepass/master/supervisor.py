@@ -430,6 +430,15 @@ class Traffic:
         for counter in self.counters.values():
             counter.reset()
 
+    def zeroed(self, raw: Mapping[str, int]) -> None:
+        """
+        The instance zeroed its own counters (after a L{reset}), reporting C{raw}, their
+        values at that moment: count up to C{raw}, then count on from zero.
+        """
+        for name, counter in self.counters.items():
+            counter.checkpoint(raw[name])
+            counter.spawned()
+
     def totals(self) -> dict[str, int]:
         return {name: counter.total for name, counter in self.counters.items()}
 
@@ -495,6 +504,15 @@ class IInstanceHandle(Interface):
         @raise ProcessExitedAlready: the instance has already ended.
         """
 
+    def resetCounters() -> Deferred[Mapping[str, int] | None]:
+        """
+        Zero the instance's own traffic counters, where it can be told to.
+
+        @return: fires with the raw counters (C{tcprx}, C{tcptx}, C{udprx}, C{udptx}) as
+            they were when zeroed, or L{None} when nothing was zeroed (a child process of
+            its own has no channel for it: the master's offsets make its reset exact).
+        """
+
 
 class IInstanceRunner(Interface):
     """
@@ -531,6 +549,9 @@ class _ChildHandle:
 
     def kill(self) -> None:
         self._signal("KILL")
+
+    def resetCounters(self) -> Deferred[Mapping[str, int] | None]:
+        return succeed(None)
 
     def _signal(self, name: str) -> None:
         """
@@ -743,6 +764,22 @@ class Supervisor:
                 del self._instances[instanceId]
 
         return self._serialised(instance, removeIt)
+
+    def resetCounters(self, instanceId: str) -> Deferred[Mapping[str, int] | None]:
+        """
+        Have the running instance zero its own traffic counters (see
+        L{IInstanceHandle.resetCounters}); L{None} when it has no process or it ended (or
+        was replaced) before answering.
+        """
+        instance = self._instances.get(instanceId)
+        handle = instance.handle if instance is not None else None
+        if instance is None or handle is None:
+            return succeed(None)
+
+        def current(raw: Mapping[str, int] | None) -> Mapping[str, int] | None:
+            return raw if instance.handle is handle else None
+
+        return handle.resetCounters().addCallback(current)
 
     def stopAll(self) -> Deferred[None]:
         """
