@@ -196,23 +196,3 @@ def initLine(logger: Logger, level: str) -> None:
             logEvent(logger, "Init log level: {name}", name=word)
         else:
             emit("Init log level: {name}", name=word)
-
-
-def checkpointLine(
-    mode: int,
-    ping: int,
-    pool: int,
-    tcps: int,
-    udps: int,
-    tcprx: int,
-    tcptx: int,
-    udprx: int,
-    udptx: int,
-) -> str:
-    """
-    The CHECK_POINT message that a master parses (dataplane spec §11.3).
-    """
-    return (
-        f"CHECK_POINT|MODE={mode}|PING={ping}ms|POOL={pool}|TCPS={tcps}|UDPS={udps}"
-        f"|TCPRX={tcprx}|TCPTX={tcptx}|UDPRX={udprx}|UDPTX={udptx}"
-    )

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define
 from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -39,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.limits import RateLimiter
+from nodepass.stats import Counters
 
 
 def directWriter(transport: Any) -> Callable[[bytes], None]:
@@ -86,18 +86,6 @@ def directWriter(transport: Any) -> Callable[[bytes], None]:
             write(data)
 
     return send
-
-
-@define
-class Counters:
-    """
-    Cumulative byte counters of one process (never reset while it runs).
-    """
-
-    tcprx: int = 0
-    tcptx: int = 0
-    udprx: int = 0
-    udptx: int = 0
 
 
 class Throttle:

@@ -19,9 +19,9 @@ from twisted.logger import ILogObserver, Logger
 
 from nodepass.errors import StartupError
 from nodepass.log import initLine
-from nodepass.relay import Counters
 from nodepass.resolve import Resolver, serverLookup, systemLookup
 from nodepass.settings import Settings
+from nodepass.stats import Counters
 from nodepass.tunnel.single import SingleEnd
 from nodepass.url import Config, describe, unknownParams
 

@@ -139,7 +139,7 @@ def test_checkpointLinesCarryTheCounters() -> None:
     The instance's CHECK_POINT line arrives as text the supervisor parses, with the figures
     of that instance's own counters; ResetCounters zeroes them.
     """
-    from nodepass.master.supervisor import parseCheckpoint
+    from nodepass.stats import parseCheckpoint
 
     master = FakeMaster()
     start(master)

@@ -17,13 +17,13 @@ from twisted.python.failure import Failure
 from nodepass.log import (
     LEVELS,
     NodePassLogObserver,
-    checkpointLine,
     formatTimestamp,
     initLine,
     levelOf,
     logEvent,
     wants,
 )
+from nodepass.stats import checkpointLine
 
 #: 2026-01-02 16:37:20.123 local time, the instant of the spec's example line (§15.10).
 WHEN = time.mktime((2026, 1, 2, 16, 37, 20, 0, 0, -1)) + 0.123

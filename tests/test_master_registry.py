@@ -29,7 +29,8 @@ from nodepass.master.store import (
     Traffic,
     keyDigest,
 )
-from nodepass.master.supervisor import Checkpoint, Event, ISupervisorObserver, Status
+from nodepass.master.supervisor import Event, ISupervisorObserver, Status
+from nodepass.stats import Checkpoint
 
 FIELDS = [
     "id",

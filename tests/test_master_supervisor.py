@@ -29,7 +29,6 @@ from nodepass.master import launch
 from nodepass.master.supervisor import (
     MAX_LINE,
     URL_VARIABLE,
-    Checkpoint,
     Event,
     ExitStatus,
     InstanceProcess,
@@ -41,10 +40,10 @@ from nodepass.master.supervisor import (
     Supervisor,
     Traffic,
     canStart,
-    parseCheckpoint,
     transition,
 )
 from nodepass.settings import Settings
+from nodepass.stats import Checkpoint, parseCheckpoint
 from tests.support import LOOPBACK, ROOT, freePort, waitFor
 
 URL = "client://127.0.0.1:10101/127.0.0.1:10102?log=debug"

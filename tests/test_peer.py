@@ -17,9 +17,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.balance import TargetDialer, Targets
-from nodepass.relay import Counters
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
+from nodepass.stats import Counters
 from nodepass.transports.websocket import ws
 from nodepass.tunnel.client import TunnelClient
 from nodepass.tunnel.peer import MAX_BACKOFF, TunnelPeer

@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.limits import RateLimiter
-from nodepass.relay import Counters, Gate, Relay, RelayProtocol, directWriter
+from nodepass.relay import Gate, Relay, RelayProtocol, directWriter
+from nodepass.stats import Counters
 
 
 class Transport(StringTransport):

@@ -26,8 +26,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.balance import Targets
 from nodepass.errors import DialError
-from nodepass.relay import Counters
 from nodepass.settings import Settings
+from nodepass.stats import Counters
 from nodepass.tunnel.control import Signal, decodeSignal, encodeSignal
 from nodepass.tunnel.pool import CONTROL_ID, PoolConnection, ServerPool
 from nodepass.tunnel.session import (

@@ -70,12 +70,12 @@ from nodepass.master.store import (
 from nodepass.master.store import Traffic as StoredTraffic
 from nodepass.master.supervisor import (
     TRAFFIC_FIELDS,
-    Checkpoint,
     Event,
     ISupervisorObserver,
     Status,
     Traffic,
 )
+from nodepass.stats import Checkpoint
 from nodepass.url import enhance, parse, render
 
 __all__ = [

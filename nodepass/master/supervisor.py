@@ -8,7 +8,7 @@ users could read the key (dataplane spec §16.6).
 Pieces, from the bottom up:
 
  - L{LineBuffer}: bytes to lines, one buffer per stream, lines capped at 8 KiB;
- - L{parseCheckpoint}: the CHECK_POINT regular expression of §9.2;
+ - L{nodepass.stats.parseCheckpoint}: the CHECK_POINT line of §9.2 (next to its writer);
  - L{InstanceProcess}: the C{ProcessProtocol}; it sorts lines into checkpoints, error lines
    and log lines and tells L{InstanceProcess.whenEnded} waiters how the child ended;
  - L{transition}: the pure status state machine (public L{Status} plus an internal L{Phase});
@@ -22,7 +22,6 @@ The registry learns what happens through an L{ISupervisorObserver}.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from nodepass.settings import Settings
+from nodepass.stats import UINT64_MAX, Checkpoint, parseCheckpoint
 
 log = Logger()
 
@@ -60,16 +60,8 @@ KILL_MARGIN = 1.0
 #: A checkpoint is stale after this many report intervals without a new one (§9.3).
 STALE_INTERVALS = 3
 
-CHECKPOINT = re.compile(
-    r"CHECK_POINT\|MODE=(\d+)\|PING=(\d+)ms\|POOL=(\d+)\|TCPS=(\d+)\|UDPS=(\d+)"
-    r"\|TCPRX=(\d+)\|TCPTX=(\d+)\|UDPRX=(\d+)\|UDPTX=(\d+)"
-)
-
 #: Substrings that mark a failed run loop of a server or a client (§9.2).
 ERROR_MARKERS = ("Server error:", "Client error:")
-
-_INT32_MAX = 2**31 - 1
-_UINT64_MAX = 2**64 - 1
 
 
 # -- lines and checkpoints ---------------------------------------------------------------------
@@ -120,42 +112,6 @@ class LineBuffer:
         self._buffer.clear()
         self._partial = False
         return line[:-1] if line.endswith(b"\r") else line
-
-
-def _bounded(text: str, maximum: int) -> int | None:
-    value = int(text)
-    return value if value <= maximum else None
-
-
-@frozen
-class Checkpoint:
-    """
-    The values of one CHECK_POINT line.  A value that does not fit its Go type (int32 for the
-    gauges, uint64 for the traffic counters) is L{None}: "leave the field unchanged".
-    """
-
-    mode: int | None
-    ping: int | None
-    pool: int | None
-    tcps: int | None
-    udps: int | None
-    tcprx: int | None
-    tcptx: int | None
-    udprx: int | None
-    udptx: int | None
-
-
-def parseCheckpoint(line: str) -> Checkpoint | None:
-    """
-    The checkpoint anywhere in C{line} (after a timestamp, a level, colour codes), or L{None}.
-    """
-    match = CHECKPOINT.search(line)
-    if match is None:
-        return None
-    groups = match.groups()
-    gauges = [_bounded(text, _INT32_MAX) for text in groups[:5]]
-    traffic = [_bounded(text, _UINT64_MAX) for text in groups[5:]]
-    return Checkpoint(*gauges, *traffic)
 
 
 def isErrorLine(line: str) -> bool:
@@ -386,7 +342,7 @@ class _Counter:
             # The child's counter went back: it restarted its counting by itself.
             total = self.base + raw
             self.offset = 0
-        self.total = min(total, _UINT64_MAX)
+        self.total = min(total, UINT64_MAX)
 
     def reset(self) -> None:
         self.offset = self.last

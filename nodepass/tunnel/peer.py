@@ -19,9 +19,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from nodepass.log import checkpointLine, defaultLogger, logEvent
-from nodepass.relay import Counters
+from nodepass.log import defaultLogger
 from nodepass.settings import Settings
+from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.pool import CONTROL_ID, Pool, PoolConnection
 from nodepass.tunnel.session import Session, Shared, _EntryUDP, _UserFactory
 from nodepass.url import Config, describe
@@ -208,21 +208,8 @@ class TunnelPeer(Service):
         self.sessions = [s for s in self.sessions if s.relays]
 
     def idleCheckpoint(self, mode: int) -> None:
-        counters = self.counters
-        logEvent(
-            self.log,
-            checkpointLine(
-                mode,
-                0,
-                0,
-                self.shared.slots.tcp,
-                self.shared.slots.udp,
-                counters.tcprx,
-                counters.tcptx,
-                counters.udprx,
-                counters.udptx,
-            ),
-        )
+        slots = self.shared.slots
+        logCheckpoint(self.log, mode, 0, 0, slots.tcp, slots.udp, self.counters)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

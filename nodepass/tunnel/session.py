@@ -23,9 +23,10 @@ from nodepass import proxyproto
 from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
-from nodepass.log import checkpointLine, defaultLogger, logEvent
-from nodepass.relay import Counters, IdleTimer, Relay, RelayProtocol, Throttle
+from nodepass.log import defaultLogger
+from nodepass.relay import IdleTimer, Relay, RelayProtocol, Throttle
 from nodepass.settings import Settings
+from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
 from nodepass.tunnel.pool import Pool, PoolConnection
@@ -563,20 +564,15 @@ class Session:
 
     def checkpoint(self) -> None:
         shared = self.shared
-        counters = shared.counters
-        logEvent(
+        slots = shared.slots
+        logCheckpoint(
             self.log,
-            checkpointLine(
-                self.mode,
-                self.ping,
-                self.pool.idleCount,
-                shared.slots.tcp,
-                shared.slots.udp,
-                counters.tcprx,
-                counters.tcptx,
-                counters.udprx,
-                counters.udptx,
-            ),
+            self.mode,
+            self.ping,
+            self.pool.idleCount,
+            slots.tcp,
+            slots.udp,
+            shared.counters,
         )
 
     def tick(self) -> bool:

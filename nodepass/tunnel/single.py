@@ -24,10 +24,11 @@ from nodepass import proxyproto, sniff
 from nodepass.balance import TargetDialer, Targets, connectTCP
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
-from nodepass.log import checkpointLine, defaultLogger, logEvent, wants
-from nodepass.relay import Counters, IdleTimer, Relay, RelayProtocol, Throttle
+from nodepass.log import defaultLogger, wants
+from nodepass.relay import IdleTimer, Relay, RelayProtocol, Throttle
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
+from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.url import Config, HostPort
 
@@ -461,21 +462,7 @@ class SingleEnd(Service):
         Log the CHECK_POINT line, then measure the next target's TCP connect
         time for the following one (dataplane spec §10.9).
         """
-        counters = self.counters
-        logEvent(
-            self.log,
-            checkpointLine(
-                1,
-                self.ping,
-                0,
-                self.slots.tcp,
-                self.slots.udp,
-                counters.tcprx,
-                counters.tcptx,
-                counters.udprx,
-                counters.udptx,
-            ),
-        )
+        logCheckpoint(self.log, 1, self.ping, 0, self.slots.tcp, self.slots.udp, self.counters)
         self._probe()
 
     def _probe(self) -> None:
