@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except StartupError as error:
         fail(str(error))
         _exit(1)
-    root.startService()
+    # Once the reactor runs, so its signal handlers are in place before the first log line
+    # (a SIGTERM right after "started" must still shut down cleanly, with status 0).
+    reactor.callWhenRunning(root.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()  # type: ignore[attr-defined]
     _exit(code)
