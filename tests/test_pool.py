@@ -738,13 +738,34 @@ class RefillTests(SynchronousTestCase):
         for ident in list(pool.idle):
             self.successResultOf(pool.outgoingGet(ident))
         # Refill on demand: once fewer than half the capacity are idle, the
-        # next round starts at once (6 taken, 4 idle -> 6 new dials) instead
-        # of after the 1 s interval.
-        self.assertEqual(len(dial.calls), 16)
-        self.assertEqual(pool.interval, pytest.approx(1.0))
+        # next round starts on the next reactor turn (not inside the take,
+        # whose user is waiting) instead of after the 1 s interval.
+        self.assertEqual(len(dial.calls), 10)
+        clock.advance(0)
+        self.assertEqual(len(dial.calls), 20)
+        # That round found the pool empty (idle < 20 %): the interval shrinks.
+        self.assertEqual(pool.interval, pytest.approx(0.9))
         # The round in flight is not doubled by further takes.
         self.assertEqual(pool.idle, {})
-        self.assertEqual(len(dial.calls), 16)
+        clock.advance(0)
+        self.assertEqual(len(dial.calls), 20)
+
+    def test_refillNotInTheTakersPath(self) -> None:
+        """
+        Taking a connection dials nothing before the taker's callbacks run;
+        the refill follows on the next reactor turn, once per turn.
+        """
+        clock, dial, pool = clientPool(4, 4)
+        pool.start()
+        fill(dial, 0, ids(4))
+        clock.advance(pool.interval)
+        order: list[str] = []
+        for ident in list(pool.idle)[:3]:
+            pool.outgoingGet(ident).addCallback(lambda _: order.append(f"{len(dial.calls)}"))
+        self.assertEqual(order, ["4", "4", "4"])
+        clock.advance(0)
+        self.assertEqual(len(dial.calls), 7)
+        self.assertEqual(len(clock.getDelayedCalls()), 0)  # round in flight, nothing pending
 
     def test_intervalBounds(self) -> None:
         clock, dial, pool = clientPool(5, 5, minInterval=0.5, maxInterval=0.6)

@@ -448,6 +448,7 @@ class ClientPool(Pool):
         self.interval = minInterval
         self._connecting: set[PoolConnection] = set()
         self._round: IDelayedCall | None = None
+        self._demand: IDelayedCall | None = None
         self.dialFailures = 0
         self._tlsWarned = False
 
@@ -502,7 +503,17 @@ class ClientPool(Pool):
         connections arrive sooner.  The reference waits for its timer, so a
         burst of users after a quiet period finds its pool empty for up to
         a second per round.)
+
+        The check runs on the next reactor turn, not here: the connection
+        just taken carries a user who is waiting, and dialing a round of
+        new pool connections first would add their set-up cost to that
+        user's connect time.
         """
+        if self._demand is None and not self.closed:
+            self._demand = self.clock.callLater(0, self._onDemand)
+
+    def _onDemand(self) -> None:
+        self._demand = None
         round = self._round
         if round is not None and round.active() and len(self.idle) < self.capacity // 2:
             round.cancel()
@@ -562,9 +573,10 @@ class ClientPool(Pool):
                 created.callback(False)
 
     def close(self) -> None:
-        if self._round is not None and self._round.active():
-            self._round.cancel()
-        self._round = None
+        for call in (self._round, self._demand):
+            if call is not None and call.active():
+                call.cancel()
+        self._round = self._demand = None
         for conn in list(self._connecting):
             conn.close()
         super().close()
