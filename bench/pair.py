@@ -28,7 +28,7 @@ of each process, then 20 echo round trips through ENTRY, all within
 ``haproxy-tls-chain`` (hop 1 talks TLS 1.3 to hop 2, which terminates it
 with a self-signed certificate). haproxy runs with nbthread 1 in every
 process. Target and load generator are separate processes from
-``bench/_common.py``. All on 127.0.0.1; every child is killed at the end, on
+``bench/np_bench/``. All on 127.0.0.1; every child is killed at the end, on
 errors and on Ctrl-C.
 
 See docs/benchmarks.md, section "Dual-end tunnel", for the method.
@@ -37,20 +37,29 @@ See docs/benchmarks.md, section "Dual-end tunnel", for the method.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common as C
+from np_bench import fmt, options, phases, runner, stats, tools
+from np_bench.base import StartError, log
+from np_bench.procfs import TreeMemorySampler
+from np_bench.procs import start_run
+from np_bench.systems import (
+    DEFAULT_CLIENT_URL,
+    DEFAULT_SERVER_URL,
+    TCP_POOL,
+    SystemSpec,
+    Transport,
+    installed_transports,
+    start_system,
+)
+from np_bench.target import TargetServer
 
 ALL_SYSTEMS = (
     "direct",
@@ -61,17 +70,8 @@ ALL_SYSTEMS = (
     "haproxy-tls-chain",
     "nodepass",
 )
-TUNNEL_KEY = "benchkey"
-DEFAULT_SERVER_URL = (
-    "server://{key}@127.0.0.1:{tunnel}/127.0.0.1:{entry}?mode=1&tls={tls}&log={log}"
-)
-DEFAULT_CLIENT_URL = "client://{key}@127.0.0.1:{tunnel}/127.0.0.1:{target}?mode=2&log={log}"
 SUSTAIN_MIN = 0.5  # last second's connections >= this x first second's
 CHECKPOINT_RE = re.compile(r"CHECK_POINT\|MODE=(\d+)\|PING=(\d+)ms\|POOL=(\d+)\|TCPS=(\d+)")
-HELP_TRANSPORTS_RE = re.compile(r"type=(\S+) \(([^)]+)\)")
-# Transports that always run over TLS, used when the registry cannot be asked
-# for their ``minimumTLS`` (QUIC and HTTP/2, the reference's type codes).
-ALWAYS_TLS = {"1": "quic", "3": "h2"}
 # Metrics of the transports table: key, label, higher_is_better.
 TRANSPORT_METRICS = (
     ("tput1_mb_s", "1 stream MB/s", True),
@@ -81,404 +81,20 @@ TRANSPORT_METRICS = (
 )
 
 
-@dataclass(frozen=True)
-class Transport:
-    code: str  # the value of type=
-    name: str  # "tcp", "ws", "h2", "quic", ...
-    min_tls: int  # 1: always runs over TLS
-
-
-_MIN_TLS_PROBE = """\
-import json
-from nodepass.transports import available
-print(json.dumps({c: int(getattr(p, "minimumTLS", 0) or 0) for c, p in available().items()}))
-"""
-
-
-def installed_transports() -> tuple[list[Transport], str]:
-    """The pool transports on the last line of ``python -m nodepass --help``, and that line.
-
-    Which of them always run over TLS is asked of the plugin registry
-    (``minimumTLS``); if that fails, h2 and quic do.
-    """
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "nodepass", "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=C.REPO_ROOT,
-            env=child_env(),
-        )
-        text = (out.stdout or "") + (out.stderr or "")
-    except (OSError, subprocess.SubprocessError) as exc:
-        return [], f"python -m nodepass --help failed: {exc}"
-    line = next(
-        (ln.strip() for ln in reversed(text.splitlines()) if ln.startswith("Pool transports")),
-        "",
-    )
-    found = HELP_TRANSPORTS_RE.findall(line) if line.startswith("Pool transports installed") else []
-    mins: dict[str, int] = {}
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", _MIN_TLS_PROBE],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=C.REPO_ROOT,
-            env=child_env(),
-        )
-        mins = {
-            str(k): int(v) for k, v in json.loads(probe.stdout.strip().splitlines()[-1]).items()
-        }
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError, AttributeError):
-        pass
-    out_list = []
-    for code, name in found:
-        fallback = 1 if code in ALWAYS_TLS or name in ALWAYS_TLS.values() else 0
-        out_list.append(Transport(code, name, mins.get(code, fallback)))
-    return out_list, line or "(no 'Pool transports' line in nodepass --help)"
-
-
 def np_tls(name: str) -> int:
     """The TLS mode of a ``nodepass-tlsT[-NAME]`` system."""
     return int(name.split("-")[1][3:])
 
 
-class PortClash(C.StartError):
-    """A process exited during start-up; new ports may help."""
-
-
-# --------------------------------------------------------------------------
-# Systems under test: one or more processes ("hops") between user and target
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Hop:
-    role: str  # "entry" (users connect to it) or "exit" (it dials the target)
-    proc: subprocess.Popen[Any]
-    log_path: str
-    argv: list[str]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def log_tail(self, n: int = 10) -> str:
-        return "\n".join(self.log_text().strip().splitlines()[-n:])
-
-
-@dataclass
-class System:
-    name: str
-    port: int  # where users connect
-    hops: list[Hop] = field(default_factory=list)
-    killed_reason: str | None = None
-    # seconds from the first spawn: "listen", "checkpoint" (nodepass), "forward"
-    ready: dict[str, float] = field(default_factory=dict)
-    t_spawn: float = field(default_factory=time.monotonic)
-
-    def alive(self) -> bool:
-        return all(h.alive() for h in self.hops)
-
-    def dead_hops(self) -> str:
-        return ", ".join(f"{h.role} rc={h.proc.returncode}" for h in self.hops if not h.alive())
-
-    def pids(self) -> list[int]:
-        return [h.pid for h in self.hops]
-
-    def cpu_seconds(self) -> float | None:
-        vals = [C.proc_cpu_seconds(p) for p in self.pids()]
-        if not vals or any(v is None for v in vals):
-            return None
-        return sum(v for v in vals if v is not None)
-
-    def skip_reason(self) -> str:
-        return self.killed_reason or f"died ({self.dead_hops()})"
-
-    def death_reason(self) -> str:
-        return self.killed_reason or f"died during the test ({self.dead_hops()})"
-
-    def stop(self) -> None:
-        for h in reversed(self.hops):
-            C.REGISTRY.kill(h.proc)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = C.REPO_ROOT + (
-        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def spawn_hop(role: str, argv: list[str], log_path: str) -> Hop:
-    with open(log_path, "wb") as logf:
-        try:
-            proc = C.REGISTRY.spawn(
-                argv, stdout=logf, stderr=subprocess.STDOUT, cwd=C.REPO_ROOT, env=child_env()
-            )
-        except OSError as exc:
-            raise C.StartError(f"cannot run {argv[0]}: {exc}") from exc
-    return Hop(role, proc, log_path, argv)
-
-
-def make_cert(tmpdir: str) -> str:
-    """A self-signed P-256 certificate + key in one PEM file (what haproxy's ``crt`` wants)."""
-    path = os.path.join(tmpdir, "bench-cert.pem")
-    if os.path.exists(path):
-        return path
-    if C.REPO_ROOT not in sys.path:
-        sys.path.insert(0, C.REPO_ROOT)  # the checkout's nodepass, as the spawned hops use
-    from nodepass.tls import generateSelfSigned
-
-    cert, key = generateSelfSigned("nodepass-bench")
-    with open(path, "wb") as f:
-        f.write(cert + (b"" if cert.endswith(b"\n") else b"\n") + key)
-    return path
-
-
-def hop_argv(kind: str, listen: int, upstream: int, tmpdir: str, tls: str = "") -> list[str]:
-    """argv of one socat/haproxy hop listening on ``listen`` and dialling ``upstream``.
-
-    ``tls``: "" plain, "client" dial ``upstream`` with TLS, "server" terminate TLS.
-    """
-    if kind == "socat":
-        return [
-            "socat",
-            f"TCP-LISTEN:{listen},fork,reuseaddr,bind=127.0.0.1",
-            f"TCP:127.0.0.1:{upstream}",
-        ]
-    bind_ssl = server_ssl = ""
-    if tls == "server":
-        bind_ssl = f" ssl crt {make_cert(tmpdir)} ssl-min-ver TLSv1.3"
-    elif tls == "client":
-        server_ssl = " ssl verify none ssl-min-ver TLSv1.3"
-    cfg = os.path.join(tmpdir, f"haproxy-{listen}.cfg")
-    with open(cfg, "w") as f:
-        f.write(C.haproxy_config(listen, upstream, bind_ssl, server_ssl))
-    return ["haproxy", "-db", "-f", cfg]
-
-
-def start_chain(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
-    """socat / haproxy: one hop, or two (exit hop started first)."""
-    kind = name.split("-")[0]
-    two = name.endswith("chain")
-    tls = "tls" in name
-    if not two:
-        listen = C.free_port()
-        hop = spawn_hop(
-            "entry",
-            hop_argv(kind, listen, target, tmpdir),
-            os.path.join(tmpdir, f"{name}-{listen}.log"),
-        )
-        sysm = System(name, listen, [hop])
-        wait_hop(sysm, hop, listen, args)
-        return sysm
-    p_exit = C.free_port()
-    exit_hop = spawn_hop(
-        "exit",
-        hop_argv(kind, p_exit, target, tmpdir, "server" if tls else ""),
-        os.path.join(tmpdir, f"{name}-exit-{p_exit}.log"),
-    )
-    sysm = System(name, 0, [exit_hop])
-    wait_hop(sysm, exit_hop, p_exit, args)
-    p_entry = C.free_port()
-    entry_hop = spawn_hop(
-        "entry",
-        hop_argv(kind, p_entry, p_exit, tmpdir, "client" if tls else ""),
-        os.path.join(tmpdir, f"{name}-entry-{p_entry}.log"),
-    )
-    sysm.hops.insert(0, entry_hop)
-    sysm.port = p_entry
-    wait_hop(sysm, entry_hop, p_entry, args)
-    return sysm
-
-
-def wait_hop(sysm: System, hop: Hop, port: int, args: argparse.Namespace) -> None:
-    if C.wait_listening(port, args.start_timeout, hop.proc):
-        return
-    tail = hop.log_tail()
-    exited = not hop.alive()
-    sysm.stop()
-    msg = (
-        f"{hop.role} exited rc={hop.proc.returncode}"
-        if exited
-        else f"{hop.role} not listening on {port} after {args.start_timeout:.0f}s"
-    )
-    if tail:
-        msg += "; output:\n    " + tail.replace("\n", "\n    ")
-    raise (PortClash if exited else C.StartError)(msg)
-
-
-def start_nodepass(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
-    """Server (entry, flow ``-``) then client (exit); ready at each one's first CHECK_POINT.
-
-    Every wait is bounded by ``--ready-timeout`` from the server's start, and
-    a line of progress is logged every 10 s, so that a slow transport is
-    seen waiting rather than hanging.
-    """
-    tls, tr = args.np_variants[name]
-    tunnel, entry = C.free_port(udp_too=True), C.free_port()
-    fill = {
-        "key": TUNNEL_KEY,
-        "tunnel": tunnel,
-        "entry": entry,
-        "target": target,
-        "tls": tls,
-        "log": args.np_log,
-        "type": tr.code,
-    }
-    server_url = args.server_url.format(**fill)
-    if "{type}" not in args.server_url and tr.code != "0":
-        server_url += ("&" if "?" in server_url else "?") + f"type={tr.code}"
-    py = [sys.executable, "-m", "nodepass"]
-    server = spawn_hop(
-        "entry",
-        [*py, server_url],
-        os.path.join(tmpdir, f"{name}-server-{tunnel}.log"),
-    )
-    sysm = System(name, entry, [server])
-    deadline = sysm.t_spawn + args.ready_timeout
-    next_note = time.monotonic() + 10
-
-    def progress(what: str) -> None:
-        nonlocal next_note
-        if time.monotonic() >= next_note:
-            next_note += 10
-            C.log(f"[{name}] still waiting for {what} ({time.monotonic() - sysm.t_spawn:.0f}s)")
-
-    # The client is started once the server listens on the tunnel port, so that
-    # its first dial is not refused (it would then wait out the 3 s cooldown).
-    # The control channel is TCP for every transport. (QUIC binds its UDP pool
-    # port only after the client's handshake: nothing more to wait for here.)
-    while not C.port_bound(tunnel, "tcp"):
-        if not server.alive():
-            tail = server.log_tail(5)
-            sysm.stop()
-            raise PortClash(f"server exited rc={server.proc.returncode}: {tail!r}")
-        if time.monotonic() >= deadline:
-            tail = server.log_tail(5)
-            sysm.stop()
-            raise C.StartError(
-                f"server not listening on tunnel port {tunnel} after "
-                f"{args.ready_timeout:g}s: {tail!r}"
-            )
-        progress(f"the server's tunnel port {tunnel}")
-        time.sleep(0.02)
-    sysm.ready["listen"] = time.monotonic() - sysm.t_spawn
-    client = spawn_hop(
-        "exit",
-        [*py, args.client_url.format(**fill)],
-        os.path.join(tmpdir, f"{name}-client-{tunnel}.log"),
-    )
-    sysm.hops.append(client)
-    want_checkpoint = args.np_log in ("debug", "info", "warn", "error", "event")
-    while time.monotonic() < deadline:
-        if not sysm.alive():
-            tails = "; ".join(
-                f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops if not h.alive() and h.log_tail()
-            )
-            sysm.stop()
-            raise PortClash(f"{sysm.dead_hops()} during start-up" + (f"; {tails}" if tails else ""))
-        if want_checkpoint:
-            if all("CHECK_POINT" in h.log_text() for h in sysm.hops):
-                sysm.ready["checkpoint"] = time.monotonic() - sysm.t_spawn
-                return sysm
-            progress("CHECK_POINT from both ends")
-        else:  # log=none: nothing to wait for but a working echo (start_system's preflight)
-            return sysm
-        time.sleep(0.05)
-    tails = "; ".join(f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops)
-    sysm.stop()
-    raise C.StartError(f"no CHECK_POINT from both ends within {args.ready_timeout:g}s; {tails}")
-
-
-def start_once(name: str, target: int, tmpdir: str, args: argparse.Namespace) -> System:
-    """Start ``name`` and check that it forwards: 20 echoes through its entry port."""
-    nodepass = name.startswith("nodepass-tls")
+def system_spec(name: str, args: argparse.Namespace) -> SystemSpec:
+    """What ``name`` starts: a nodepass pair of ``args.np_variants``, or a baseline."""
+    if name in args.np_variants:
+        tls, tr = args.np_variants[name]
+        return SystemSpec(name, "nodepass-pair", tls=tls, transport=tr)
     if name == "direct":
-        sysm = System(name, target)
-    elif nodepass:
-        sysm = start_nodepass(name, target, tmpdir, args)
-    else:
-        sysm = start_chain(name, target, tmpdir, args)
-    # Preflight: it must really forward; also warms it up. A pool transport
-    # may accept users before its pool is up: failures are retried until
-    # the deadline, with a per-echo timeout long enough for a first dial.
-    if nodepass:
-        deadline = sysm.t_spawn + args.ready_timeout
-        echo_timeout = 5.0
-    else:
-        deadline = time.monotonic() + args.start_timeout
-        echo_timeout = 3.0
-    ok, fails, err = 0, 0, ""
-    next_note = time.monotonic() + 10
-    while ok < 20 and time.monotonic() < deadline:
-        if sysm.hops and not sysm.alive():
-            break
-        try:
-            C.echo_once(sysm.port, timeout=min(echo_timeout, max(0.5, deadline - time.monotonic())))
-            ok += 1
-        except OSError as exc:
-            fails += 1
-            err = repr(exc)
-            time.sleep(min(0.5, 0.05 * fails))
-        if time.monotonic() >= next_note:
-            next_note += 10
-            C.log(
-                f"[{name}] still waiting for echoes: {ok}/20 passed, {fails} failed "
-                f"({time.monotonic() - sysm.t_spawn:.0f}s)"
-            )
-    if ok < 20:
-        tails = "; ".join(f"{h.role}: {h.log_tail(5)!r}" for h in sysm.hops)
-        dead = f" ({sysm.dead_hops()})" if sysm.hops and not sysm.alive() else ""
-        sysm.stop()
-        raise C.StartError(
-            f"accepts on {sysm.port} but does not forward{dead}: {ok}/20 echoes passed, "
-            f"{fails} failed, last {err}; {tails}"
-        )
-    sysm.ready["forward"] = time.monotonic() - sysm.t_spawn
-    sysm.ready["echo_failures"] = fails
-    return sysm
-
-
-def start_system(
-    name: str, target: int, tmpdir: str, args: argparse.Namespace, warnings: list[str]
-) -> System:
-    """``start_once`` with new ports after a port clash (3 tries), and one more try for a
-    nodepass pair that did not get ready; each failed try is added to ``warnings``."""
-    clashes, retried = 0, False
-    while True:
-        try:
-            sysm = start_once(name, target, tmpdir, args)
-            break
-        except PortClash as exc:
-            clashes += 1
-            if clashes >= 3:
-                raise
-            warnings.append(f"start attempt failed (new ports): {exc}")
-        except C.StartError as exc:
-            if retried or not name.startswith("nodepass"):
-                raise
-            retried = True
-            warnings.append(f"start attempt failed, retrying once: {exc}")
-            C.log(f"[{name}] start failed, retrying once: {exc}")
-    if name.startswith("nodepass"):
-        time.sleep(args.pool_settle)  # let the client top its pool up again
-    return sysm
+        return SystemSpec(name, "direct")
+    kind = name.split("-")[0]
+    return SystemSpec(name, kind, hops=2 if name.endswith("chain") else 1, tls=int("tls" in name))
 
 
 # --------------------------------------------------------------------------
@@ -522,7 +138,7 @@ def scan_nodepass_log(text: str) -> dict[str, Any]:
 
 def run_system(
     name: str,
-    srv: C.TargetServer,
+    srv: TargetServer,
     tmpdir: str,
     args: argparse.Namespace,
     tag: str,
@@ -532,38 +148,38 @@ def run_system(
     run.update(system=name, phases={}, errors=[])
     warnings: list[str] = []
     try:
-        sysm = start_system(name, srv.port, tmpdir, args, warnings)
-    except C.StartError as exc:
+        sysm = start_system(system_spec(name, args), srv.port, tmpdir, args, warnings)
+    except StartError as exc:
         run["errors"].append(f"start: {exc}")
         if warnings:
             run["warnings"] = warnings
-        C.log(f"[{tag}] FAILED to start: {exc}")
+        log(f"[{tag}] FAILED to start: {exc}")
         return run
     if warnings:
         run["warnings"] = warnings
     run["argv"] = [h.argv for h in sysm.hops]
     run["ready"] = dict(sysm.ready)
-    C.log(
+    log(
         f"[{tag}] ready: "
         + ", ".join(
             f"{k} {v:.2f}s" if k != "echo_failures" else f"{int(v)} echo failures"
             for k, v in sysm.ready.items()
         )
     )
-    samplers: list[C.TreeMemorySampler] = []
+    samplers: list[TreeMemorySampler] = []
     try:
         for hop in sysm.hops:
-            samplers.append(C.rss_guard(sysm, hop.pid, f"{hop.role} process tree", args, tag))
-        phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("tput1", lambda: C.phase_stream(sysm.port, srv, 1, args)),
-            ("tputN", lambda: C.phase_stream(sysm.port, srv, args.streams, args)),
+            samplers.append(phases.rss_guard(sysm, hop.pid, f"{hop.role} process tree", args, tag))
+        plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("tput1", lambda: phases.phase_stream(sysm.port, srv, 1, args)),
+            ("tputN", lambda: phases.phase_stream(sysm.port, srv, args.streams, args)),
             (
                 "connrate",
-                lambda: C.phase_connrate(sysm.port, args, "connrate_series", sustain_fields),
+                lambda: phases.phase_connrate(sysm.port, args, "connrate_series", sustain_fields),
             ),
-            ("rtt", lambda: C.phase_rtt(sysm.port, [srv.proc.pid, *sysm.pids()], args)),
+            ("rtt", lambda: phases.phase_rtt(sysm.port, [srv.proc.pid, *sysm.pids()], args)),
         ]
-        C.run_phases(sysm, phases, args, tag, run)
+        phases.run_phases(sysm, plan, args, tag, run)
     finally:
         run["memory"] = {
             hop.role: smp.stop() for hop, smp in zip(sysm.hops, samplers, strict=False)
@@ -586,7 +202,7 @@ def run_system(
 # --------------------------------------------------------------------------
 
 
-def metric_defs(args: argparse.Namespace) -> list[C.MetricDef]:
+def metric_defs(args: argparse.Namespace) -> list[fmt.MetricDef]:
     return [
         ("tput1_mb_s", "throughput, 1 stream (MB/s)", True),
         ("tputN_mb_s", f"throughput, {args.streams} streams (MB/s)", True),
@@ -609,7 +225,7 @@ def metric_defs(args: argparse.Namespace) -> list[C.MetricDef]:
 
 
 def flatten(run: dict[str, Any]) -> dict[str, float]:
-    out = C.flatten_phases(run)
+    out = phases.flatten_phases(run)
     # The per-second counts are kept even when the phase was voided by failures:
     # a rate that collapses is exactly what they are there to show.
     if (r := run["phases"].get("connrate")) and "per_second" in r:
@@ -630,7 +246,7 @@ def flatten(run: dict[str, Any]) -> dict[str, float]:
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Median over rounds; memory: the maximum (it is a peak); sustain: the worst."""
-    return C.aggregate(runs, flatten, {"conn_sustain": min})
+    return stats.aggregate(runs, flatten, {"conn_sustain": min})
 
 
 def baselines_for(variant: str, systems: list[str]) -> list[str]:
@@ -644,14 +260,14 @@ def baselines_for(variant: str, systems: list[str]) -> list[str]:
 
 def compute_ratios(summary: dict[str, dict[str, float]], systems: list[str]) -> dict[str, Any]:
     return {
-        variant: C.ratios(summary, variant, baselines_for(variant, systems))
+        variant: stats.ratios(summary, variant, baselines_for(variant, systems))
         for variant in systems
         if variant.startswith("nodepass") and variant in summary
     }
 
 
 def sustain_verdicts(results: dict[str, Any], systems: list[str]) -> dict[str, dict[str, Any]]:
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for s in systems:
         for r in results["runs"].get(s, []):
             ph = r["phases"].get("connrate")
@@ -721,26 +337,26 @@ def transport_table(results: dict[str, Any], args: argparse.Namespace, markdown:
                 row.append("-")
                 continue
             digits = 0 if key == "conn_rate" else 1
-            cell = C.fmt_num(v, digits)
+            cell = fmt.fmt_num(v, digits)
             if r["system"] == r["reference"]:
                 cell += " (ref)"
             elif key in r["ratios"]:
                 cell += f" ({r['ratios'][key]:.2f}x)"
             row.append(cell)
-        row.append(C.fmt_num(r["ready_s"], 2))
+        row.append(fmt.fmt_num(r["ready_s"], 2))
         if r["sustain"] is None:
             row.append("-")
         else:
             verdict = f"**{r['sustain']}**" if markdown else r["sustain"]
             row.append(f"{verdict} ({r['sustain_ratio']:.2f})")
         rows.append(row)
-    return C.render_table(header, rows, markdown=markdown)
+    return fmt.render_table(header, rows, markdown=markdown)
 
 
 def raw_table(results: dict[str, Any], args: argparse.Namespace, markdown: bool) -> str:
     summary = results["summary"]
     systems = [s for s in args.run_systems if s in summary]
-    return C.metric_table(metric_defs(args), summary, systems, markdown)
+    return fmt.metric_table(metric_defs(args), summary, systems, markdown)
 
 
 def ratio_table(
@@ -756,17 +372,17 @@ def ratio_table(
         for b in bases:
             r = ratios[b].get(key)
             row.append("-" if r is None else f"{r:.2f}x")
-        row.append(C.better(hib))
+        row.append(fmt.better(hib))
         rows.append(row)
     header = [f"{variant} / baseline", *bases, "better"]
-    return C.render_table(header, rows, markdown=markdown)
+    return fmt.render_table(header, rows, markdown=markdown)
 
 
 def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     out = [f"{s}: skipped, {why}" for s, why in results["skipped"].items()]
     for s in args.run_systems:
         for r in results["runs"].get(s, []):
-            out += C.run_notes(s, r)
+            out += runner.run_notes(s, r)
             mem = r.get("memory") or {}
             if s.startswith("socat") and mem:
                 kids = max(m["max_children"] for m in mem.values())
@@ -795,11 +411,11 @@ def print_ratio_tables(results: dict[str, Any], args: argparse.Namespace, markdo
 
 
 def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
-    C.print_header(
+    runner.print_header(
         "NodePass dual-end tunnel benchmark",
         results["meta"],
         args,
-        f"haproxy: nbthread {C.HAPROXY_THREADS} per process; socat: a fork per connection; "
+        f"haproxy: nbthread {tools.HAPROXY_THREADS} per process; socat: a fork per connection; "
         "*-chain: two processes in a row; MB = 10^6 bytes",
     )
     print(raw_table(results, args, markdown=False))
@@ -827,7 +443,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"first second >= {SUSTAIN_MIN:.0%}:"
         )
         print(transport_table(results, args, markdown=False))
-    C.print_notes(notes(results, args))
+    runner.print_notes(notes(results, args))
     if args.markdown:
         print()
         print(raw_table(results, args, markdown=True))
@@ -837,14 +453,14 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(transport_table(results, args, markdown=True))
 
 
-def collect_meta(args: argparse.Namespace, tools: dict[str, str | None]) -> dict[str, Any]:
-    versions = C.tool_versions(tools)
+def collect_meta(args: argparse.Namespace, found: dict[str, str | None]) -> dict[str, Any]:
+    versions = tools.tool_versions(found)
     if any(s.startswith("nodepass") for s in args.run_systems):
-        versions["nodepass"] = C.nodepass_version() or "?"
+        versions["nodepass"] = tools.nodepass_version() or "?"
         versions["nodepass server"] = args.server_url
         versions["nodepass client"] = args.client_url
         versions["pool transports"] = args.transports_line
-    meta = C.run_meta(
+    meta = runner.run_meta(
         versions,
         {
             k: ({n: [t, vars(tr)] for n, (t, tr) in v.items()} if k == "np_variants" else v)
@@ -919,7 +535,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--phases",
-        default=",".join(C.PHASES),
+        default=",".join(phases.PHASES),
         help="phases to run: tput1, tputN, connrate, rtt",
     )
     p.add_argument(
@@ -986,14 +602,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write raw results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = p.parse_args(argv)
-    args.systems = C.parse_systems(p, args.systems, ALL_SYSTEMS)
+    args.systems = options.parse_systems(p, args.systems, ALL_SYSTEMS)
     try:
         args.tls = sorted({int(t) for t in args.tls.split(",") if t.strip()})
     except ValueError:
         p.error("--tls takes a list of 0 and 1")
     if not args.tls or any(t not in (0, 1) for t in args.tls):
         p.error("--tls takes a list of 0 and 1")
-    args.phases = C.parse_phases(p, args.phases)
+    args.phases = options.parse_phases(p, args.phases)
     if args.np_log not in ("none", "debug", "info", "warn", "error", "event"):
         p.error("--np-log: none, debug, info, warn, error or event")
     if args.quick:
@@ -1003,7 +619,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pool_settle = min(args.pool_settle, 0.5)
     if args.conn_duration < 2:
         p.error("--conn-duration must be >= 2 (first and last second are compared)")
-    C.check_run_args(p, args)
+    options.check_run_args(p, args)
     return args
 
 
@@ -1019,7 +635,7 @@ def resolve_types(
         if tr is None:
             listed = ", ".join(f"{t.code} ({t.name})" for t in installed) or "none"
             skipped[f"type={want}"] = f"not installed (installed: {listed})"
-            C.log(f"[setup] skipping type={want}: not installed (installed: {listed})")
+            log(f"[setup] skipping type={want}: not installed (installed: {listed})")
         elif tr not in out:
             out.append(tr)
     return sorted(out, key=installed.index)  # TCP, the reference, first
@@ -1050,45 +666,45 @@ def expand_systems(args: argparse.Namespace, skipped: dict[str, str]) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    t_start = C.start_run()
+    t_start = start_run()
 
     if "nodepass" in args.systems:
         installed, args.transports_line = installed_transports()
-        C.log(f"[setup] {args.transports_line}")
+        log(f"[setup] {args.transports_line}")
         if not installed:  # an older tree without the line: the TCP pool alone
-            installed = [Transport("0", "tcp", 0)]
+            installed = [TCP_POOL]
     else:
         installed, args.transports_line = [], ""
     skipped: dict[str, str] = {}
     args.transports = resolve_types(args, installed, skipped)
     kinds = {s.split("-")[0] for s in args.systems}
     needed = {c: c for c in ("socat", "haproxy") if c in kinds}
-    tools = C.ensure_commands(needed, install=not args.no_install) if needed else {}
+    found = tools.ensure_commands(needed, install=not args.no_install) if needed else {}
     systems = []
     for s in expand_systems(args, skipped):
         tool = s.split("-")[0]
-        if tool in tools and not tools[tool]:
+        if tool in found and not found[tool]:
             skipped[s] = f"{tool} not installed"
-            C.log(f"[setup] skipping {s}: {tool} not installed")
+            log(f"[setup] skipping {s}: {tool} not installed")
         else:
             systems.append(s)
     args.run_systems = systems
     results: dict[str, Any] = {
-        "meta": collect_meta(args, tools),
+        "meta": collect_meta(args, found),
         "runs": {},
         "skipped": skipped,
     }
 
-    interrupted = C.run_rounds(systems, args, results["runs"], run_system, "nodepass-pair-")
+    interrupted = runner.run_rounds(systems, args, results["runs"], run_system, "nodepass-pair-")
     results["summary"] = {s: aggregate(r) for s, r in results["runs"].items()}
     results["ratios"] = compute_ratios(results["summary"], systems)
     results["sustain"] = sustain_verdicts(results, systems)
     results["transports"] = transport_rows(results, args)
-    C.end_meta(results["meta"], t_start, interrupted)
+    runner.end_meta(results["meta"], t_start, interrupted)
     print_report(results, args)
     print(f"\n(total {results['meta']['wall_s']:.0f} s)")
     if args.json:
-        C.write_json(args.json, results)
+        runner.write_json(args.json, results)
     if interrupted:
         return 130
     failed = [s for s in systems if not results["summary"].get(s)]
