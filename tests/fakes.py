@@ -214,3 +214,132 @@ class InstanceReactor(MemoryReactorClock):
         udp = _UDPPort(self, port, protocol)
         protocol.makeConnection(udp)
         return udp
+
+
+# -- the data plane: UDP sockets, pool connections, target dials ---------------------------
+
+
+class DatagramSocket:
+    """
+    A UDP port as the data plane uses it: C{connect}, C{write} (recorded in C{written} with
+    the address given), C{stopReading}/C{startReading} (C{reading}), C{stopListening}.
+    """
+
+    def __init__(self, port: int = 0, interface: str = "") -> None:
+        self.port = port
+        self.interface = interface
+        self.connectedTo: tuple[str, int] | None = None
+        self.written: list[tuple[bytes, Any]] = []
+        self.reading = True
+        self.listening = True
+
+    def connect(self, host: str, port: int) -> None:
+        self.connectedTo = (host, port)
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        self.written.append((data, addr))
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", "127.0.0.1", self.port)
+
+
+class DatagramReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} whose C{listenUDP} connects the protocol to a L{DatagramSocket}
+    (all of them in C{sockets}, with the arguments in C{udpServers}).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sockets: list[DatagramSocket] = []
+        self.udpServers: list[tuple[int, Any, str, int]] = []
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> DatagramSocket:
+        socket = DatagramSocket(port, interface)
+        self.sockets.append(socket)
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        protocol.makeConnection(socket)
+        return socket
+
+
+class FakePoolConnection:
+    """
+    A pool connection as a consumer sees it: C{write} (into C{written}), C{close},
+    C{attach}; C{lose} ends it from the far side.
+    """
+
+    def __init__(self, ident: str = "1a2b3c4d") -> None:
+        self.ident = ident
+        self.written: list[bytes] = []
+        self.closed = False
+        self.consumer: Any = None
+        self.halfClose = True
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def attach(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def lose(self) -> None:
+        self.closed = True
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.connectionLost()
+
+
+class FakeTargetDialer:
+    """
+    A L{nodepass.balance.TargetDialer} stand-in over real L{nodepass.balance.Targets}:
+    C{resolve} answers from C{addresses} (host -> IP, an exception to fail) or with the host
+    itself; C{connect} connects the protocol to a L{StringTransportWithDisconnection} whose
+    peer is C{peer}, or fails with C{failure}.
+    """
+
+    def __init__(self, clock: Any, targets: Any, peer: Any = None) -> None:
+        from nodepass.balance import Targets
+
+        self.targets = Targets(targets, 0, clock)
+        self.addresses: dict[str, Any] = {}
+        self.peer = peer
+        self.failure: Exception | None = None
+        self.connected: list[tuple[Any, Any]] = []
+        self.pendingResolve: Any = None
+
+    async def resolve(self, index: int) -> str:
+        host = self.targets.targets[index].host
+        answer = self.addresses.get(host, host)
+        if isinstance(answer, Exception):
+            raise answer
+        if self.pendingResolve is not None:
+            await self.pendingResolve
+        return str(answer)
+
+    async def connect(self, protocol: Any) -> tuple[Any, int]:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransportWithDisconnection
+
+        if self.failure is not None:
+            raise self.failure
+        peer = self.peer or IPv4Address("TCP", "10.0.0.5", 8080)
+        transport = StringTransportWithDisconnection(peerAddress=peer)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.connected.append((protocol, transport))
+        return protocol, 0

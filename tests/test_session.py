@@ -31,13 +31,13 @@ from nodepass.stats import Counters
 from nodepass.tunnel.control import Signal, decodeSignal, encodeSignal
 from nodepass.tunnel.pool import CONTROL_ID, PoolConnection, ServerPool
 from nodepass.tunnel.session import (
-    DatagramCodec,
     Session,
     SessionError,
     Shared,
     _EntryUDP,
     _UserFactory,
 )
+from nodepass.tunnel.udp import DatagramCodec
 from nodepass.url import parse
 
 KEY = "secret"

@@ -10,12 +10,11 @@ signals) or the I{exit} side (dials targets), dataplane spec §2.3, §6, §7.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -24,12 +23,22 @@ from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import defaultLogger
-from nodepass.relay import IdleTimer, Relay, RelayProtocol, Throttle
+from nodepass.relay import Relay, RelayProtocol
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
 from nodepass.tunnel.pool import Pool, PoolConnection
+from nodepass.tunnel.udp import (
+    DatagramCodec,
+    EntryListener,
+    Flow,
+    Flows,
+    PoolFeed,
+    TargetFlow,
+    TunnelFlow,
+    connectTarget,
+)
 from nodepass.url import Config
 
 
@@ -76,38 +85,6 @@ class Shared:
         self.counters = counters
         self.slots = Slots(config.slot)
         self.limiter = RateLimiter.fromMbps(config.rate, reactor) if config.rate else None
-
-
-class DatagramCodec:
-    """
-    UDP datagrams on a pool connection: one write per datagram and one read
-    per datagram with Go peers; a 2-byte big-endian length prefix between
-    our own peers (dataplane spec §7.1, §16.1), which survives coalescing.
-    """
-
-    def __init__(self, framed: bool) -> None:
-        self.framed = framed
-        self._buffer = b""
-
-    def encode(self, datagram: bytes) -> bytes:
-        if self.framed:
-            return struct.pack("!H", len(datagram)) + datagram
-        return datagram
-
-    def decode(self, data: bytes) -> list[bytes]:
-        if not self.framed:
-            return [data]
-        buffer = self._buffer + data
-        out = []
-        offset = 0
-        while len(buffer) - offset >= 2:
-            (size,) = struct.unpack_from("!H", buffer, offset)
-            if len(buffer) - offset - 2 < size:
-                break
-            out.append(buffer[offset + 2 : offset + 2 + size])
-            offset += 2 + size
-        self._buffer = buffer[offset:]
-        return out
 
 
 # -- TCP ----------------------------------------------------------------------
@@ -186,191 +163,31 @@ class _Target(RelayProtocol):
 # -- UDP ----------------------------------------------------------------------
 
 
-class _EntryUDPSession:
-    """
-    One user address on the entry side's UDP listener, carried over one
-    pool connection.
-    """
-
-    def __init__(self, listener: _EntryUDP, source: tuple[str, int]) -> None:
-        self.listener = listener
-        self.source = source
-        self.conn: PoolConnection | None = None
-        self.queue: list[bytes] = []
-        self.codec = DatagramCodec(listener.session.ext)
-        session = listener.session
-        # Idle means no reply from the tunnel (spec §7.2), whatever goes out.
-        self.idle = IdleTimer(session.clock, session.shared.settings.udpReadTimeout, self.end)
-        self.ended = False
-
-    def send(self, datagram: bytes) -> None:
-        if self.conn is None:
-            if len(self.queue) < 64:
-                self.queue.append(datagram)
-            return
-        self.conn.write(self.codec.encode(datagram))
-
-    def attached(self, conn: PoolConnection) -> None:
-        self.conn = conn
-        queued, self.queue = self.queue, []
-        for datagram in queued:
-            self.send(datagram)
-
-    # Consumer of the pool connection: replies from the tunnel.
-    def dataReceived(self, data: bytes) -> None:
-        session = self.listener.session
-        self.idle.touch()
-        port = self.listener.transport
-        for datagram in self.codec.decode(data):
-            session.shared.counters.udptx += len(datagram)
-            if session.shared.limiter is not None:
-                session.shared.limiter.write.take(len(datagram))
-            port.write(datagram, self.source)  # type: ignore[union-attr]
-
-    def connectionLost(self) -> None:
-        self.end()
-
-    def end(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self.idle.cancel()
-        if self.listener.sessions.get(self.source) is self:
-            del self.listener.sessions[self.source]
-            self.listener.session.shared.slots.release("udp")
-        if self.conn is not None:
-            self.conn.close()
-
-
-class _EntryUDP(DatagramProtocol):
+class _EntryUDP(EntryListener):
     """
     The entry side's UDP listener; it outlives sessions (each new session
-    adopts it).
+    adopts it, and its flows are that session's).
     """
 
-    # Twisted's "Starting protocol" lines would go to the global log, not the instance's.
-    noisy = False
     session: Session
 
     def __init__(self, session: Session | None, clock: Any) -> None:
+        super().__init__(clock)
         self.session = session  # type: ignore[assignment]
-        self.sessions: dict[Any, _EntryUDPSession] = {}
-        self.throttle = Throttle(clock, self._pause, self._resume)
 
-    def _pause(self) -> None:
-        self.transport.stopReading()  # type: ignore[union-attr]
+    @property
+    def counters(self) -> Counters:
+        return self.session.shared.counters
 
-    def _resume(self) -> None:
-        if self.session is not None and not self.session.stopped:
-            self.transport.startReading()  # type: ignore[union-attr]
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self.session.shared.limiter
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        session = self.session
-        if session is None or session.stopped:
-            return
-        shared = session.shared
-        shared.counters.udprx += len(data)
-        if shared.limiter is not None:
-            self.throttle.delay(shared.limiter.read.take(len(data)))
-        udp = self.sessions.get(addr)
-        if udp is None:
-            if not shared.slots.tryAcquire("udp"):
-                session.log.error(
-                    "commonUDPLoop: UDP slot limit reached: {udp}/{limit}",
-                    udp=shared.slots.udp,
-                    limit=shared.slots.limit,
-                )
-                return
-            udp = _EntryUDPSession(self, addr)
-            self.sessions[addr] = udp
-            remote = f"{addr[0]}:{addr[1]}" if ":" not in addr[0] else f"[{addr[0]}]:{addr[1]}"
+    def accepting(self) -> bool:
+        return self.session is not None and not self.session.stopped
 
-            def got(conn: PoolConnection, udp: _EntryUDPSession = udp) -> None:
-                if udp.ended or session.stopped:
-                    conn.close()
-                    return
-                session.control.send(Signal("udp", remote=remote, id=conn.ident))
-                conn.attach(udp)
-                udp.attached(conn)
-
-            def failed(reason: Failure, udp: _EntryUDPSession = udp) -> None:
-                session.log.warn(
-                    "commonUDPLoop: request timeout: {reason}", reason=reason.getErrorMessage()
-                )
-                udp.end()
-
-            session.pool.incomingGet().addCallbacks(got, failed)
-        udp.send(data)
-
-
-class _ExitUDPSession(DatagramProtocol):
-    """
-    The exit side of one UDP flow: a connected socket towards the target.
-    """
-
-    noisy = False
-
-    def __init__(self, session: Session, key: str, conn: PoolConnection) -> None:
-        self.session = session
-        self.key = key
-        self.conn = conn
-        self.codec = DatagramCodec(session.ext)
-        self.port: IListeningPort | None = None
-        self.queue: list[bytes] = []
-        self.idle = IdleTimer(session.clock, session.shared.settings.udpReadTimeout, self.end)
-        self.ended = False
-
-    # pool -> target
-    def dataReceived(self, data: bytes) -> None:
-        self.idle.touch()
-        for datagram in self.codec.decode(data):
-            if self.port is None:
-                if len(self.queue) < 64:
-                    self.queue.append(datagram)
-                continue
-            self._toTarget(datagram)
-
-    def _toTarget(self, datagram: bytes) -> None:
-        shared = self.session.shared
-        shared.counters.udptx += len(datagram)
-        if shared.limiter is not None:
-            shared.limiter.write.take(len(datagram))
-        self.transport.write(datagram)  # type: ignore[union-attr,call-arg]
-
-    def opened(self, port: IListeningPort) -> None:
-        self.port = port
-        queued, self.queue = self.queue, []
-        for datagram in queued:
-            self._toTarget(datagram)
-
-    # target -> pool
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        shared = self.session.shared
-        self.idle.touch()
-        shared.counters.udprx += len(data)
-        if shared.limiter is not None:
-            shared.limiter.read.take(len(data))
-        self.conn.write(self.codec.encode(data))
-
-    def connectionRefused(self) -> None:
-        self.session.log.debug("UDP target refused datagrams for {key}", key=self.key)
-
-    def connectionLost(self, reason: Any = None) -> None:  # type: ignore[override]
-        # Called both as the pool connection's consumer and by the UDP port.
-        self.end()
-
-    def end(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self.idle.cancel()
-        sessions = self.session.exitUDP
-        if sessions.get(self.key) is self:
-            del sessions[self.key]
-            self.session.shared.slots.release("udp")
-        self.conn.close()
-        if self.port is not None:
-            self.port.stopListening()
+    def flowFor(self, source: Any) -> Flow | None:
+        return self.session.entryFlow(self, source)
 
 
 class _ControlConsumer:
@@ -432,10 +249,12 @@ class Session:
         self.ping = 0
         self.verified = tlsMode == 0
         self.relays: set[Relay] = set()
-        self.exitUDP: dict[str, _ExitUDPSession] = {}
+        #: UDP flows towards the target (exit side), keyed by the signal's ``remote``.
+        self.exitFlows = Flows(shared.slots, self.log, "commonUDPOnce")
+        #: UDP flows over the tunnel (entry side), keyed by the user's address.
+        self.entryFlows = Flows(shared.slots, self.log, "commonUDPLoop")
         self.tcpPort: IListeningPort | None = None
         self.udpPort: IListeningPort | None = None
-        self._udpListener: _EntryUDP | None = None
         self._namedByPeer: set[str] = set()
         self._sentVerify: dict[str, str] = {}
         self.control = ControlChannel(
@@ -456,10 +275,6 @@ class Session:
         """
         self.tcpPort = tcpPort
         self.udpPort = udpPort
-        if udpPort is not None:
-            listener: _EntryUDP = udpPort.protocol  # type: ignore[attr-defined]
-            listener.sessions.clear()
-            self._udpListener = listener
 
     def start(self) -> None:
         # Our ping goes first (spec §15.5), then whatever the peer sent while
@@ -495,11 +310,8 @@ class Session:
             self.control.stop()
             self.controlConn.close()
             self.pool.close()
-            for udp in list(self.exitUDP.values()):
-                udp.end()
-            if self._udpListener is not None:
-                for entryUDP in list(self._udpListener.sessions.values()):
-                    entryUDP.end()
+            self.exitFlows.endAll()
+            self.entryFlows.endAll()
             for port in (self.tcpPort, self.udpPort):
                 if port is not None:
                     port.stopReading()  # type: ignore[attr-defined]
@@ -650,36 +462,88 @@ class Session:
 
     async def _exitUDP(self, signal: Signal) -> None:
         shared = self.shared
-        old = self.exitUDP.get(signal.remote)
+        flows = self.exitFlows
+        old = flows.get(signal.remote)
         if old is not None:
             old.end()
         try:
             conn = await self._named(signal, "udp")
         except _NoSlot:
             return
-        udp = _ExitUDPSession(self, signal.remote, conn)
-        self.exitUDP[signal.remote] = udp
-        dialer = shared.dialer
-        index = dialer.targets.order()[0]
-        target = dialer.targets.targets[index]
-        try:
-            ip = await dialer.resolve(index) or "127.0.0.1"
-        except Exception as reason:
-            udp.end()
-            raise SessionError(str(reason)) from None
-        if udp.ended:
-            return
-        interface = "::" if ":" in ip else ""
-        if shared.config.dial not in ("auto", ""):
-            interface = shared.config.dial
-        port = shared.reactor.listenUDP(
-            0, udp, interface=interface, maxPacketSize=shared.settings.udpBufferSize
+        codec = DatagramCodec(self.ext)
+
+        def toPool(datagram: bytes) -> float:
+            conn.write(codec.encode(datagram))
+            return 0.0
+
+        flow = TargetFlow(
+            flows,
+            signal.remote,
+            self.clock,
+            shared.settings.udpReadTimeout,
+            toPool,
+            self.log,
+            counters=shared.counters,
+            limiter=shared.limiter,
+            onEnd=conn.close,
         )
-        udp.transport.connect(ip, target.port)  # type: ignore[union-attr]
-        udp.opened(port)
+        flows.add(flow)
+        try:
+            target = await connectTarget(
+                shared.reactor,
+                shared.dialer,
+                flow,
+                shared.config.dial,
+                shared.settings.udpBufferSize,
+            )
+        except Exception as reason:
+            flow.end()
+            raise SessionError(str(reason)) from None
+        if target is None:
+            return
         # Only now take the datagrams that arrived (and keep arriving) on
         # the pool connection: the target socket is ready for all of them.
-        conn.attach(udp)
+        conn.attach(PoolFeed(flow, codec))
+
+    def entryFlow(self, listener: EntryListener, source: Any) -> Flow | None:
+        """
+        The flow of a user address on the entry listener; a new one takes a
+        slot and an idle pool connection, and names it in a ``udp`` signal
+        (dataplane spec §7.2).
+        """
+        flows = self.entryFlows
+        flow = flows.get(source)
+        if flow is not None:
+            return flow
+        if not flows.admit():
+            return None
+
+        def reply(datagram: bytes) -> None:
+            listener.reply(source, datagram)
+
+        tunnel = TunnelFlow(
+            flows, source, self.clock, self.shared.settings.udpReadTimeout, self.ext, reply
+        )
+        flows.add(tunnel)
+        host, port = source
+        remote = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+        def got(conn: PoolConnection) -> None:
+            if tunnel.ended or self.stopped:
+                conn.close()
+                return
+            self.control.send(Signal("udp", remote=remote, id=conn.ident))
+            conn.attach(tunnel)
+            tunnel.attached(conn)
+
+        def failed(reason: Failure) -> None:
+            self.log.warn(
+                "commonUDPLoop: request timeout: {reason}", reason=reason.getErrorMessage()
+            )
+            tunnel.end()
+
+        self.pool.incomingGet().addCallbacks(got, failed)
+        return tunnel
 
     # -- verify (dataplane spec §8.4) --------------------------------------------
 

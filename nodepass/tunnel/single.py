@@ -7,7 +7,6 @@ to the targets (dataplane spec §2.2, §7.4, §10).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.application.service import Service
@@ -15,7 +14,7 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,11 +24,12 @@ from nodepass.balance import TargetDialer, Targets, connectTCP
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import defaultLogger, wants
-from nodepass.relay import IdleTimer, Relay, RelayProtocol, Throttle
+from nodepass.relay import Relay, RelayProtocol
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
+from nodepass.tunnel.udp import EntryListener, Flow, Flows, TargetFlow, connectTarget
 from nodepass.url import Config, HostPort
 
 #: Read size and write-buffer high-water mark of relayed TCP connections.
@@ -172,99 +172,31 @@ class _InboundFactory(Factory):
         self.forwarder = forwarder
 
 
-class _UDPSession(DatagramProtocol):
+class _UDPListener(EntryListener):
     """
-    One source address of the UDP listener, with its own connected socket
-    towards the target.  Ends after C{udpReadTimeout} seconds without traffic
-    in either direction.
+    The UDP socket on the tunnel address: one L{TargetFlow} per source.
     """
-
-    # Twisted's "Starting protocol" lines would go to the global log, not the instance's.
-    noisy = False
-
-    def __init__(self, forwarder: SingleEnd, source: tuple[str, int]) -> None:
-        self.forwarder = forwarder
-        self.source = source
-        self.queue: list[bytes] = []
-        self.port: IListeningPort | None = None
-        self.idle = IdleTimer(forwarder.clock, forwarder.settings.udpReadTimeout, self.end)
-        self.ended = False
-        self.throttle = Throttle(forwarder.clock, self._pauseReading, self._resumeReading)
-
-    def opened(self, port: IListeningPort) -> None:
-        self.port = port
-        queued, self.queue = self.queue, []
-        for data in queued:
-            self.send(data)
-
-    def send(self, data: bytes) -> None:
-        self.idle.touch()
-        if self.port is None:
-            if len(self.queue) < 64:
-                self.queue.append(data)
-            return
-        self.transport.write(data)  # type: ignore[union-attr,call-arg]
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        forwarder = self.forwarder
-        self.idle.touch()
-        forwarder.counters.udptx += len(data)
-        if forwarder.limiter is not None:
-            delay = forwarder.limiter.write.take(len(data))
-            if delay > 0 and self.port is not None:
-                self.throttle.delay(delay)
-        listener = forwarder.udpPort
-        if listener is not None:
-            listener.write(data, self.source)  # type: ignore[attr-defined]
-
-    def _pauseReading(self) -> None:
-        if self.port is not None:
-            self.port.stopReading()  # type: ignore[attr-defined]
-
-    def _resumeReading(self) -> None:
-        if not self.ended and self.port is not None:
-            self.port.startReading()  # type: ignore[attr-defined]
-
-    def connectionRefused(self) -> None:
-        self.forwarder.log.debug("UDP target refused datagrams from {source}", source=self.source)
-
-    def end(self) -> Deferred[None]:
-        if self.ended:
-            return succeed(None)
-        self.ended = True
-        self.throttle.cancel()
-        self.idle.cancel()
-        self.forwarder.udpSessionEnded(self)
-        if self.port is not None:
-            return self.port.stopListening() or succeed(None)  # type: ignore[return-value]
-        return succeed(None)
-
-
-class _UDPListener(DatagramProtocol):
-    noisy = False
 
     def __init__(self, forwarder: SingleEnd) -> None:
+        super().__init__(forwarder.clock)
         self.forwarder = forwarder
-        self.throttle = Throttle(forwarder.clock, self._pauseReading, self._resumeReading)
 
-    def _pauseReading(self) -> None:
-        self.transport.stopReading()  # type: ignore[union-attr]
+    @property
+    def counters(self) -> Counters:
+        return self.forwarder.counters
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        forwarder = self.forwarder
-        forwarder.counters.udprx += len(data)
-        if forwarder.limiter is not None:
-            self.throttle.delay(forwarder.limiter.read.take(len(data)))
-        session = forwarder.udpSessions.get(addr)
-        if session is None:
-            session = forwarder.openUDPSession(addr)
-            if session is None:
-                return
-        session.send(data)
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self.forwarder.limiter
 
-    def _resumeReading(self) -> None:
-        if self.forwarder.udpPort is not None:
-            self.transport.startReading()  # type: ignore[union-attr]
+    def accepting(self) -> bool:
+        return self.forwarder.udpPort is not None
+
+    def flowFor(self, source: Any) -> Flow | None:
+        flow = self.forwarder.udpFlows.get(source)
+        if flow is None:
+            flow = self.forwarder.openUDPSession(self, source)
+        return flow
 
 
 class SingleEnd(Service):
@@ -317,7 +249,7 @@ class SingleEnd(Service):
         self.udpPort: IListeningPort | None = None
         self.relays: set[Relay] = set()
         self.inbound: set[_Inbound] = set()
-        self.udpSessions: dict[Any, _UDPSession] = {}
+        self.udpFlows = Flows(self.slots, self.log, "singleUDPLoop")
         self.ping = 0
         self._health = LoopingCall(self.checkpoint)
         self._health.clock = reactor
@@ -374,8 +306,7 @@ class SingleEnd(Service):
             if port is not None:
                 waits.append(port.stopListening() or succeed(None))  # type: ignore[arg-type]
         self.tcpPort = self.udpPort = None
-        for session in list(self.udpSessions.values()):
-            waits.append(session.end())
+        waits.extend(self.udpFlows.endAll())
         for inbound in list(self.inbound):
             inbound.transport.loseConnection()  # type: ignore[union-attr]
         drained = self._drainRelays()
@@ -410,50 +341,47 @@ class SingleEnd(Service):
 
     # -- UDP ----------------------------------------------------------------
 
-    def openUDPSession(self, source: Any) -> _UDPSession | None:
-        if not self.slots.tryAcquire("udp"):
-            self.log.error(
-                "singleUDPLoop: UDP slot limit reached: {udp}/{limit}",
-                udp=self.slots.udp,
-                limit=self.slots.limit,
-            )
-            return None
-        session = _UDPSession(self, source)
-        self.udpSessions[source] = session
-        index = self.targets.order()[0]
-        target = self.targets.targets[index]
-        d = self.resolver.resolve(target.host)
+    @property
+    def udpSessions(self) -> dict[Any, Flow]:
+        """
+        The live UDP flows, by source address.
+        """
+        return self.udpFlows.live
 
-        def resolved(ip: str) -> None:
-            if session.ended:
-                return
-            ip = ip or "127.0.0.1"
-            family6 = ipaddress.ip_address(ip).version == 6
-            interface = "::" if family6 else ""
-            if self.config.dial not in ("auto", ""):
-                interface = self.config.dial
-            port = self.reactor.listenUDP(
-                0, session, interface=interface, maxPacketSize=self.settings.udpBufferSize
+    def openUDPSession(self, listener: EntryListener, source: Any) -> TargetFlow | None:
+        """
+        A new flow for C{source}, with its own socket towards the target
+        (dataplane spec §7.4); C{None} when no slot is left.
+        """
+        flows = self.udpFlows
+        if not flows.admit():
+            return None
+
+        def reply(datagram: bytes) -> float:
+            return listener.reply(source, datagram)
+
+        flow = TargetFlow(flows, source, self.clock, self.settings.udpReadTimeout, reply, self.log)
+        flows.add(flow)
+        opening = Deferred.fromCoroutine(
+            connectTarget(
+                self.reactor, self.dialer, flow, self.config.dial, self.settings.udpBufferSize
             )
-            session.transport.connect(ip, target.port)  # type: ignore[union-attr]
-            self.log.debug(
-                "Target connection: {source} <-> {target}",
-                source=hostPort(self.udpPort.getHost()) if self.udpPort else "?",  # type: ignore[attr-defined]
-                target=target,
-            )
-            session.opened(port)
+        )
+
+        def opened(target: HostPort | None) -> None:
+            if target is not None:
+                self.log.debug(
+                    "Target connection: {source} <-> {target}",
+                    source=hostPort(self.udpPort.getHost()) if self.udpPort else "?",  # type: ignore[attr-defined]
+                    target=target,
+                )
 
         def failed(reason: Failure) -> None:
             self.log.error("singleUDPLoop: {reason}", reason=reason.getErrorMessage())
-            session.end()
+            flow.end()
 
-        d.addCallback(resolved).addErrback(failed)
-        return session
-
-    def udpSessionEnded(self, session: _UDPSession) -> None:
-        if self.udpSessions.get(session.source) is session:
-            del self.udpSessions[session.source]
-            self.slots.release("udp")
+        opening.addCallback(opened).addErrback(failed)
+        return flow
 
     # -- health -------------------------------------------------------------
 
