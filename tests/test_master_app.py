@@ -37,15 +37,13 @@ from nodepass.master.app import (
     LimitedRequest,
     MasterAPI,
     MasterInfo,
-    goArch,
-    goOS,
 )
 from nodepass.master.auth import CorsPolicy, KeyChecker
 from nodepass.master.events import RETRY_BLOCK, EventHub
 from nodepass.master.openapi import DOCS_STATIC_FILES
 from nodepass.master.registry import PUT_RESTART_DELAY, MasterSettings, Registry
 from nodepass.master.store import StoredInstance, SyncStore
-from nodepass.master.sysinfo import SYSTEM_FIELDS
+from nodepass.master.sysinfo import SYSTEM_FIELDS, goArch, goOS
 from nodepass.master.tcping import ProbeResult
 from nodepass.stats import Checkpoint
 from tests.test_master_openapi import INFO_INTEGERS, INFO_STRINGS

@@ -15,8 +15,6 @@ from nodepass.master import auth, store
 from nodepass.master.auth import (
     ALLOW_HEADERS,
     ALLOW_METHODS,
-    KEY_INVALID,
-    KEY_REQUIRED,
     CorsPolicy,
     KeyChecker,
     corsPolicyFromEnvironment,
@@ -24,6 +22,7 @@ from nodepass.master.auth import (
     keyDigest,
     parseAllowedOrigins,
 )
+from nodepass.master.messages import KEY_INVALID, KEY_REQUIRED
 
 KEY = "20c264f3d1816887cfdad1f6933ffc5c"
 

@@ -14,13 +14,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from nodepass.master.registry import (
-    PSEUDO_ID,
-    MasterSettings,
-    Registry,
-    RegistryError,
-    decodeBody,
-)
+from nodepass.master.app import statusOf
+from nodepass.master.messages import RegistryError
+from nodepass.master.registry import PSEUDO_ID, MasterSettings, Registry
+from nodepass.master.requests import decodeBody
 from nodepass.master.store import (
     MasterValues,
     State,
@@ -250,7 +247,7 @@ class RegistryTestCase(SynchronousTestCase):
         failure = self.failureResultOf(d, RegistryError)
         error = failure.value
         assert isinstance(error, RegistryError)
-        self.assertEqual((error.status, error.message), (status, message))
+        self.assertEqual((statusOf(error), error.message), (status, message))
         return error
 
     def createOne(self, registry: Registry, url: str = SERVER, alias: str = "a") -> str:
@@ -757,5 +754,6 @@ class DecodeBodyTests(SynchronousTestCase):
             with self.assertRaises(RegistryError) as caught:
                 decodeBody(raw)
             self.assertEqual(
-                (caught.exception.status, caught.exception.message), (400, "Invalid request body")
+                (statusOf(caught.exception), caught.exception.message),
+                (400, "Invalid request body"),
             )

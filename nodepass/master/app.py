@@ -29,8 +29,6 @@ from __future__ import annotations
 import inspect
 import io
 import os
-import platform
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -46,19 +44,35 @@ from twisted.web.server import Request as ServerRequest
 from nodepass import COMPATIBLE_VERSION
 from nodepass.master.auth import API_KEY_HEADER, CorsPolicy
 from nodepass.master.events import encodeJSON
+from nodepass.master.messages import (
+    BODY_TOO_LARGE,
+    INTERNAL_ERROR,
+    METHOD_NOT_ALLOWED,
+    REQUEST_TIMEOUT,
+    STARTING,
+    TARGET_REQUIRED,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RegistryError,
+    Unavailable,
+)
 from nodepass.master.openapi import DOCS_STATIC_FILES, docsPage, documentJSON
-from nodepass.master.registry import MasterSettings, RegistryError, decodeBody
+from nodepass.master.registry import MasterSettings
+from nodepass.master.requests import decodeBody
 from nodepass.master.store import StoreError
+from nodepass.master.sysinfo import goArch, goOS
 from nodepass.master.tcping import ProbeResult
 
 __all__ = [
     "MAX_BODY",
     "REQUEST_DEADLINE",
+    "STATUS_OF",
     "LimitedRequest",
     "MasterAPI",
     "MasterInfo",
-    "goArch",
-    "goOS",
+    "statusOf",
 ]
 
 log = Logger()
@@ -69,72 +83,38 @@ MAX_BODY: Final = 64 * 1024
 #: Seconds a client has to send a whole request, headers and body (§17 a6: 408 beyond).
 REQUEST_DEADLINE: Final = 30.0
 
-BODY_TOO_LARGE: Final = "Request body too large"
-METHOD_NOT_ALLOWED: Final = "Method not allowed"
-TARGET_REQUIRED: Final = "Target address required"
-STARTING: Final = "Master is starting"
-INTERNAL_ERROR: Final = "Internal server error"
+#: The one table from a domain error's kind to its HTTP status.
+STATUS_OF: Final[Mapping[type[RegistryError], int]] = {
+    InvalidRequest: 400,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+}
+
+
+def statusOf(error: RegistryError) -> int:
+    """
+    The HTTP status for C{error}: its kind's entry in L{STATUS_OF} (the nearest base class
+    listed there), 500 for a kind the table does not know.
+    """
+    for kind in type(error).__mro__:
+        status = STATUS_OF.get(kind)  # type: ignore[call-overload]
+        if status is not None:
+            return status
+    return 500
+
 
 _JSON: Final = b"application/json"
 _ASSET_TYPES: Final = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 _NOT_FOUND_BODY: Final = b"404 page not found\n"
 #: The C{Server} header of every answer (twisted.web's default names the Twisted version).
 SERVER_NAME: Final = b"NodePass"
-_TIMEOUT_BODY: Final = b'{"error":"Request timeout"}\n'
+_TIMEOUT_BODY: Final = b'{"error":"%s"}\n' % REQUEST_TIMEOUT.encode()
 _TIMEOUT_RESPONSE: Final = (
     b"HTTP/1.1 408 Request Timeout\r\nServer: NodePass\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
-
-# Go's GOARCH for Python's platform.machine() (§8.8).
-_ARCH: Final = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "i386": "386",
-    "i486": "386",
-    "i586": "386",
-    "i686": "386",
-    "x86": "386",
-    "mips": "mips",
-    "mipsel": "mipsle",
-    "mips64": "mips64",
-    "mips64el": "mips64le",
-    "ppc64le": "ppc64le",
-    "ppc64": "ppc64",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-    "loongarch64": "loong64",
-}
-
-
-def goOS(name: str | None = None) -> str:
-    """
-    The Go GOOS value for this system (C{linux}, C{darwin}, C{windows}, C{freebsd}, ...).
-    """
-    name = sys.platform if name is None else name
-    if name.startswith("linux"):
-        return "linux"
-    if name.startswith("win"):
-        return "windows"
-    if name.startswith("freebsd"):
-        return "freebsd"
-    if name.startswith("openbsd"):
-        return "openbsd"
-    if name.startswith("netbsd"):
-        return "netbsd"
-    return name
-
-
-def goArch(machine: str | None = None) -> str:
-    """
-    The Go GOARCH value for a C{platform.machine()} string (C{x86_64} is C{amd64}).
-    """
-    machine = (platform.machine() if machine is None else machine).lower()
-    if machine.startswith("armv") or machine == "arm":
-        return "arm"
-    return _ARCH.get(machine, machine)
 
 
 class LimitedRequest(ServerRequest):
@@ -352,7 +332,9 @@ class MasterAPI:
     def _run(self, request: IRequest, handler: _Handler, argument: str) -> Any:
         try:
             result = handler(request, argument)
-        except (RegistryError, _Handled) as e:
+        except RegistryError as e:
+            return _error(request, statusOf(e), e.message)
+        except _Handled as e:
             return _error(request, e.status, e.message)
         except Exception:
             result = fail()  # answered 500 and logged below, like an asynchronous failure
@@ -362,8 +344,9 @@ class MasterAPI:
             return result
 
         def failed(failure: Any) -> Any:
-            error = failure.check(RegistryError, _Handled)
-            if error is not None:
+            if failure.check(RegistryError):
+                return _error(request, statusOf(failure.value), failure.value.message)
+            if failure.check(_Handled):
                 return _error(request, failure.value.status, failure.value.message)
             if failure.check(StoreError):
                 # Nothing changed (the registry applies a change only once it is saved).

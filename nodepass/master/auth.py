@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 
 from twisted.web.iweb import IRequest
 
+from nodepass.master.messages import KEY_INVALID, KEY_REQUIRED
 from nodepass.master.store import keyDigest
 
 __all__ = [
@@ -64,8 +65,6 @@ __all__ = [
     "ALLOW_METHODS",
     "API_KEY_HEADER",
     "CORS_ORIGINS_ENV",
-    "KEY_INVALID",
-    "KEY_REQUIRED",
     "CorsPolicy",
     "KeyChecker",
     "corsPolicyFromEnvironment",
@@ -76,12 +75,6 @@ __all__ = [
 
 #: The only request header that carries the API key (spec §5).
 API_KEY_HEADER: Final = b"X-API-Key"
-
-#: The 401 message when the key header is missing or empty (spec §5).
-KEY_REQUIRED: Final = "Unauthorized: API key required"
-
-#: The 401 message when the key header is present but wrong (spec §5).
-KEY_INVALID: Final = "Unauthorized: Invalid API key"
 
 #: Number of random bytes in a key; shown as twice as many hex characters (spec §5).
 KEY_BYTES: Final = 16

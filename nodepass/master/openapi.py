@@ -31,6 +31,33 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from nodepass.master.messages import (
+    ALIAS_TOO_LONG,
+    BODY_TOO_LARGE,
+    FORBIDDEN_KEY,
+    ID_EXISTS,
+    ID_REQUIRED,
+    INVALID_BODY,
+    INVALID_URL_FORMAT,
+    INVALID_URL_SCHEME,
+    KEY_INVALID,
+    KEY_REQUIRED,
+    MASTER_ALIAS_TOO_LONG,
+    META_TOO_LARGE,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    REQUEST_TIMEOUT,
+    SHUTTING_DOWN,
+    STARTING,
+    TAG_KEY_TOO_LONG,
+    TAG_VALUE_TOO_LONG,
+    TARGET_REQUIRED,
+    URL_CONFLICT,
+    duplicateTag,
+    invalidAction,
+    peerFieldTooLong,
+)
+
 __all__ = [
     "DOCS_STATIC_FILES",
     "OPENAPI_VERSION",
@@ -353,27 +380,25 @@ def _errorResponse(description: str, *messages: str) -> dict[str, Any]:
 
 _UNAUTHORIZED = _errorResponse(
     "The `X-API-Key` header is missing, empty or wrong.",
-    "Unauthorized: API key required",
-    "Unauthorized: Invalid API key",
+    KEY_REQUIRED,
+    KEY_INVALID,
 )
-_TOO_LARGE = _errorResponse("The request body is too large.", "Request body too large")
+_TOO_LARGE = _errorResponse("The request body is too large.", BODY_TOO_LARGE)
 _TIMEOUT = _errorResponse(
     "The request (headers and body) did not arrive whole within 30 s; the connection is closed.",
-    "Request timeout",
+    REQUEST_TIMEOUT,
 )
 _UNAVAILABLE = _errorResponse(
     "The master is starting or shutting down, or the change cannot be saved (a full disk, "
     "say); nothing changed.",
-    "Master is starting",
-    "Master is shutting down",
+    STARTING,
+    SHUTTING_DOWN,
 )
-_ID_REQUIRED = "Instance ID is required"
-_NOT_FOUND = _errorResponse("No instance has this id.", "Instance not found")
-_FORBIDDEN = _errorResponse(
-    "The `********` record cannot be replaced or deleted.", "Forbidden: API Key"
-)
-_ALIAS_TOO_LONG = "Instance alias exceeds maximum length 256"
-_URL_ERRORS = ("Invalid request body", "Invalid URL format", "Invalid URL scheme")
+_ID_REQUIRED = ID_REQUIRED
+_NOT_FOUND = _errorResponse("No instance has this id.", NOT_FOUND)
+_FORBIDDEN = _errorResponse("The `********` record cannot be replaced or deleted.", FORBIDDEN_KEY)
+_ALIAS_TOO_LONG = ALIAS_TOO_LONG
+_URL_ERRORS = (INVALID_BODY, INVALID_URL_FORMAT, INVALID_URL_SCHEME)
 
 
 def _body(schema: str, description: str, **examples: Any) -> dict[str, Any]:
@@ -450,9 +475,7 @@ def _paths() -> dict[str, Any]:
                 {
                     "201": _jsonResponse("The new instance.", _ref("Instance")),
                     "400": _errorResponse("The request is invalid.", *_URL_ERRORS, _ALIAS_TOO_LONG),
-                    "409": _errorResponse(
-                        "No free instance id could be allocated.", "Instance ID already exists"
-                    ),
+                    "409": _errorResponse("No free instance id could be allocated.", ID_EXISTS),
                     "413": _TOO_LARGE,
                 },
                 _body(
@@ -495,16 +518,16 @@ def _paths() -> dict[str, Any]:
                     "400": _errorResponse(
                         "The id is empty or the request is invalid.",
                         _ID_REQUIRED,
-                        "Invalid request body",
-                        "Invalid action: pause",
+                        INVALID_BODY,
+                        invalidAction("pause"),
                         _ALIAS_TOO_LONG,
-                        "Meta peer.sid exceeds maximum length 256",
-                        "Meta peer.type exceeds maximum length 256",
-                        "Meta peer.alias exceeds maximum length 256",
-                        "Meta tag key exceeds maximum length 256",
-                        "Meta tag value exceeds maximum length 256",
-                        "Duplicate meta tag key: region",
-                        "Meta size exceeds limit",
+                        peerFieldTooLong("sid"),
+                        peerFieldTooLong("type"),
+                        peerFieldTooLong("alias"),
+                        TAG_KEY_TOO_LONG,
+                        TAG_VALUE_TOO_LONG,
+                        duplicateTag("region"),
+                        META_TOO_LARGE,
                     ),
                     "404": _NOT_FOUND,
                     "413": _TOO_LARGE,
@@ -539,7 +562,7 @@ def _paths() -> dict[str, Any]:
                     "403": _FORBIDDEN,
                     "404": _NOT_FOUND,
                     "409": _errorResponse(
-                        "The new URL is the same as the current one.", "Instance URL conflict"
+                        "The new URL is the same as the current one.", URL_CONFLICT
                     ),
                     "413": _TOO_LARGE,
                 },
@@ -613,8 +636,8 @@ def _paths() -> dict[str, Any]:
                     "200": _jsonResponse("Master information.", _ref("MasterInfo")),
                     "400": _errorResponse(
                         "The request is invalid.",
-                        "Invalid request body",
-                        "Master alias exceeds maximum length 256",
+                        INVALID_BODY,
+                        MASTER_ALIAS_TOO_LONG,
                     ),
                     "413": _TOO_LARGE,
                 },
@@ -633,7 +656,7 @@ def _paths() -> dict[str, Any]:
                 {
                     "200": _jsonResponse("Probe result.", _ref("TCPingResult")),
                     "400": _errorResponse(
-                        "The `target` parameter is missing or empty.", "Target address required"
+                        "The `target` parameter is missing or empty.", TARGET_REQUIRED
                     ),
                 },
             )
@@ -748,7 +771,7 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
             "schemas": _schemas(),
             "responses": {
                 "MethodNotAllowed": _errorResponse(
-                    "The route does not handle this method.", "Method not allowed"
+                    "The route does not handle this method.", METHOD_NOT_ALLOWED
                 )
             },
         },

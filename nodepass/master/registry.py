@@ -15,8 +15,12 @@ The registry ties together the pieces the master is built from:
   - the API key (L{nodepass.master.auth.KeyChecker}), owned here because the key lives in the
     C{********} pseudo-instance (§5, §12).
 
-No HTTP here: the app decodes the body (L{decodeBody} reproduces Go's decoding rules), calls
-a method, and turns a L{RegistryError} into C{{"error": message}} with C{status}.
+No HTTP here: the app decodes the body (L{nodepass.master.requests.decodeBody} reproduces
+Go's decoding rules), calls a method, and turns a domain error
+(L{nodepass.master.messages.RegistryError} and its kinds) into C{{"error": message}} with the
+status that L{nodepass.master.app.STATUS_OF} gives its kind.  Validation lives in
+L{nodepass.master.requests}, the JSON shapes in L{nodepass.master.views}, the texts in
+L{nodepass.master.messages}.
 
 Decisions worth knowing (see also the spec items cited):
 
@@ -41,7 +45,6 @@ Decisions worth knowing (see also the spec items cited):
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -56,15 +59,40 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nodepass.errors import NodePassError, URLError
+from nodepass.errors import URLError
 from nodepass.master.auth import KeyChecker, generateKey
 from nodepass.master.events import truncateLogLine
+from nodepass.master.messages import (
+    ALIAS_TOO_LONG,
+    FORBIDDEN_KEY,
+    ID_EXISTS,
+    ID_REQUIRED,
+    INVALID_BODY,
+    INVALID_URL_FORMAT,
+    INVALID_URL_SCHEME,
+    MASTER_ALIAS_TOO_LONG,
+    NOT_FOUND,
+    SHUTTING_DOWN,
+    URL_CONFLICT,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
+from nodepass.master.requests import (
+    bodyField,
+    mergedMeta,
+    requireObject,
+    tooLong,
+    urlOf,
+    validatePatch,
+)
 from nodepass.master.store import (
     PSEUDO_ID,
     MasterValues,
     State,
     StoredInstance,
-    defaultMeta,
     keyDigest,
 )
 from nodepass.master.store import Traffic as StoredTraffic
@@ -75,34 +103,18 @@ from nodepass.master.supervisor import (
     Status,
     Traffic,
 )
+from nodepass.master.views import InstanceObject, instanceObject, pseudoObject
 from nodepass.stats import Checkpoint
 from nodepass.url import enhance, parse, render
 
 __all__ = [
-    "MAX_META_BYTES",
-    "MAX_TAGS",
-    "MAX_VALUE_BYTES",
     "PSEUDO_ID",
     "LoadResult",
     "MasterSettings",
     "Registry",
-    "RegistryError",
-    "decodeBody",
 ]
 
 log = Logger()
-
-#: Longest alias, peer field, tag key or tag value, in UTF-8 bytes (§6.3, Go's maxValueLen).
-MAX_VALUE_BYTES: Final = 256
-
-#: Most tags one instance may carry (§6.3 SHOULD; keeps every SSE event below 64 KiB).
-MAX_TAGS: Final = 64
-
-#: Largest serialised C{meta} object, in bytes (§6.3 SHOULD).
-MAX_META_BYTES: Final = 16 * 1024
-
-#: The PATCH actions (§8.4); C{status} is the read-only no-op NodePassDash sends (§8.4 MAY).
-ACTIONS: Final = ("start", "stop", "restart", "reset", "status")
 
 #: How often POST draws a new id when the generated one is taken (§17 a19).
 ID_ATTEMPTS: Final = 8
@@ -116,47 +128,12 @@ PUT_RESTART_DELAY: Final = 0.1
 #: Default bound on L{Registry.shutdown}'s wait for the children (§14, NP_SHUTDOWN_TIMEOUT).
 SHUTDOWN_TIMEOUT: Final = 5.0
 
-# The exact messages (§5, §8).
-INVALID_BODY: Final = "Invalid request body"
-INVALID_URL_FORMAT: Final = "Invalid URL format"
-INVALID_URL_SCHEME: Final = "Invalid URL scheme"
-ID_EXISTS: Final = "Instance ID already exists"
-ID_REQUIRED: Final = "Instance ID is required"
-NOT_FOUND: Final = "Instance not found"
-FORBIDDEN_KEY: Final = "Forbidden: API Key"
-URL_CONFLICT: Final = "Instance URL conflict"
-ALIAS_TOO_LONG: Final = f"Instance alias exceeds maximum length {MAX_VALUE_BYTES}"
-MASTER_ALIAS_TOO_LONG: Final = f"Master alias exceeds maximum length {MAX_VALUE_BYTES}"
-META_TOO_LARGE: Final = "Meta size exceeds limit"
-SHUTTING_DOWN: Final = "Master is shutting down"
-
 _T = TypeVar("_T")
 
 # A URL scheme followed by its colon (RFC 3986).
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 
-#: An instance object as the API shows it (§6.1).
-InstanceObject = dict[str, Any]
 _Objects = list[InstanceObject]
-
-
-class RegistryError(NodePassError):
-    """
-    A request the registry refuses.  The app answers C{status} with C{{"error": message}}.
-
-    @ivar status: the HTTP status code (400, 403, 404, 409, 503).
-    @ivar message: the exact error text of the spec.
-    @ivar detail: an optional one-line explanation for logs (never contains the key).
-    """
-
-    def __init__(self, status: int, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.detail = detail
-
-    def __repr__(self) -> str:
-        return f"RegistryError({self.status}, {self.message!r})"
 
 
 # -- collaborators -----------------------------------------------------------------------------
@@ -261,79 +238,6 @@ def _newMasterId() -> str:
     return secrets.token_hex(8)
 
 
-# -- request bodies ----------------------------------------------------------------------------
-
-
-class _Object(dict[str, Any]):
-    """
-    A decoded JSON object that remembers which keys were repeated (§6.3: duplicate tags).
-    """
-
-    duplicates: tuple[str, ...] = ()
-
-
-def _objectFromPairs(pairs: list[tuple[str, Any]]) -> _Object:
-    result = _Object()
-    duplicates: list[str] = []
-    for key, value in pairs:
-        if key in result and key not in duplicates:
-            duplicates.append(key)
-        result[key] = value
-    result.duplicates = tuple(duplicates)
-    return result
-
-
-def decodeBody(raw: bytes) -> dict[str, Any]:
-    """
-    Decode a request body the way Go's C{json.Decoder.Decode} does (§4.2): the first JSON
-    value is read and trailing bytes are ignored.  An empty body is C{{}} (PATCH treats it as
-    a no-op, POST and PUT then find no C{url}).  Repeated object keys keep the last value and
-    are remembered so that PATCH can report C{Duplicate meta tag key}.
-
-    @raise RegistryError: 400 C{Invalid request body} if the body is not a JSON object.
-    """
-    try:
-        text = raw.decode("utf-8", "replace").lstrip(" \t\r\n")
-        if not text:
-            return {}
-        value, _ = json.JSONDecoder(object_pairs_hook=_objectFromPairs).raw_decode(text)
-    except ValueError:
-        raise RegistryError(400, INVALID_BODY) from None
-    if not isinstance(value, dict):
-        raise RegistryError(400, INVALID_BODY)
-    return value
-
-
-def _field(body: Mapping[str, Any], name: str) -> tuple[bool, Any]:
-    """
-    Go's case-insensitive field matching: the last key equal to C{name} ignoring case wins.
-    """
-    found, value = False, None
-    for key, item in body.items():
-        if key.lower() == name:
-            found, value = True, item
-    return found, value
-
-
-def _tooLong(text: str) -> bool:
-    return len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES
-
-
-def _body(body: object) -> Mapping[str, Any]:
-    if not isinstance(body, Mapping):
-        raise RegistryError(400, INVALID_BODY)
-    return body
-
-
-def _url(body: object) -> str:
-    found, url = _field(_body(body), "url")
-    if not found or url is None or url == "":
-        raise RegistryError(400, INVALID_BODY)
-    if not isinstance(url, str):
-        raise RegistryError(400, INVALID_BODY)
-    return url
-
-
 # -- the in-memory instance --------------------------------------------------------------------
 
 
@@ -383,66 +287,6 @@ def _restoredTraffic(record: StoredInstance) -> Traffic:
         record.traffic.tcprx, record.traffic.tcptx, record.traffic.udprx, record.traffic.udptx
     )
     return traffic
-
-
-def _instanceObject(
-    id: str,
-    alias: str,
-    type: str,
-    status: str,
-    url: str,
-    config: str,
-    restart: bool,
-    meta: Mapping[str, Any] | None,
-    gauges: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
-    traffic: Mapping[str, int] | None = None,
-) -> dict[str, Any]:
-    """
-    An instance object with exactly the fields of §6.1, in order, never null (§18 b10).
-    """
-    meta = meta or defaultMeta()
-    peer = meta.get("peer") or {}
-    tags = meta.get("tags") or {}
-    totals = traffic or {}
-    mode, ping, pool, tcps, udps = gauges
-    return {
-        "id": id,
-        "alias": alias or "",
-        "type": type,
-        "status": status,
-        "url": url,
-        "config": config,
-        "restart": bool(restart),
-        "meta": {
-            "peer": {
-                "sid": peer.get("sid") or "",
-                "type": peer.get("type") or "",
-                "alias": peer.get("alias") or "",
-            },
-            "tags": dict(tags),
-        },
-        "mode": mode,
-        "ping": ping,
-        "pool": pool,
-        "tcps": tcps,
-        "udps": udps,
-        "tcprx": int(totals.get("tcprx", 0)),
-        "tcptx": int(totals.get("tcptx", 0)),
-        "udprx": int(totals.get("udprx", 0)),
-        "udptx": int(totals.get("udptx", 0)),
-    }
-
-
-@frozen
-class _Patch:
-    """
-    A validated PATCH body; C{None} means "not given".
-    """
-
-    alias: str | None
-    action: str | None
-    restart: bool | None
-    meta: dict[str, Any] | None
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -526,8 +370,8 @@ class Registry:
         """
 
         async def run() -> None:
-            if _tooLong(alias):
-                raise RegistryError(400, MASTER_ALIAS_TOO_LONG)
+            if tooLong(alias):
+                raise InvalidRequest(MASTER_ALIAS_TOO_LONG)
             async with self._locked(self._masterLock):
                 self._master = await self._store.setMaster(alias=alias)
 
@@ -538,9 +382,9 @@ class Registry:
         L{setMasterAlias} from a decoded C{POST P/info} body: a missing or null C{alias}
         clears it; any other type is 400 C{Invalid request body}.
         """
-        _, alias = _field(_body(body), "alias")
+        _, alias = bodyField(requireObject(body), "alias")
         if alias is not None and not isinstance(alias, str):
-            return fail(RegistryError(400, INVALID_BODY))
+            return fail(InvalidRequest(INVALID_BODY))
         return self.setMasterAlias(alias or "")
 
     # -- boot ----------------------------------------------------------------------------------
@@ -667,23 +511,23 @@ class Registry:
         """
 
         async def run() -> dict[str, Any]:
-            url = _url(body)
-            _, alias = _field(body, "alias")
+            url = urlOf(body)
+            _, alias = bodyField(body, "alias")
             if alias is not None and not isinstance(alias, str):
-                raise RegistryError(400, INVALID_BODY)
+                raise InvalidRequest(INVALID_BODY)
             return await self._create(url, alias)
 
         return Deferred.fromCoroutine(run())
 
     async def _create(self, url: str | None, alias: str | None) -> dict[str, Any]:
         if not isinstance(url, str) or not url:
-            raise RegistryError(400, INVALID_BODY)
+            raise InvalidRequest(INVALID_BODY)
         if alias is not None and not isinstance(alias, str):
-            raise RegistryError(400, INVALID_BODY)
+            raise InvalidRequest(INVALID_BODY)
         scheme, enhanced, config = self._normalise(url)
         alias = alias or ""
-        if _tooLong(alias):
-            raise RegistryError(400, ALIAS_TOO_LONG)
+        if tooLong(alias):
+            raise InvalidRequest(ALIAS_TOO_LONG)
         self._checkOpen()
         id = self._freshId()
         record = StoredInstance(
@@ -702,7 +546,7 @@ class Registry:
             id = self._newId()
             if id not in self._instances and id not in self._locks and id != PSEUDO_ID:
                 return id
-        raise RegistryError(409, ID_EXISTS)
+        raise Conflict(ID_EXISTS)
 
     # -- PATCH ---------------------------------------------------------------------------------
 
@@ -730,7 +574,7 @@ class Registry:
         if self._isPseudo(id):
             return await self._patchPseudo(body, key)
         self._find(id)
-        patch = _validatePatch(body)
+        patch = validatePatch(body)
         async with self._locked(self._lock(id)):
             instance = self._find(id)  # it may have been deleted while we waited
             if patch.action in ("start", "stop", "restart"):
@@ -742,7 +586,7 @@ class Registry:
             if patch.restart is not None and patch.restart != record.restart:
                 changes["restart"] = patch.restart
             if patch.meta is not None:
-                changes["meta"] = _mergedMeta(record.meta, patch.meta)
+                changes["meta"] = mergedMeta(record.meta, patch.meta)
             reset = patch.action == "reset"
             # Go announces a valid meta part even when nothing changed (§8.4).
             announce = bool(changes) or reset
@@ -791,8 +635,8 @@ class Registry:
             self._background(self.supervisor.restart(id, url), "restart", id)
 
     async def _patchPseudo(self, body: Mapping[str, Any], callerKey: str) -> dict[str, Any]:
-        _body(body)
-        _, action = _field(body, "action")
+        requireObject(body)
+        _, action = bodyField(body, "action")
         if action != "restart":
             return self._pseudoObject(callerKey)
         async with self._locked(self._masterLock):
@@ -824,7 +668,7 @@ class Registry:
 
         async def run() -> dict[str, Any]:
             self.checkReplaceable(id)
-            return await self._put(id, _url(body))
+            return await self._put(id, urlOf(body))
 
         return Deferred.fromCoroutine(run())
 
@@ -837,20 +681,20 @@ class Registry:
         @raise RegistryError: as above.
         """
         if not id:
-            raise RegistryError(400, ID_REQUIRED)
+            raise InvalidRequest(ID_REQUIRED)
         if id == PSEUDO_ID:
-            raise RegistryError(403, FORBIDDEN_KEY)
+            raise Forbidden(FORBIDDEN_KEY)
         self._find(id)
 
     async def _put(self, id: str, url: str | None) -> dict[str, Any]:
         self.checkReplaceable(id)
         if not isinstance(url, str) or not url:
-            raise RegistryError(400, INVALID_BODY)
+            raise InvalidRequest(INVALID_BODY)
         scheme, enhanced, config = self._normalise(url)
         async with self._locked(self._lock(id)):
             instance = self._find(id)
             if enhanced == instance.record.url:
-                raise RegistryError(409, URL_CONFLICT)
+                raise Conflict(URL_CONFLICT)
             self._checkOpen()
             if self.supervisor.status(id) is not Status.STOPPED:
                 await self.supervisor.stop(id)
@@ -1023,20 +867,20 @@ class Registry:
 
     def _isPseudo(self, id: str) -> bool:
         if not id:
-            raise RegistryError(400, ID_REQUIRED)
+            raise InvalidRequest(ID_REQUIRED)
         return id == PSEUDO_ID
 
     def _find(self, id: str) -> _Instance:
         if not id:
-            raise RegistryError(400, ID_REQUIRED)
+            raise InvalidRequest(ID_REQUIRED)
         instance = self._instances.get(id)
         if instance is None or instance.deleted:
-            raise RegistryError(404, NOT_FOUND)
+            raise NotFound(NOT_FOUND)
         return instance
 
     def _checkOpen(self) -> None:
         if self._closing:
-            raise RegistryError(503, SHUTTING_DOWN)
+            raise Unavailable(SHUTTING_DOWN)
 
     def _lock(self, id: str) -> DeferredLock:
         lock = self._locks.get(id)
@@ -1067,20 +911,20 @@ class Registry:
         if _SCHEME.match(url) is None and ":" not in url.split("/", 1)[0]:
             # Go parses a text without a scheme (and no colon in its first segment) as a
             # bare path: the scheme check is what fails.
-            raise RegistryError(400, INVALID_URL_SCHEME, "no scheme")
+            raise InvalidRequest(INVALID_URL_SCHEME, "no scheme")
         try:
             parsed = parse(url)
         except URLError as e:
             if e.param == "scheme":
-                raise RegistryError(400, INVALID_URL_SCHEME, str(e)) from None
-            raise RegistryError(400, INVALID_URL_FORMAT, str(e)) from None
+                raise InvalidRequest(INVALID_URL_SCHEME, str(e)) from None
+            raise InvalidRequest(INVALID_URL_FORMAT, str(e)) from None
         if parsed.scheme not in ("server", "client"):
-            raise RegistryError(400, INVALID_URL_SCHEME, f"scheme {parsed.scheme!r}")
+            raise InvalidRequest(INVALID_URL_SCHEME, f"scheme {parsed.scheme!r}")
         try:
             enhanced = enhance(url, **self._masterArgs())
             config = self._render(enhanced)
         except URLError as e:
-            raise RegistryError(400, INVALID_URL_FORMAT, str(e)) from None
+            raise InvalidRequest(INVALID_URL_FORMAT, str(e)) from None
         return parsed.scheme, enhanced, config
 
     def _render(self, url: str) -> str:
@@ -1092,7 +936,7 @@ class Registry:
 
     def _object(self, instance: _Instance) -> dict[str, Any]:
         record = instance.record
-        return _instanceObject(
+        return instanceObject(
             record.id,
             record.alias,
             record.type,
@@ -1106,91 +950,7 @@ class Registry:
         )
 
     def _pseudoObject(self, key: str = "") -> dict[str, Any]:
-        return _instanceObject(
-            PSEUDO_ID, self._master.alias, "", "", key, self._master.masterID, False, None
-        )
-
-
-# -- validation --------------------------------------------------------------------------------
-
-
-def _validatePatch(body: object) -> _Patch:
-    """
-    Check a whole PATCH body (§8.4, §6.3) without changing anything.
-    """
-    body = _body(body)
-    _, alias = _field(body, "alias")
-    _, action = _field(body, "action")
-    restartGiven, restart = _field(body, "restart")
-    _, meta = _field(body, "meta")
-    if alias is not None and not isinstance(alias, str):
-        raise RegistryError(400, INVALID_BODY)
-    if action is not None and not isinstance(action, str):
-        raise RegistryError(400, INVALID_BODY)
-    if restart is not None and not isinstance(restart, bool):
-        raise RegistryError(400, INVALID_BODY)
-    if meta is not None and not isinstance(meta, Mapping):
-        raise RegistryError(400, INVALID_BODY)
-    if alias and _tooLong(alias):
-        raise RegistryError(400, ALIAS_TOO_LONG)
-    if action and action not in ACTIONS:
-        raise RegistryError(400, f"Invalid action: {action}")
-    return _Patch(
-        alias=alias or None,
-        action=action or None,
-        restart=restart if restartGiven else None,
-        meta=_validateMeta(meta) if meta is not None else None,
-    )
-
-
-def _validateMeta(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """
-    Validate the C{meta} part; return C{{"peer": dict | None, "tags": dict | None}} where
-    C{None} means "leave unchanged".
-    """
-    _, peer = _field(meta, "peer")
-    _, tags = _field(meta, "tags")
-    if peer is not None and not isinstance(peer, Mapping):
-        raise RegistryError(400, INVALID_BODY)
-    if tags is not None and not isinstance(tags, Mapping):
-        raise RegistryError(400, INVALID_BODY)
-    newPeer: dict[str, str] | None = None
-    if peer:  # §6.3 DEVIATION: {} leaves the peer unchanged, as the reference promises
-        newPeer = {}
-        for name in ("sid", "type", "alias"):
-            _, value = _field(peer, name)
-            if value is None:
-                value = ""
-            if not isinstance(value, str):
-                raise RegistryError(400, INVALID_BODY)
-            if _tooLong(value):
-                raise RegistryError(400, f"Meta peer.{name} exceeds maximum length 256")
-            newPeer[name] = value
-    newTags: dict[str, str] | None = None
-    if tags is not None:
-        for key, value in tags.items():
-            if not isinstance(value, str):
-                raise RegistryError(400, INVALID_BODY)
-            if _tooLong(key):
-                raise RegistryError(400, "Meta tag key exceeds maximum length 256")
-            if _tooLong(value):
-                raise RegistryError(400, "Meta tag value exceeds maximum length 256")
-        for key in getattr(tags, "duplicates", ()):
-            raise RegistryError(400, f"Duplicate meta tag key: {key}")
-        newTags = dict(tags)
-        if len(newTags) > MAX_TAGS:
-            raise RegistryError(400, META_TOO_LARGE)
-    result = {"peer": newPeer, "tags": newTags}
-    probe = {"peer": newPeer or {}, "tags": newTags or {}}
-    if len(json.dumps(probe, ensure_ascii=False).encode("utf-8")) > MAX_META_BYTES:
-        raise RegistryError(400, META_TOO_LARGE)
-    return result
-
-
-def _mergedMeta(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    peer = patch["peer"] if patch["peer"] is not None else dict(current["peer"])
-    tags = patch["tags"] if patch["tags"] is not None else dict(current["tags"])
-    return {"peer": peer, "tags": tags}
+        return pseudoObject(self._master.alias, self._master.masterID, key)
 
 
 def _evolve(record: StoredInstance, **changes: Any) -> StoredInstance:

@@ -17,9 +17,11 @@ reactor's clock, never blocking it.
 from __future__ import annotations
 
 import os
+import platform
 import re
+import sys
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -32,6 +34,8 @@ __all__ = [
     "CpuSampler",
     "collect",
     "cpuPercent",
+    "goArch",
+    "goOS",
     "parseCpuStat",
     "parseDiskstats",
     "parseMeminfo",
@@ -306,3 +310,56 @@ def collect(
 
     d: Deferred[dict[str, int]] = run()
     return d
+
+
+# -- Go's platform names (§8.8) -----------------------------------------------------------------
+
+#: Go's GOARCH for Python's platform.machine() (§8.8).
+_ARCH: Final = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "i386": "386",
+    "i486": "386",
+    "i586": "386",
+    "i686": "386",
+    "x86": "386",
+    "mips": "mips",
+    "mipsel": "mipsle",
+    "mips64": "mips64",
+    "mips64el": "mips64le",
+    "ppc64le": "ppc64le",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "loongarch64": "loong64",
+}
+
+
+def goOS(name: str | None = None) -> str:
+    """
+    The Go GOOS value for this system (C{linux}, C{darwin}, C{windows}, C{freebsd}, ...).
+    """
+    name = sys.platform if name is None else name
+    if name.startswith("linux"):
+        return "linux"
+    if name.startswith("win"):
+        return "windows"
+    if name.startswith("freebsd"):
+        return "freebsd"
+    if name.startswith("openbsd"):
+        return "openbsd"
+    if name.startswith("netbsd"):
+        return "netbsd"
+    return name
+
+
+def goArch(machine: str | None = None) -> str:
+    """
+    The Go GOARCH value for a C{platform.machine()} string (C{x86_64} is C{amd64}).
+    """
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine.startswith("armv") or machine == "arm":
+        return "arm"
+    return _ARCH.get(machine, machine)

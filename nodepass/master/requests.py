@@ -1,0 +1,212 @@
+"""Request bodies of the master API: decoding (Go's rules) and validation (master spec §4.2, §6.3, §8).
+
+Everything here is pure: a body goes in, a validated value or an L{InvalidRequest} with the
+exact error text comes out.  The registry applies what passes; the app turns the error into
+its status code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from attrs import frozen
+
+from nodepass.master.messages import (
+    ALIAS_TOO_LONG,
+    INVALID_BODY,
+    MAX_VALUE_BYTES,
+    META_TOO_LARGE,
+    TAG_KEY_TOO_LONG,
+    TAG_VALUE_TOO_LONG,
+    InvalidRequest,
+    duplicateTag,
+    invalidAction,
+    peerFieldTooLong,
+)
+
+__all__ = [
+    "ACTIONS",
+    "MAX_META_BYTES",
+    "MAX_TAGS",
+    "Patch",
+    "bodyField",
+    "decodeBody",
+    "mergedMeta",
+    "requireObject",
+    "tooLong",
+    "urlOf",
+    "validateMeta",
+    "validatePatch",
+]
+
+#: Most tags one instance may carry (§6.3 SHOULD; keeps every SSE event below 64 KiB).
+MAX_TAGS: Final = 64
+
+#: Largest serialised C{meta} object, in bytes (§6.3 SHOULD).
+MAX_META_BYTES: Final = 16 * 1024
+
+#: The PATCH actions (§8.4); C{status} is the read-only no-op NodePassDash sends (§8.4 MAY).
+ACTIONS: Final = ("start", "stop", "restart", "reset", "status")
+
+
+class _Object(dict[str, Any]):
+    """
+    A decoded JSON object that remembers which keys were repeated (§6.3: duplicate tags).
+    """
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _objectFromPairs(pairs: list[tuple[str, Any]]) -> _Object:
+    result = _Object()
+    duplicates: list[str] = []
+    for key, value in pairs:
+        if key in result and key not in duplicates:
+            duplicates.append(key)
+        result[key] = value
+    result.duplicates = tuple(duplicates)
+    return result
+
+
+def decodeBody(raw: bytes) -> dict[str, Any]:
+    """
+    Decode a request body the way Go's C{json.Decoder.Decode} does (§4.2): the first JSON
+    value is read and trailing bytes are ignored.  An empty body is C{{}} (PATCH treats it as
+    a no-op, POST and PUT then find no C{url}).  Repeated object keys keep the last value and
+    are remembered so that PATCH can report C{Duplicate meta tag key}.
+
+    @raise InvalidRequest: C{Invalid request body} if the body is not a JSON object.
+    """
+    try:
+        text = raw.decode("utf-8", "replace").lstrip(" \t\r\n")
+        if not text:
+            return {}
+        value, _ = json.JSONDecoder(object_pairs_hook=_objectFromPairs).raw_decode(text)
+    except ValueError:
+        raise InvalidRequest(INVALID_BODY) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(INVALID_BODY)
+    return value
+
+
+def bodyField(body: Mapping[str, Any], name: str) -> tuple[bool, Any]:
+    """
+    Go's case-insensitive field matching: the last key equal to C{name} ignoring case wins.
+    """
+    found, value = False, None
+    for key, item in body.items():
+        if key.lower() == name:
+            found, value = True, item
+    return found, value
+
+
+def tooLong(text: str) -> bool:
+    return len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES
+
+
+def requireObject(body: object) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise InvalidRequest(INVALID_BODY)
+    return body
+
+
+def urlOf(body: object) -> str:
+    found, url = bodyField(requireObject(body), "url")
+    if not found or url is None or url == "":
+        raise InvalidRequest(INVALID_BODY)
+    if not isinstance(url, str):
+        raise InvalidRequest(INVALID_BODY)
+    return url
+
+
+@frozen
+class Patch:
+    """
+    A validated PATCH body; C{None} means "not given".
+    """
+
+    alias: str | None
+    action: str | None
+    restart: bool | None
+    meta: dict[str, Any] | None
+
+
+def validatePatch(body: object) -> Patch:
+    """
+    Check a whole PATCH body (§8.4, §6.3) without changing anything.
+    """
+    body = requireObject(body)
+    _, alias = bodyField(body, "alias")
+    _, action = bodyField(body, "action")
+    restartGiven, restart = bodyField(body, "restart")
+    _, meta = bodyField(body, "meta")
+    if alias is not None and not isinstance(alias, str):
+        raise InvalidRequest(INVALID_BODY)
+    if action is not None and not isinstance(action, str):
+        raise InvalidRequest(INVALID_BODY)
+    if restart is not None and not isinstance(restart, bool):
+        raise InvalidRequest(INVALID_BODY)
+    if meta is not None and not isinstance(meta, Mapping):
+        raise InvalidRequest(INVALID_BODY)
+    if alias and tooLong(alias):
+        raise InvalidRequest(ALIAS_TOO_LONG)
+    if action and action not in ACTIONS:
+        raise InvalidRequest(invalidAction(action))
+    return Patch(
+        alias=alias or None,
+        action=action or None,
+        restart=restart if restartGiven else None,
+        meta=validateMeta(meta) if meta is not None else None,
+    )
+
+
+def validateMeta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Validate the C{meta} part; return C{{"peer": dict | None, "tags": dict | None}} where
+    C{None} means "leave unchanged".
+    """
+    _, peer = bodyField(meta, "peer")
+    _, tags = bodyField(meta, "tags")
+    if peer is not None and not isinstance(peer, Mapping):
+        raise InvalidRequest(INVALID_BODY)
+    if tags is not None and not isinstance(tags, Mapping):
+        raise InvalidRequest(INVALID_BODY)
+    newPeer: dict[str, str] | None = None
+    if peer:  # §6.3 DEVIATION: {} leaves the peer unchanged, as the reference promises
+        newPeer = {}
+        for name in ("sid", "type", "alias"):
+            _, value = bodyField(peer, name)
+            if value is None:
+                value = ""
+            if not isinstance(value, str):
+                raise InvalidRequest(INVALID_BODY)
+            if tooLong(value):
+                raise InvalidRequest(peerFieldTooLong(name))
+            newPeer[name] = value
+    newTags: dict[str, str] | None = None
+    if tags is not None:
+        for key, value in tags.items():
+            if not isinstance(value, str):
+                raise InvalidRequest(INVALID_BODY)
+            if tooLong(key):
+                raise InvalidRequest(TAG_KEY_TOO_LONG)
+            if tooLong(value):
+                raise InvalidRequest(TAG_VALUE_TOO_LONG)
+        for key in getattr(tags, "duplicates", ()):
+            raise InvalidRequest(duplicateTag(key))
+        newTags = dict(tags)
+        if len(newTags) > MAX_TAGS:
+            raise InvalidRequest(META_TOO_LARGE)
+    result = {"peer": newPeer, "tags": newTags}
+    probe = {"peer": newPeer or {}, "tags": newTags or {}}
+    if len(json.dumps(probe, ensure_ascii=False).encode("utf-8")) > MAX_META_BYTES:
+        raise InvalidRequest(META_TOO_LARGE)
+    return result
+
+
+def mergedMeta(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    peer = patch["peer"] if patch["peer"] is not None else dict(current["peer"])
+    tags = patch["tags"] if patch["tags"] is not None else dict(current["tags"])
+    return {"peer": peer, "tags": tags}
