@@ -12,8 +12,12 @@ on top of plain forwarding:
   the other (when that transport supports it), and both are closed once both
   directions are finished;
 * byte counters, a shared rate limit and an idle timeout (``read=``);
-* on plain TCP, chunks are sent as soon as they are read instead of on the
-  next reactor iteration (L{directWriter}).
+* where both ends are plain Twisted TCP connections, the bytes move socket ->
+  pipe -> socket with C{splice(2)} inside the kernel
+  (L{nodepass._compat.splice}), still readiness-driven in the reactor and with
+  everything above kept; elsewhere (TLS, WebSocket, HTTP/2, QUIC) on plain TCP
+  chunks are sent as soon as they are read instead of on the next reactor
+  iteration (L{nodepass._compat.directwrite}).
 
 Several reasons can hold a transport paused at once (the peer's full write
 buffer, the rate limit, waiting for the outbound connection), so pausing
@@ -25,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -37,55 +40,14 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nodepass._compat import splice
+from nodepass._compat.directwrite import directWriter
 from nodepass.limits import RateLimiter
 from nodepass.stats import Counters
 
-
-def directWriter(transport: Any) -> Callable[[bytes], None]:
-    """
-    C{transport.write}, or for a plain Twisted TCP connection, a write that
-    sends at once when nothing is queued.
-
-    Twisted's C{write} only queues: the bytes go out on the next reactor
-    iteration, after an C{epoll_ctl} to watch for writability and before
-    another to stop.  A relay writes each chunk it reads, usually into an
-    empty socket buffer, so it sends right away through the transport's own
-    C{writeSomeData} and queues only what the socket did not take (or
-    everything, when something is queued already, the transport is closing,
-    or the send failed: Twisted then reports the error as usual).  Ordering,
-    the write buffer's producer pausing and closing are all still Twisted's.
-    """
-    write: Callable[[bytes], None] = transport.write
-    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", True):
-        return write
-    # These are Twisted's own (private) buffer fields: if a Twisted release
-    # renames them, fall back to the plain write instead of failing.
-    if not all(
-        hasattr(transport, name)
-        for name in ("_tempDataLen", "offset", "dataBuffer", "_writeDisconnecting", "writeSomeData")
-    ):
-        return write
-    writeSomeData = transport.writeSomeData
-    conn: Any = transport
-
-    def send(data: bytes) -> None:
-        if (
-            conn._tempDataLen
-            or conn.offset != len(conn.dataBuffer)
-            or conn.disconnecting
-            or conn._writeDisconnecting
-            or not conn.connected
-        ):
-            write(data)
-            return
-        sent = writeSomeData(data)
-        if sent.__class__ is int:
-            if sent < len(data):
-                write(data[sent:])
-        else:
-            write(data)
-
-    return send
+#: The most one splice moves at a time when a rate limit applies (the pause for the debt
+#: follows each chunk, so smaller chunks keep the rate smoother).
+RATE_CHUNK = 64 * 1024
 
 
 class Throttle:
@@ -294,6 +256,8 @@ class Relay:
         self.remote: RelayProtocol | None = None
         self.ended = False
         self._throttles: dict[RelayProtocol, Throttle] = {}
+        #: The kernel-side relay, when both ends are spliced (see L{join}).
+        self.spliced: splice.Splice | None = None
 
     def join(self, local: RelayProtocol, remote: RelayProtocol) -> None:
         """
@@ -302,6 +266,8 @@ class Relay:
         self.local, self.remote = local, remote
         local.peer, remote.peer = remote, local
         local.relay = remote.relay = self
+        if self._splice(local, remote):
+            return
         local.send = directWriter(local.transport)
         remote.send = directWriter(remote.transport)
         remote.transport.registerProducer(local.gate, True)  # type: ignore[union-attr]
@@ -319,10 +285,50 @@ class Relay:
             elif side.pendingEOF:
                 self.endOfInput(side)
 
-    def forward(self, source: RelayProtocol, data: bytes) -> None:
-        peer = source.peer
-        assert peer is not None
-        size = len(data)
+    def _splice(self, local: RelayProtocol, remote: RelayProtocol) -> bool:
+        """
+        Join the ends in the kernel when both are plain TCP connections; C{False} (and
+        nothing changed) when they are not, or the pipes cannot be made.
+        """
+        if local.closed or remote.closed:
+            return False
+        if not (splice.spliceable(local.transport) and splice.spliceable(remote.transport)):
+            return False
+        toRemote, toLocal = b"".join(local.pending), b"".join(remote.pending)
+        spliced = splice.attach(
+            local.transport,
+            remote.transport,
+            self._splicedRead,
+            extra=(toLocal, toRemote),
+            paused=(bool(local.gate.reasons), bool(remote.gate.reasons)),
+            readDone=(local.pendingEOF, remote.pendingEOF),
+            chunk=splice.CHUNK if self._limiter is None else RATE_CHUNK,
+        )
+        if spliced is None:
+            return False
+        self.spliced = spliced
+        local.pending, remote.pending = [], []
+        local.send, remote.send = local.transport.write, remote.transport.write  # type: ignore[union-attr]
+        if self._idle > 0:
+            self._idleTimer = IdleTimer(self._clock, self._idle, self.close)
+        for side, data in ((local, toRemote), (remote, toLocal)):
+            if data:
+                self._read(side, len(data))
+        for side in (local, remote):
+            if side.pendingEOF and not side.closed:
+                self.endOfInput(side)
+        return True
+
+    def _splicedRead(self, index: int, size: int) -> None:
+        side = self.local if index == 0 else self.remote
+        assert side is not None
+        self._read(side, size)
+
+    def _read(self, source: RelayProtocol, size: int) -> None:
+        """
+        Count C{size} bytes read from C{source}, take them from the rate limit (pausing
+        C{source} for the debt) and note the activity.
+        """
         limiter = self._limiter
         if source is self.local:
             self._counters.tcprx += size
@@ -332,9 +338,14 @@ class Relay:
             delay = limiter.write.take(size) if limiter is not None else 0.0
         if self._idleTimer is not None:
             self._idleTimer.touch()
-        peer.send(data)  # type: ignore[misc]
         if delay > 0:
             self._throttle(source).delay(delay)
+
+    def forward(self, source: RelayProtocol, data: bytes) -> None:
+        peer = source.peer
+        assert peer is not None
+        self._read(source, len(data))
+        peer.send(data)  # type: ignore[misc]
 
     def _throttle(self, side: RelayProtocol) -> Throttle:
         throttle = self._throttles.get(side)

@@ -21,8 +21,9 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from nodepass._compat.directwrite import directWriter
 from nodepass.limits import RateLimiter
-from nodepass.relay import Gate, Relay, RelayProtocol, directWriter
+from nodepass.relay import Gate, Relay, RelayProtocol
 from nodepass.stats import Counters
 
 
