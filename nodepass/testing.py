@@ -49,7 +49,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from nodepass.transports.interface import ILoggingTransport, INodePassTransport, PoolAddress
+from nodepass.transports.interface import (
+    IALPNTransport,
+    ICredentialTransport,
+    IDisconnectingTransport,
+    IListeningPoolTransport,
+    ILoggingTransport,
+    INodePassTransport,
+    PoolAddress,
+    declareAbilities,
+)
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase
@@ -347,6 +356,33 @@ class TransportConformanceMixin(_Base):
             [getattr(self.transport, name) for name in attributes],
         )
 
+    def test_optionalAbilities(self) -> None:
+        """
+        Each optional ability the transport declares (or offers as a plain
+        attribute, the older way) is complete: L{verifyObject} against its
+        interface.
+        """
+        transport = self._abilities()
+        declared = [
+            interface
+            for interface in (
+                IListeningPoolTransport,
+                ICredentialTransport,
+                IALPNTransport,
+                IDisconnectingTransport,
+                ILoggingTransport,
+            )
+            if interface.providedBy(transport)
+        ]
+        for interface in declared:
+            self.assertTrue(verifyObject(interface, transport))
+        if IALPNTransport.providedBy(transport):
+            alpn = transport.alpn
+            self.assertTrue(
+                isinstance(alpn, list) and all(isinstance(name, bytes) for name in alpn),
+                f"alpn must be a list of bytes, not {alpn!r}",
+            )
+
     # -- relaying ----------------------------------------------------------
 
     def test_relayPlain(self) -> Deferred[None]:
@@ -498,6 +534,14 @@ class TransportConformanceMixin(_Base):
 
     # -- the harness -------------------------------------------------------
 
+    def _abilities(self) -> Any:
+        """
+        The transport with its optional abilities declared, as the tunnel
+        sees it (L{declareAbilities}: a plugin offering them as plain
+        attributes gets their interfaces).
+        """
+        return declareAbilities(self.transport)
+
     def _requirePlain(self) -> None:
         if self.transport.minimumTLS >= 1:
             self.skipTest(f"{self.transport.name} always runs over TLS")
@@ -507,12 +551,13 @@ class TransportConformanceMixin(_Base):
             return None, None
         from nodepass.tls import ServerCredentials, clientContextFactory
 
-        if getattr(self.transport, "wantsCredentials", False):
+        transport = self._abilities()
+        if ICredentialTransport.providedBy(transport):
             # It runs its own TLS stack: credentials in, the mode out.
             return ServerCredentials.selfSigned(), 1
         # A transport that negotiates an application protocol (HTTP/2: h2)
-        # names it in an ``alpn`` attribute; both ends must offer it.
-        alpn = getattr(self.transport, "alpn", None)
+        # names it in its ``alpn`` attribute; both ends must offer it.
+        alpn = transport.alpn if IALPNTransport.providedBy(transport) else None
         return (
             ServerCredentials.selfSigned().contextFactory(alpn=alpn),
             clientContextFactory(1, "none", alpn=alpn),
@@ -530,18 +575,17 @@ class TransportConformanceMixin(_Base):
     def _listen(self, factory: _ServerFactory, serverTLS: Any) -> IListeningPort:
         from twisted.internet import reactor
 
-        serving = self.transport.serverFactory(reactor, factory, serverTLS)
+        transport = self._abilities()
+        serving = transport.serverFactory(reactor, factory, serverTLS)
         self.assertTrue(IProtocolFactory.providedBy(serving), f"serverFactory returned {serving!r}")
-        listenPool = getattr(self.transport, "listenPool", None)
         port: IListeningPort
-        if listenPool is not None:
+        if IListeningPoolTransport.providedBy(transport):
             # The transport serves the pool on a listener of its own.
-            port = listenPool(reactor, (_LOOPBACK, 0), factory, serverTLS)
+            port = transport.listenPool(reactor, (_LOOPBACK, 0), factory, serverTLS)
         else:
             port = reactor.listenTCP(0, serving, interface=_LOOPBACK)  # type: ignore[attr-defined]
-        disconnectAll = getattr(self.transport, "disconnectAll", None)
-        if disconnectAll is not None:
-            self.addCleanup(disconnectAll)
+        if IDisconnectingTransport.providedBy(transport):
+            self.addCleanup(transport.disconnectAll)
         self.addCleanup(_stopOnce, port)
         return port
 

@@ -6,17 +6,27 @@ conformance suite third parties use (L{nodepass.testing}).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
+from zope.interface.verify import verifyObject
 
 from nodepass.testing import TransportConformanceMixin
 from nodepass.transports import INodePassTransport, PoolAddress, TransportError, available, forType
+from nodepass.transports.interface import (
+    IALPNTransport,
+    ICredentialTransport,
+    IDisconnectingTransport,
+    IListeningPoolTransport,
+    IUncheckedPeerTransport,
+    declareAbilities,
+)
 from nodepass.transports.tcp import TCPTransport, tcp
 from tests.support import ROOT
 
@@ -197,3 +207,167 @@ class BrokenPluginTests(SynchronousTestCase):
             any(f is not None and "missing" in f.getErrorMessage() for f in failures),
             "the import failure was not logged",
         )
+
+
+@implementer(IPlugin, INodePassTransport)
+class LegacyAbilities:
+    """
+    A plugin written before the optional-ability interfaces: it offers them
+    as plain attributes and declares only L{INodePassTransport}.
+    """
+
+    name = "legacy"
+    typeCode = "legacy"
+    halfClose = False
+    minimumTLS = 0
+    readyAfterHandshake = False
+    wantsCredentials = True
+    alpn = [b"np-legacy"]
+
+    def serverFactory(self, reactor: Any, poolFactory: Any, tls: Any) -> Any:
+        raise NotImplementedError
+
+    def connect(
+        self, reactor: Any, address: PoolAddress, protocol: IProtocol, tls: Any, timeout: float
+    ) -> Deferred[IProtocol]:
+        raise NotImplementedError
+
+    def listenPool(
+        self,
+        reactor: Any,
+        address: tuple[str, int],
+        poolFactory: Any,
+        tls: Any,
+        clientIP: str | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    def disconnectAll(self) -> None:
+        pass
+
+
+class AbilityTests(SynchronousTestCase):
+    """
+    Optional abilities are interfaces; a plugin offering them the older way,
+    as plain attributes, gets them declared by L{declareAbilities}.
+    """
+
+    def test_legacyAttributesBecomeInterfaces(self) -> None:
+        """
+        Each ability offered as an attribute is declared on the object, with
+        one deprecation warning naming them.
+        """
+        log, events = _capturingLogger()
+        transport = LegacyAbilities()
+        self.assertIs(declareAbilities(transport, log), transport)
+        for interface in (
+            IListeningPoolTransport,
+            ICredentialTransport,
+            IALPNTransport,
+            IDisconnectingTransport,
+        ):
+            self.assertTrue(interface.providedBy(transport), interface)
+            self.assertTrue(verifyObject(interface, transport))
+        self.assertFalse(IUncheckedPeerTransport.providedBy(transport))
+        self.assertEqual(len(events), 1)
+        message = formatEvent(events[0])
+        self.assertIn("listenPool, wantsCredentials, alpn, disconnectAll", message)
+        self.assertIn("IListeningPoolTransport", message)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        # Declared now: a second look changes nothing and says nothing.
+        declareAbilities(transport, log)
+        self.assertEqual(len(events), 1)
+        # Other objects of the class are not touched.
+        self.assertFalse(IListeningPoolTransport.providedBy(LegacyAbilities()))
+
+    def test_falseOrAbsentIsNoAbility(self) -> None:
+        """
+        C{wantsCredentials = False} and absent attributes declare nothing.
+        """
+        log, events = _capturingLogger()
+        transport = FakeTransport("plain", "plain")
+        transport.wantsCredentials = False  # type: ignore[attr-defined]
+        declareAbilities(transport, log)
+        self.assertFalse(ICredentialTransport.providedBy(transport))
+        self.assertEqual(events, [])
+
+    def test_declaredTransportUntouched(self) -> None:
+        """
+        The built-ins declare their abilities themselves: nothing to add, nothing logged.
+        """
+        from nodepass.transports.http2 import h2transport
+        from nodepass.transports.quic import quic
+        from nodepass.transports.websocket import ws
+
+        log, events = _capturingLogger()
+        for transport in (tcp, ws, h2transport, quic):
+            before = list(providedBy(transport))
+            declareAbilities(transport, log)
+            self.assertEqual(list(providedBy(transport)), before)
+        self.assertEqual(events, [])
+
+    def test_builtinAbilities(self) -> None:
+        """
+        What each built-in declares: WebSocket takes pool connections from any address,
+        HTTP/2 negotiates ALPN, QUIC has its own listener and TLS stack, ALPN, and shared
+        connections to drop.
+        """
+        from nodepass.transports.http2 import h2transport
+        from nodepass.transports.quic import quic
+        from nodepass.transports.websocket import ws
+
+        optional = (
+            IListeningPoolTransport,
+            ICredentialTransport,
+            IALPNTransport,
+            IDisconnectingTransport,
+            IUncheckedPeerTransport,
+        )
+
+        def declared(transport: Any) -> set[str]:
+            return {i.__name__ for i in optional if i.providedBy(transport)}
+
+        self.assertEqual(declared(tcp), set())
+        self.assertEqual(declared(ws), {"IUncheckedPeerTransport"})
+        self.assertEqual(declared(h2transport), {"IALPNTransport"})
+        self.assertEqual(
+            declared(quic),
+            {
+                "IListeningPoolTransport",
+                "ICredentialTransport",
+                "IALPNTransport",
+                "IDisconnectingTransport",
+            },
+        )
+        for transport in (ws, h2transport, quic):
+            self.assertEqual(declared(transport.withLogger(Logger())), declared(transport))
+
+
+def _capturingLogger() -> tuple[Logger, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    return Logger(namespace="nodepass", observer=cast(ILogObserver, events.append)), events
+
+
+class LegacyTCP(TCPTransport):
+    """
+    The TCP transport as a plugin written before the ability interfaces would
+    offer ALPN and C{disconnectAll}: plain attributes only.
+    """
+
+    name = "legacytcp"
+    typeCode = "legacytcp"
+    alpn = [b"np-test"]
+
+    def __init__(self) -> None:
+        self.disconnects = 0
+
+    def disconnectAll(self) -> None:
+        self.disconnects += 1
+
+
+class LegacyTCPConformanceTests(TransportConformanceMixin, TestCase):
+    """
+    Such a plugin still passes the suite: its attributes are used as before.
+    """
+
+    transport = LegacyTCP()

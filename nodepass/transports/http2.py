@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
-from nodepass.transports.interface import ILoggingTransport, PoolAddress
+from nodepass.transports.interface import IALPNTransport, ILoggingTransport, PoolAddress
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
@@ -1029,7 +1029,7 @@ class _ClientFactory(Factory):
         return self.connection
 
 
-@implementer(IPlugin, ILoggingTransport)
+@implementer(IPlugin, ILoggingTransport, IALPNTransport)
 class HTTP2Transport:
     """
     Pool connections are HTTP/2 streams on one TLS connection (ALPN ``h2``)

@@ -14,25 +14,27 @@ A transport must deliver exactly that stream in both directions, keep
 write order, and report the end of the stream as the protocol's
 C{connectionLost} (and C{readConnectionLost} when it supports half-close).
 
-Optional extras a transport may offer (looked up with C{getattr}):
+Optional abilities are interfaces of their own, each extending
+L{INodePassTransport} (so the plugin scan still finds a transport that
+declares only them); the tunnel checks them with C{providedBy}:
 
-* C{alpn}: a list of ALPN protocol names both TLS ends must offer (HTTP/2);
-* C{wantsCredentials}: when true, the server passes its
-  L{nodepass.tls.ServerCredentials} (not a pyOpenSSL creator) as C{tls}, and
-  the client passes the TLS mode (1 or 2) instead of a creator (QUIC builds
-  its own TLS);
-* C{listenPool(reactor, (host, port), poolFactory, tls, clientIP=None)}: the
-  server calls it after the handshake to serve the pool on a listener of the
-  transport's own (QUIC: the UDP port with the tunnel port's number) and
-  stops the returned port when the session ends;
-* C{disconnectAll()}: the client calls it when a session ends, to drop
-  shared carrier connections (HTTP/2, QUIC) at once.
+* L{IListeningPoolTransport}: the transport serves the pool on a listener of
+  its own (QUIC: the UDP port with the tunnel port's number);
+* L{ICredentialTransport}: it runs its own TLS stack, and wants the server's
+  credentials and the client's TLS mode rather than pyOpenSSL creators;
+* L{IALPNTransport}: both TLS ends must offer its ALPN names (HTTP/2);
+* L{IDisconnectingTransport}: the client drops its shared carrier
+  connections (HTTP/2, QUIC) when a session ends;
+* L{IUncheckedPeerTransport}: the server does not compare the address of its
+  pool connections with the handshake's (WebSocket);
+* L{ILoggingTransport}: each tunnel asks it, once, for a copy of its own
+  whose connections log through that NodePass instance's logger (many
+  instances may run in one process, and each line must name its instance).
 
-A transport that logs (the built-in WebSocket, HTTP/2 and QUIC ones) also
-provides L{ILoggingTransport}: each tunnel then asks it, once, for a copy of
-its own whose connections log through that NodePass instance's logger (many
-instances may run in one process, and each line must name its instance).
-A transport without it is used as it is, unchanged.
+A transport without any of them is used as it is.  Plugins written before
+these interfaces offered the first four as plain attributes (C{listenPool},
+C{wantsCredentials}, C{alpn}, C{disconnectAll}); L{declareAbilities} turns
+those into the declarations, so such plugins keep working.
 
 Implementations are plugins: objects providing both
 L{twisted.plugin.IPlugin} and L{INodePassTransport}, made available from a
@@ -45,9 +47,10 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, alsoProvides
+from zope.interface.interface import InterfaceClass
 
 
 @frozen
@@ -142,3 +145,110 @@ class ILoggingTransport(INodePassTransport):
         apart from those of other instances.  The plugin object itself keeps
         logging where it did.
         """
+
+
+class IListeningPoolTransport(INodePassTransport):
+    """
+    A pool transport that serves the pool on a listener of its own, not on
+    the tunnel TCP port (QUIC: the UDP port with the tunnel port's number).
+    Its C{serverFactory} should then refuse TCP pool connections.
+    """
+
+    def listenPool(
+        reactor: Any,
+        address: tuple[str, int],
+        poolFactory: IProtocolFactory,
+        tls: Any,
+        clientIP: str | None = None,
+    ) -> IListeningPort:
+        """
+        Serve the pool on C{address} (host, port); the tunnel server calls it
+        once the handshake is done and stops the port when the session ends.
+
+        @param tls: what C{serverFactory} is given.
+        @param clientIP: if given, connections from another IP are refused
+            (the address the handshake came from).
+        """
+
+
+class ICredentialTransport(INodePassTransport):
+    """
+    A pool transport that runs its own TLS stack (QUIC).  Given the old form
+    of the C{tls} argument (it does not provide L{IPoolTLSTransport}), the
+    server passes its L{nodepass.tls.ServerCredentials} instead of a
+    pyOpenSSL creator, and the client the TLS mode (C{1} or C{2}).
+    """
+
+
+class IALPNTransport(INodePassTransport):
+    """
+    A pool transport whose TLS ends must negotiate an application protocol.
+    """
+
+    alpn = Attribute(
+        "The ALPN protocol names (a list of bytes) both TLS ends offer: the "
+        "tunnel builds its TLS creators with them."
+    )
+
+
+class IDisconnectingTransport(INodePassTransport):
+    """
+    A pool transport that shares carrier connections between pool
+    connections (HTTP/2, QUIC) and can drop them at once.
+    """
+
+    def disconnectAll() -> Deferred[None] | None:
+        """
+        Close every carrier connection this transport opened as a client;
+        the tunnel client calls it when a session ends.  May return a
+        Deferred that fires once they are closed.
+        """
+
+
+class IUncheckedPeerTransport(INodePassTransport):
+    """
+    A pool transport whose pool connections the server accepts from any
+    address: it does not compare their peer IP with the handshake's
+    (WebSocket, which often runs behind a proxy; dataplane spec §3.1).
+    """
+
+
+#: The optional abilities that plugins written before their interfaces
+#: offered as plain attributes, with the interface each one means.
+LEGACY_ABILITIES: tuple[tuple[str, InterfaceClass], ...] = (
+    ("listenPool", IListeningPoolTransport),
+    ("wantsCredentials", ICredentialTransport),
+    ("alpn", IALPNTransport),
+    ("disconnectAll", IDisconnectingTransport),
+)
+
+
+def declareAbilities(transport: Any, log: Logger | None = None) -> Any:
+    """
+    C{transport}, also declaring the interface of each optional ability it
+    offers as a plain attribute only (C{listenPool}, a true
+    C{wantsCredentials}, C{alpn}, C{disconnectAll}), as plugins written
+    before those interfaces do.  Logs a deprecation warning through C{log}
+    the first time it declares something for an object; a transport that
+    declares its interfaces itself is returned untouched.
+    """
+    missing: list[tuple[str, InterfaceClass]] = []
+    for attribute, interface in LEGACY_ABILITIES:
+        if interface.providedBy(transport):
+            continue
+        value = getattr(transport, attribute, None)
+        if value is None or value is False:
+            continue
+        missing.append((attribute, interface))
+    if not missing:
+        return transport
+    alsoProvides(transport, *(interface for _, interface in missing))
+    if log is not None:
+        log.warn(
+            "Pool transport {name!r} offers {attributes} without declaring {interfaces}: "
+            "declare them (docs/plugins.md); the plain attributes are deprecated",
+            name=getattr(transport, "name", transport),
+            attributes=", ".join(attribute for attribute, _ in missing),
+            interfaces=", ".join(interface.__name__ for _, interface in missing),
+        )
+    return transport

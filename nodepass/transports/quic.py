@@ -58,7 +58,14 @@ from zope.interface import implementer
 
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
-from nodepass.transports.interface import ILoggingTransport, PoolAddress
+from nodepass.transports.interface import (
+    IALPNTransport,
+    ICredentialTransport,
+    IDisconnectingTransport,
+    IListeningPoolTransport,
+    ILoggingTransport,
+    PoolAddress,
+)
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
@@ -1249,17 +1256,25 @@ class _Client:
 # -- the plugin ------------------------------------------------------------------------------------
 
 
-@implementer(IPlugin, ILoggingTransport)
+@implementer(
+    IPlugin,
+    ILoggingTransport,
+    IListeningPoolTransport,
+    ICredentialTransport,
+    IALPNTransport,
+    IDisconnectingTransport,
+)
 class QuicTransport:
     """
     Pool connections are streams of one QUIC connection to the tunnel
     port's UDP twin, always inside TLS 1.3 with ALPN ``np-quic``.
 
-    Unlike the TCP-based transports, the server side is L{listenPool} (the
-    tunnel server calls it when a transport has it) and C{serverFactory}
-    refuses TCP pool connections.  C{wantsCredentials} tells the tunnel to
-    pass, as C{tls}, the L{nodepass.tls.ServerCredentials} to L{listenPool}
-    and the TLS mode (an C{int}) to L{connect}.
+    Unlike the TCP-based transports, the server side is L{listenPool}
+    (L{IListeningPoolTransport}) and C{serverFactory} refuses TCP pool
+    connections.  L{ICredentialTransport} tells the tunnel to pass, as
+    C{tls}, the L{nodepass.tls.ServerCredentials} to L{listenPool} and the TLS
+    mode (an C{int}) to L{connect}; C{wantsCredentials} says the same to
+    callers written before that interface.
 
     @ivar log: what its connections log through (by default, a logger
         publishing to the global log publisher; see L{withLogger}).

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
-from nodepass.transports.interface import ILoggingTransport, PoolAddress
+from nodepass.transports.interface import ILoggingTransport, IUncheckedPeerTransport, PoolAddress
 
 __all__ = ["WebSocketError", "WebSocketTransport", "ws"]
 
@@ -490,11 +490,13 @@ def hostHeader(address: PoolAddress) -> str:
     return address.host
 
 
-@implementer(IPlugin, ILoggingTransport)
+@implementer(IPlugin, ILoggingTransport, IUncheckedPeerTransport)
 class WebSocketTransport:
     """
     Pool connections are WebSocket connections to the tunnel port (inside
     TLS when the tunnel runs TLS), carrying the stream in binary messages.
+    The server takes them from any address (L{IUncheckedPeerTransport}, as
+    the reference does for WebSocket).
 
     @ivar log: what its connections log through (by default, a logger
         publishing to the global log publisher; see L{withLogger}).

@@ -19,6 +19,12 @@ from nodepass import tls
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.transports import PoolAddress, forInstance, forType
+from nodepass.transports.interface import (
+    IALPNTransport,
+    ICredentialTransport,
+    IDisconnectingTransport,
+    declareAbilities,
+)
 from nodepass.tunnel.handshake import clientHandshake
 from nodepass.tunnel.peer import TunnelPeer
 from nodepass.tunnel.pool import ClientPool, PoolConnection
@@ -53,7 +59,7 @@ class TunnelClient(TunnelPeer):
         """
         transport = self._transports.get(typeCode)
         if transport is None:
-            transport = forInstance(forType(typeCode), self.log)
+            transport = declareAbilities(forInstance(forType(typeCode), self.log), self.log)
             self._transports[typeCode] = transport
         return transport
 
@@ -69,11 +75,14 @@ class TunnelClient(TunnelPeer):
         tunnel = self.config.tunnel
         timeout = self.settings.tcpDialTimeout
         creator: Any
-        if getattr(transport, "wantsCredentials", False):
+        if ICredentialTransport.providedBy(transport):
             # Such a transport builds its own TLS from the mode (QUIC).
             creator = tlsMode or None
+        elif tlsMode:
+            alpn = transport.alpn if IALPNTransport.providedBy(transport) else None
+            creator = self._creator(tlsMode, alpn)
         else:
-            creator = self._creator(tlsMode, getattr(transport, "alpn", None)) if tlsMode else None
+            creator = None
 
         def dial(conn: PoolConnection) -> Deferred[Any]:
             async def connect() -> Any:
@@ -143,9 +152,8 @@ class TunnelClient(TunnelPeer):
         try:
             await session.ended
         finally:
-            disconnectAll = getattr(transport, "disconnectAll", None)
-            if disconnectAll is not None:
-                done = disconnectAll()
+            if IDisconnectingTransport.providedBy(transport):
+                done = transport.disconnectAll()
                 if isinstance(done, Deferred):
                     done.addErrback(
                         lambda failure: self.log.failure(

@@ -18,6 +18,13 @@ from twisted.logger import Logger
 
 from nodepass.errors import StartupError
 from nodepass.settings import Settings
+from nodepass.transports.interface import (
+    IALPNTransport,
+    ICredentialTransport,
+    IListeningPoolTransport,
+    IUncheckedPeerTransport,
+    declareAbilities,
+)
 from nodepass.tunnel.handshake import HandshakeResource, TunnelConfig, handshakeFactory
 from nodepass.tunnel.peer import TunnelPeer
 from nodepass.tunnel.pool import ServerPool
@@ -67,7 +74,7 @@ class TunnelServer(TunnelPeer):
 
         if transport is None:
             transport = forType(config.type)
-        self.transport = forInstance(transport, self.log)
+        self.transport = declareAbilities(forInstance(transport, self.log), self.log)
         self.credentials = credentials
         self.tlsMode = tlsMode if credentials is not None else 0
         self.tunnelPort: IListeningPort | None = None
@@ -155,33 +162,36 @@ class TunnelServer(TunnelPeer):
         started = self.reactor.seconds()
         self.ext = tunnelConfig.ext
         self.logTunnelConfig("Sending", tunnelConfig)
+        transport = self.transport
+        # The pool (and a listener of the transport's own) only takes pool
+        # connections from the handshake's IP, unless the transport says not to.
+        poolClientIP = None if IUncheckedPeerTransport.providedBy(transport) else clientIP
         pool = ServerPool(
             self.reactor,
             config.max,
-            clientIP=clientIP if config.type != "2" else None,
+            clientIP=poolClientIP,
             getTimeout=self.settings.poolGetTimeout,
             log=self.log,
         )
-        transport = self.transport
         poolFactory: Any = pool.factory(self.tlsMode != 0 and transport.readyAfterHandshake)
         creator: Any = None
         if self.tlsMode:
             assert self.credentials is not None
-            if getattr(transport, "wantsCredentials", False):
+            if ICredentialTransport.providedBy(transport):
                 creator = self.credentials
             else:
-                creator = self.credentials.contextFactory(alpn=getattr(transport, "alpn", None))
+                alpn = transport.alpn if IALPNTransport.providedBy(transport) else None
+                creator = self.credentials.contextFactory(alpn=alpn)
         # A transport with its own listener (QUIC on the tunnel port's UDP
         # twin) serves the pool there; the TCP port then refuses pool use.
-        listenPool = getattr(transport, "listenPool", None)
         poolPort: Any = None
-        if listenPool is not None:
-            poolPort = listenPool(
+        if IListeningPoolTransport.providedBy(transport):
+            poolPort = transport.listenPool(
                 self.reactor,
                 (config.tunnel.host, config.tunnel.port),
                 poolFactory,
                 creator,
-                clientIP=clientIP,
+                clientIP=poolClientIP,
             )
         poolFactory = transport.serverFactory(self.reactor, poolFactory, creator)
         self.factory.handshake = None
