@@ -220,35 +220,16 @@ class TunnelPeer(Service):
         sessions = list(self.sessions)
         if self.session is not None and self.session not in sessions:
             sessions.append(self.session)
+        # Running relays get the grace period to finish (dataplane spec §13.4).
+        grace = self.settings.shutdownTimeout
         for session in sessions:
             waits.append(session.stop())
-            session.closeRelays()
+            waits.append(session.exchanges.drain(grace))
         waits.extend(self._closeEntry())
         waits.extend(self.stopExtra())
-        grace = self.reactor.callLater(self.settings.shutdownTimeout, self._abort, sessions)
-
-        def drained() -> Deferred[None]:
-            d: Deferred[None] = Deferred()
-
-            def check() -> None:
-                if all(not s.relays for s in sessions):
-                    if grace.active():
-                        grace.cancel()
-                    d.callback(None)
-                else:
-                    self.reactor.callLater(0.05, check)
-
-            check()
-            return d
-
-        waits.append(drained())
         done = DeferredList(waits, consumeErrors=True)
         done.addCallback(lambda _: self.log.info("{role} shutdown complete", role=self.role))
         return done  # type: ignore[return-value]
 
     def stopExtra(self) -> list[Deferred[Any]]:
         return []
-
-    def _abort(self, sessions: list[Session]) -> None:
-        for session in sessions:
-            session.abortRelays()

@@ -18,16 +18,16 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nodepass import proxyproto
 from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import defaultLogger
-from nodepass.relay import Relay, RelayProtocol
+from nodepass.relay import RelayProtocol
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
+from nodepass.tunnel.exchange import ExchangeError, Exchanges
 from nodepass.tunnel.pool import Pool, PoolConnection
 from nodepass.tunnel.udp import (
     DatagramCodec,
@@ -156,10 +156,6 @@ class _UserFactory(Factory):
         return super().buildProtocol(addr)
 
 
-class _Target(RelayProtocol):
-    pass
-
-
 # -- UDP ----------------------------------------------------------------------
 
 
@@ -248,7 +244,17 @@ class Session:
         self.stopped = False
         self.ping = 0
         self.verified = tlsMode == 0
-        self.relays: set[Relay] = set()
+        self.exchanges = Exchanges(
+            self.clock,
+            shared.config,
+            shared.dialer,
+            shared.counters,
+            shared.limiter,
+            shared.slots,
+            self.log,
+        )
+        #: The live relays (L{Exchanges.live}).
+        self.relays = self.exchanges.live
         #: UDP flows towards the target (exit side), keyed by the signal's ``remote``.
         self.exitFlows = Flows(shared.slots, self.log, "commonUDPOnce")
         #: UDP flows over the tunnel (entry side), keyed by the user's address.
@@ -319,35 +325,13 @@ class Session:
         d.callback(None)
         return d
 
-    def closeRelays(self) -> None:
-        for relay in list(self.relays):
-            relay.close()
-
-    def abortRelays(self) -> None:
-        for relay in list(self.relays):
-            relay.abort()
-
     # -- relays ------------------------------------------------------------
 
     def relay(self, local: RelayProtocol, conn: PoolConnection) -> None:
         # End-to-end half-close only between our own peers (spec §16.1); with
         # a v1.14.0 peer an EOF from the pool ends the session as it does there.
         conn.halfClose = self.poolHalfClose and self.ext
-        shared = self.shared
-        relay = Relay(
-            self.clock,
-            shared.counters,
-            shared.limiter,
-            shared.config.read,
-            self._relayEnded,
-        )
-        self.relays.add(relay)
-        relay.join(local, conn)
-
-    def _relayEnded(self, relay: Relay) -> None:
-        self.relays.discard(relay)
-        self.shared.slots.release("tcp")
-        self.log.info("Exchange complete: EOF")
+        self.exchanges.join(local, conn)
 
     # -- control handler -------------------------------------------------------
 
@@ -430,35 +414,22 @@ class Session:
         return conn
 
     async def _exitTCP(self, signal: Signal) -> None:
-        shared = self.shared
         try:
             conn = await self._named(signal, "tcp")
         except _NoSlot:
             return
-        target = _Target()
+        conn.halfClose = self.poolHalfClose and self.ext
         try:
-            target, _ = await shared.dialer.connect(target)
-        except Exception as reason:
-            shared.slots.release("tcp")
+            relay = await self.exchanges.toTarget(
+                conn, lambda: splitRemote(signal.remote), signal.remote, targetCounted=True
+            )
+        except ExchangeError as error:
+            self.shared.slots.release("tcp")
             conn.close()
-            raise SessionError(f"dialWithRotation failed: {reason}") from None
-        targetAddress: Any = target.transport.getPeer()  # type: ignore[union-attr]
-        if shared.config.proxy in (1, 2):
-            try:
-                host, port = splitRemote(signal.remote)
-                header = proxyproto.header(
-                    shared.config.proxy, (host, port), (targetAddress.host, targetAddress.port)
-                )
-            except ValueError as reason:
-                shared.slots.release("tcp")
-                conn.close()
-                target.transport.loseConnection()  # type: ignore[union-attr]
-                raise SessionError(f"sendProxyHeader failed: {reason}") from None
-            target.transport.write(header)  # type: ignore[union-attr]
-        self.log.info("Starting exchange: {a} <-> {b}", a=signal.remote, b=hostPort(targetAddress))
-        if self.stopped and conn.closed:
-            target.transport.loseConnection()  # type: ignore[union-attr]
-        self.relay(target, conn)
+            raise SessionError(str(error)) from None
+        if relay is None:
+            # The pool connection closed while the target was dialled.
+            self.shared.slots.release("tcp")
 
     async def _exitUDP(self, signal: Signal) -> None:
         shared = self.shared

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
@@ -19,43 +18,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nodepass import proxyproto, sniff
+from nodepass import sniff
 from nodepass.balance import TargetDialer, Targets, connectTCP
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import defaultLogger, wants
-from nodepass.relay import Relay, RelayProtocol
+from nodepass.relay import Relay
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
+from nodepass.tunnel.exchange import Exchanges, tune
 from nodepass.tunnel.udp import EntryListener, Flow, Flows, TargetFlow, connectTarget
 from nodepass.url import Config, HostPort
-
-#: Read size and write-buffer high-water mark of relayed TCP connections.
-#: Twisted's default is 64 KiB; 128 KiB cut the CPU time per relayed byte by
-#: about a fifth in ``bench/forward.py`` (256 KiB was no better and grew the
-#: peak RSS).  A paused peer still bounds what one direction buffers.
-RELAY_BUFFER_SIZE = 128 * 1024
-
-
-def _tune(transport: Any) -> None:
-    """
-    Prepare a plain TCP connection for relaying: Nagle's algorithm off, as
-    Go has it on every TCP connection (a relay must not hold back the last
-    small segment of a reply), and larger reads.
-    """
-    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        setTcpNoDelay(True)
-    if isinstance(transport, tcp.Connection):
-        transport.bufferSize = RELAY_BUFFER_SIZE
-
-
-class _Target(RelayProtocol):
-    """
-    The outbound (target) end of a forwarded connection.
-    """
 
 
 class _Inbound(AdmittedUser):
@@ -85,7 +60,7 @@ class _Inbound(AdmittedUser):
         if not self.admit():
             return
         forwarder.inbound.add(self)
-        _tune(self.transport)
+        tune(self.transport)
         if forwarder.logDebug:
             forwarder.log.debug(
                 "Tunnel connection: {local} <-> {peer}",
@@ -100,62 +75,22 @@ class _Inbound(AdmittedUser):
     def _dial(self) -> None:
         self.gate.pause("connect")
         forwarder = self.factory.forwarder
-        target = _Target()
-        d = forwarder.dialer.connectDeferred(target)
-        d.addCallbacks(self._connected, self._dialFailed)
-
-    def _connected(self, result: tuple[_Target, int]) -> None:
-        target, _ = result
-        forwarder = self.factory.forwarder
-        if self.closed:
-            target.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        _tune(target.transport)
-        targetHost: Any = target.transport.getPeer()  # type: ignore[union-attr]
-        if forwarder.logDebug:
-            forwarder.log.debug(
-                "Target connection: {local} <-> {target}",
-                local=hostPort(target.transport.getHost()),  # type: ignore[union-attr]
-                target=hostPort(targetHost),
-            )
-        if forwarder.config.proxy in (1, 2):
-            user: Any = self.transport.getPeer()  # type: ignore[union-attr]
-            try:
-                header = proxyproto.header(
-                    forwarder.config.proxy,
-                    (user.host, user.port),
-                    (targetHost.host, targetHost.port),
-                )
-            except ValueError as reason:
-                forwarder.log.error(
-                    "singleTCPLoop: sendProxyHeader failed: {reason}", reason=reason
-                )
-                target.transport.loseConnection()  # type: ignore[union-attr]
-                self.transport.loseConnection()  # type: ignore[union-attr]
-                return
-            target.transport.write(header)  # type: ignore[union-attr]
-        if forwarder.logInfo:
-            forwarder.log.info(
-                "Starting exchange: {peer} <-> {target}",
-                peer=self.peerText,
-                target=hostPort(targetHost),
-            )
-        relay = Relay(
-            forwarder.clock,
-            forwarder.counters,
-            forwarder.limiter,
-            forwarder.config.read,
-            forwarder.relayEnded,
+        exchange = forwarder.exchanges.toTarget(
+            self, self._source, self.peerText if forwarder.logInfo else "", targetCounted=False
         )
-        forwarder.relays.add(relay)
-        forwarder.inbound.discard(self)
-        relay.join(self, target)
-        self.gate.resume("connect")
+        Deferred.fromCoroutine(exchange).addCallbacks(self._relaying, self._failed)
 
-    def _dialFailed(self, reason: Failure) -> None:
-        self.log.error(
-            "singleTCPLoop: dialWithRotation failed: {reason}", reason=reason.getErrorMessage()
-        )
+    def _source(self) -> tuple[str, int]:
+        user: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        return user.host, user.port
+
+    def _relaying(self, relay: Relay | None) -> None:
+        if relay is not None:
+            self.factory.forwarder.inbound.discard(self)
+            self.gate.resume("connect")
+
+    def _failed(self, reason: Failure) -> None:
+        self.log.error("{loop}: {reason}", loop=self.loop, reason=reason.getErrorMessage())
         if not self.closed:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -245,9 +180,13 @@ class SingleEnd(Service):
             None if config.dial == "auto" else config.dial,
             log=self.log,
         )
+        self.exchanges = Exchanges(
+            reactor, config, self.dialer, self.counters, self.limiter, self.slots, self.log
+        )
+        #: The live relays (L{Exchanges.live}).
+        self.relays = self.exchanges.live
         self.tcpPort: IListeningPort | None = None
         self.udpPort: IListeningPort | None = None
-        self.relays: set[Relay] = set()
         self.inbound: set[_Inbound] = set()
         self.udpFlows = Flows(self.slots, self.log, "singleUDPLoop")
         self.ping = 0
@@ -309,35 +248,10 @@ class SingleEnd(Service):
         waits.extend(self.udpFlows.endAll())
         for inbound in list(self.inbound):
             inbound.transport.loseConnection()  # type: ignore[union-attr]
-        drained = self._drainRelays()
-        waits.append(drained)
+        waits.append(self.exchanges.drain(self.settings.shutdownTimeout))
         done = DeferredList(waits, consumeErrors=True)
         done.addCallback(lambda _: self.log.info("Client shutdown complete"))
         return done  # type: ignore[return-value]
-
-    def _drainRelays(self) -> Deferred[None]:
-        if not self.relays:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drained = d
-        for relay in list(self.relays):
-            relay.close()
-        grace = self.clock.callLater(self.settings.shutdownTimeout, self._abortRelays)
-        d.addBoth(lambda result: grace.cancel() if grace.active() else None)
-        return d
-
-    def _abortRelays(self) -> None:
-        for relay in list(self.relays):
-            relay.abort()
-
-    def relayEnded(self, relay: Relay) -> None:
-        self.relays.discard(relay)
-        self.slots.release("tcp")
-        if self.logInfo:
-            self.log.info("Exchange complete: EOF")
-        drained = getattr(self, "_drained", None)
-        if drained is not None and not self.relays and not drained.called:
-            drained.callback(None)
 
     # -- UDP ----------------------------------------------------------------
 
