@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from np_bench import chart, fmt, options, phases, runner, stats, tools
+from np_bench import chart, fmt, nplog, options, phases, runner, stats, sustain, tools
 from np_bench.base import StartError, log
 from np_bench.procfs import TreeMemorySampler
 from np_bench.procs import raise_nofile_limit, start_run
@@ -125,7 +125,9 @@ def run_system(
             ("tputN", lambda: phases.phase_stream(sysm.port, srv, args.streams, args)),
             (
                 "connrate",
-                lambda: phases.phase_connrate(sysm.port, args, "connrate_series", sustain_fields),
+                lambda: phases.phase_connrate(
+                    sysm.port, args, "connrate_series", sustain.sustain_fields
+                ),
             ),
             ("rtt", lambda: phases.phase_rtt(sysm.port, [srv.proc.pid, *sysm.pids()], args)),
         ]
@@ -147,21 +149,12 @@ def run_system(
                 run["errors"].append(
                     f"{hop.role} exited early rc={hop.proc.returncode}: {hop.log_tail(5)}"
                 )
+        # Read the logs before stopping: the shutdown itself logs errors
+        # ("control connection closed") that say nothing about the test.
+        if spec.kind == "nodepass-pair":
+            run["logs"] = {h.role: nplog.scan_nodepass_log(h.log_text()) for h in sysm.hops}
         sysm.stop()
     return run
-
-
-def sustain_fields(load: dict[str, Any]) -> dict[str, Any]:
-    """The per-second counts of a ``connrate_series`` load; last / first second."""
-    per_s = load["per_second"]
-    first, last = per_s[0], per_s[-1]
-    return {
-        "per_second": per_s,
-        "errors_per_second": load["errors_per_second"],
-        "first_s": first,
-        "last_s": last,
-        "sustain": last / first if first else math.nan,
-    }
 
 
 # --------------------------------------------------------------------------
@@ -185,8 +178,16 @@ def metric_defs(args: argparse.Namespace) -> list[fmt.MetricDef]:
         ("udp_loss_up_pct", "  to the target (%)", False),
         ("rss_idle_max_mib", "RSS idle, largest process (MiB)", False),
         ("rss_peak_mib", "peak RSS, forwarder(s) (MiB)", False),
-        ("rss_idle1k_max_mib", f"RSS, {args.idle_conns} idle conns, largest process (MiB)", False),
-        ("rss_idle1k_total_mib", f"RSS, {args.idle_conns} idle conns, all processes (MiB)", False),
+        (
+            "rss_idle1k_max_mib",
+            f"RSS, {args.idle_conns:,} idle conns, largest process (MiB)",
+            False,
+        ),
+        (
+            "rss_idle1k_total_mib",
+            f"RSS, {args.idle_conns:,} idle conns, all processes (MiB)",
+            False,
+        ),
         ("idle1k_per_conn_kb", "  per idle connection (kB)", False),
         ("cpu_tput1", "fwd CPU, 1 stream up (cores)", None),
         ("cpu_tputN", f"fwd CPU, {args.streams} streams (cores)", None),
@@ -285,6 +286,8 @@ def check_targets(results: dict[str, Any], args: argparse.Namespace) -> list[dic
     summary, vs = results["summary"], results["vs_haproxy"]
     out = []
     for t in TARGETS:
+        if t.system not in args.run_systems:
+            continue
         if t.key == "rss_idle1k_max_mib" and args.idle_conns < 1000:
             continue  # the target is about 1,000
         src = vs if t.ratio else summary
@@ -379,9 +382,16 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         v = t["value"]
         print(f"  {t['verdict']:4s}  {t['target']}  ({_num(v)})")
     notes = [f"{s}: skipped, {why}" for s, why in results["skipped"].items()]
+    for s, v in results["sustain"].items():
+        if not v["pass"]:
+            notes.append(
+                f"{s} (round {v['round']}): the conn rate fell from {v['first']} in the first "
+                f"second to {v['last']} in the last (per second {v['per_second']})"
+            )
     for s in systems:
         for r in results["runs"].get(s, []):
             notes += runner.run_notes(s, r)
+            notes += nplog.log_notes(s, r)
     runner.print_notes(notes)
 
 
@@ -532,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     results["vs_haproxy"] = compare(summary, "haproxy")
     results["vs_direct"] = compare(summary, "direct")
     results["targets"] = check_targets(results, args)
+    results["sustain"] = sustain.sustain_verdicts(results["runs"], args.run_systems)
     runner.end_meta(results["meta"], t_start, interrupted)
     print_report(results, args)
     print(f"\n(total {results['meta']['wall_s']:.0f} s)")

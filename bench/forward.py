@@ -214,22 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead of --duration: MB (10^6 B) sent per throughput test, split over the streams",
     )
     p.add_argument("--max-time", type=float, default=30.0, help="cap on sending time with --volume")
-    p.add_argument(
-        "--streams", type=int, default=8, help="parallel streams for the multi-stream test"
-    )
-    p.add_argument("--chunk", type=int, default=256 * 1024, help="bytes per send() call")
     p.add_argument("--conn-duration", type=float, default=4.0, help="seconds of the conn-rate test")
-    p.add_argument(
-        "--workers", type=int, default=8, help="concurrent workers in the conn-rate test"
-    )
-    p.add_argument("--rtt-duration", type=float, default=2.0, help="seconds of the round-trip test")
-    p.add_argument(
-        "--rtt-cpu",
-        type=int,
-        default=0,
-        help="pin load generator, forwarder and target to this CPU during the "
-        "round-trip test (-1: no pinning)",
-    )
     p.add_argument(
         "--phases",
         default=",".join(phases.PHASES),
@@ -249,26 +234,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=15.0,
         help="seconds for a forwarder to listen and forward",
     )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=10.0,
-        help="seconds after sending stops for all streams to reach the sink",
-    )
-    p.add_argument("--settle", type=float, default=0.3, help="pause after each phase (s)")
-    p.add_argument(
-        "--rss-limit",
-        type=float,
-        default=2048.0,
-        help="MiB; a forwarder whose process tree grows past this is killed",
-    )
-    p.add_argument(
-        "--no-install",
-        action="store_true",
-        help="do not apt-get install missing socat/haproxy (skip those systems)",
-    )
-    p.add_argument("--json", metavar="FILE", help="write raw results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    options.add_run_options(p, "forwarder")
     args = p.parse_args(argv)
     args.systems = options.parse_systems(p, args.systems, ALL_SYSTEMS)
     if args.ratio_of not in ALL_SYSTEMS:

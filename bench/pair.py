@@ -37,16 +37,14 @@ See docs/benchmarks.md, section "Dual-end tunnel", for the method.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from np_bench import fmt, options, phases, runner, stats, tools
+from np_bench import fmt, nplog, options, phases, runner, stats, sustain, tools
 from np_bench.base import StartError, log
 from np_bench.procfs import TreeMemorySampler
 from np_bench.procs import start_run
@@ -70,8 +68,6 @@ ALL_SYSTEMS = (
     "haproxy-tls-chain",
     "nodepass",
 )
-SUSTAIN_MIN = 0.5  # last second's connections >= this x first second's
-CHECKPOINT_RE = re.compile(r"CHECK_POINT\|MODE=(\d+)\|PING=(\d+)ms\|POOL=(\d+)\|TCPS=(\d+)")
 # Metrics of the transports table: key, label, higher_is_better.
 TRANSPORT_METRICS = (
     ("tput1_mb_s", "1 stream MB/s", True),
@@ -100,40 +96,6 @@ def system_spec(name: str, args: argparse.Namespace) -> SystemSpec:
 # --------------------------------------------------------------------------
 # Phases
 # --------------------------------------------------------------------------
-
-
-def sustain_fields(load: dict[str, Any]) -> dict[str, Any]:
-    """The per-second counts of a ``connrate_series`` load; last / first second."""
-    per_s = load["per_second"]
-    first, last = per_s[0], per_s[-1]
-    return {
-        "per_second": per_s,
-        "errors_per_second": load["errors_per_second"],
-        "first_s": first,
-        "last_s": last,
-        "sustain": last / first if first else math.nan,
-    }
-
-
-def scan_nodepass_log(text: str) -> dict[str, Any]:
-    """CHECK_POINT pool sizes and non-event lines (warnings, errors, tracebacks)."""
-    pools, tcps = [], []
-    other: list[str] = []
-    for line in text.splitlines():
-        m = CHECKPOINT_RE.search(line)
-        if m:
-            pools.append(int(m.group(3)))
-            tcps.append(int(m.group(4)))
-        elif line.strip() and "Init log level" not in line:
-            other.append(line.strip())
-    return {
-        "checkpoints": len(pools),
-        "pool_min": min(pools) if pools else None,
-        "pool_max": max(pools) if pools else None,
-        "tcps_max": max(tcps) if tcps else None,
-        "other_lines": len(other),
-        "other_sample": other[:8],
-    }
 
 
 def run_system(
@@ -175,7 +137,9 @@ def run_system(
             ("tputN", lambda: phases.phase_stream(sysm.port, srv, args.streams, args)),
             (
                 "connrate",
-                lambda: phases.phase_connrate(sysm.port, args, "connrate_series", sustain_fields),
+                lambda: phases.phase_connrate(
+                    sysm.port, args, "connrate_series", sustain.sustain_fields
+                ),
             ),
             ("rtt", lambda: phases.phase_rtt(sysm.port, [srv.proc.pid, *sysm.pids()], args)),
         ]
@@ -192,7 +156,7 @@ def run_system(
         # Read the logs before stopping: the shutdown itself logs errors
         # ("control connection closed") that say nothing about the test.
         if name.startswith("nodepass"):
-            run["logs"] = {h.role: scan_nodepass_log(h.log_text()) for h in sysm.hops}
+            run["logs"] = {h.role: nplog.scan_nodepass_log(h.log_text()) for h in sysm.hops}
         sysm.stop()
     return run
 
@@ -264,29 +228,6 @@ def compute_ratios(summary: dict[str, dict[str, float]], systems: list[str]) -> 
         for variant in systems
         if variant.startswith("nodepass") and variant in summary
     }
-
-
-def sustain_verdicts(results: dict[str, Any], systems: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for s in systems:
-        for r in results["runs"].get(s, []):
-            ph = r["phases"].get("connrate")
-            if not ph or "per_second" not in ph:
-                continue
-            first, last = ph["first_s"], ph["last_s"]
-            ok = bool(first) and last >= SUSTAIN_MIN * first
-            prev = out.get(s)
-            if prev is None or (prev["pass"] and not ok):
-                out[s] = {
-                    "round": r["round"],
-                    "first": first,
-                    "last": last,
-                    "ratio": last / first if first else math.nan,
-                    "pass": ok,
-                    "per_second": ph["per_second"],
-                    "failed_per_second": ph["errors_per_second"],
-                }
-    return out
 
 
 def transport_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -391,15 +332,7 @@ def notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     f"{s} (round {r['round']}): forks up to {kids} children per hop, "
                     f"largest child VmHWM {child:.1f} MiB"
                 )
-            for role, lg in (r.get("logs") or {}).items():
-                side = "server" if role == "entry" else "client"
-                line = (
-                    f"{s} (round {r['round']}) {side} log: {lg['checkpoints']} CHECK_POINT lines, "
-                    f"POOL min {lg['pool_min']} max {lg['pool_max']}, TCPS max {lg['tcps_max']}"
-                )
-                if lg["other_lines"]:
-                    line += f"; {lg['other_lines']} other lines, e.g. {lg['other_sample'][:3]}"
-                out.append(line)
+            out += nplog.log_notes(s, r)
     return out
 
 
@@ -423,7 +356,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     if results["sustain"]:
         print()
         print(
-            f"Sustained connection rate (requirement: last second >= {SUSTAIN_MIN:.0%} of first; "
+            f"Sustained connection rate (requirement: last second >= {sustain.SUSTAIN_MIN:.0%} of first; "
             "worst round):"
         )
     for s, v in results["sustain"].items():
@@ -440,7 +373,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             "Pool transports (type=): figure (ratio to the TCP pool nodepass-tlsT of the same "
             "TLS mode, same run;\n  MB/s and conn/s: higher is better, rtt: lower is better); "
             "ready = start until 20 echoes pass;\n  sustained = conn-rate test, last second / "
-            f"first second >= {SUSTAIN_MIN:.0%}:"
+            f"first second >= {sustain.SUSTAIN_MIN:.0%}:"
         )
         print(transport_table(results, args, markdown=False))
     runner.print_notes(notes(results, args))
@@ -513,25 +446,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=3.0, help="seconds each throughput test sends")
     p.add_argument(
-        "--streams", type=int, default=8, help="parallel streams for the multi-stream test"
-    )
-    p.add_argument("--chunk", type=int, default=256 * 1024, help="bytes per send() call")
-    p.add_argument(
         "--conn-duration",
         type=float,
         default=10.0,
         help="seconds of the conn-rate test (whole seconds are binned for the sustained-rate check)",
-    )
-    p.add_argument(
-        "--workers", type=int, default=8, help="concurrent workers in the conn-rate test"
-    )
-    p.add_argument("--rtt-duration", type=float, default=2.0, help="seconds of the round-trip test")
-    p.add_argument(
-        "--rtt-cpu",
-        type=int,
-        default=0,
-        help="pin load generator, every hop and the target to this CPU during the "
-        "round-trip test (-1: no pinning)",
     )
     p.add_argument(
         "--phases",
@@ -576,31 +494,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "print CHECK_POINT and 20 echoes pass; a pair that misses it is restarted once",
     )
     p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=10.0,
-        help="seconds after sending stops for all streams to reach the sink",
-    )
-    p.add_argument("--settle", type=float, default=0.3, help="pause after each phase (s)")
-    p.add_argument(
-        "--rss-limit",
-        type=float,
-        default=2048.0,
-        help="MiB; a system one of whose process trees grows past this is killed",
-    )
-    p.add_argument(
-        "--no-install",
-        action="store_true",
-        help="do not apt-get install missing socat/haproxy (skip those systems)",
-    )
-    p.add_argument(
         "--log-dir",
         metavar="DIR",
         help="keep every process's output (and the generated configs) in DIR "
         "instead of a temporary directory",
     )
-    p.add_argument("--json", metavar="FILE", help="write raw results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    options.add_run_options(p, "every hop")
     args = p.parse_args(argv)
     args.systems = options.parse_systems(p, args.systems, ALL_SYSTEMS)
     try:
@@ -698,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = runner.run_rounds(systems, args, results["runs"], run_system, "nodepass-pair-")
     results["summary"] = {s: aggregate(r) for s, r in results["runs"].items()}
     results["ratios"] = compute_ratios(results["summary"], systems)
-    results["sustain"] = sustain_verdicts(results, systems)
+    results["sustain"] = sustain.sustain_verdicts(results["runs"], systems)
     results["transports"] = transport_rows(results, args)
     runner.end_meta(results["meta"], t_start, interrupted)
     print_report(results, args)
