@@ -57,7 +57,9 @@ from nodepass.transports.interface import (
     ILoggingTransport,
     INodePassTransport,
     PoolAddress,
+    PoolTLS,
     declareAbilities,
+    tlsArgument,
 )
 
 if TYPE_CHECKING:
@@ -547,20 +549,28 @@ class TransportConformanceMixin(_Base):
             self.skipTest(f"{self.transport.name} always runs over TLS")
 
     def _credentials(self, tls: bool) -> tuple[Any, Any]:
-        if not tls:
-            return None, None
-        from nodepass.tls import ServerCredentials, clientContextFactory
-
+        """
+        The C{tls} arguments of the server side and of the client side, in
+        the form the tunnel passes this transport (L{tlsArgument}): one
+        L{PoolTLS} value for an L{IPoolTLSTransport}, else L{None} or
+        pyOpenSSL creators, or credentials and the mode for an
+        L{ICredentialTransport}.
+        """
         transport = self._abilities()
-        if ICredentialTransport.providedBy(transport):
-            # It runs its own TLS stack: credentials in, the mode out.
-            return ServerCredentials.selfSigned(), 1
-        # A transport that negotiates an application protocol (HTTP/2: h2)
-        # names it in its ``alpn`` attribute; both ends must offer it.
-        alpn = transport.alpn if IALPNTransport.providedBy(transport) else None
+        server = client = PoolTLS()
+        if tls:
+            from nodepass.tls import ServerCredentials, clientContextFactory
+
+            # A transport that negotiates an application protocol (HTTP/2:
+            # h2) declares it in its ``alpn``; both ends must offer it.
+            alpn = list(transport.alpn) if IALPNTransport.providedBy(transport) else []
+            server = PoolTLS.forServer(1, ServerCredentials.selfSigned(), alpn)
+            client = PoolTLS.forClient(
+                1, lambda: clientContextFactory(1, "none", alpn=alpn or None), alpn
+            )
         return (
-            ServerCredentials.selfSigned().contextFactory(alpn=alpn),
-            clientContextFactory(1, "none", alpn=alpn),
+            tlsArgument(transport, server, server=True),
+            tlsArgument(transport, client, server=False),
         )
 
     def _address(self, port: int) -> PoolAddress:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -24,8 +26,12 @@ from nodepass.transports.interface import (
     ICredentialTransport,
     IDisconnectingTransport,
     IListeningPoolTransport,
+    IPoolTLSTransport,
     IUncheckedPeerTransport,
+    PoolTLS,
+    creatorOf,
     declareAbilities,
+    tlsArgument,
 )
 from nodepass.transports.tcp import TCPTransport, tcp
 from tests.support import ROOT
@@ -308,15 +314,16 @@ class AbilityTests(SynchronousTestCase):
 
     def test_builtinAbilities(self) -> None:
         """
-        What each built-in declares: WebSocket takes pool connections from any address,
-        HTTP/2 negotiates ALPN, QUIC has its own listener and TLS stack, ALPN, and shared
-        connections to drop.
+        What each built-in declares: all but TCP (not converted yet) take a L{PoolTLS};
+        WebSocket takes pool connections from any address, HTTP/2 negotiates ALPN, QUIC has
+        its own listener and TLS stack, ALPN, and shared connections to drop.
         """
         from nodepass.transports.http2 import h2transport
         from nodepass.transports.quic import quic
         from nodepass.transports.websocket import ws
 
         optional = (
+            IPoolTLSTransport,
             IListeningPoolTransport,
             ICredentialTransport,
             IALPNTransport,
@@ -328,11 +335,12 @@ class AbilityTests(SynchronousTestCase):
             return {i.__name__ for i in optional if i.providedBy(transport)}
 
         self.assertEqual(declared(tcp), set())
-        self.assertEqual(declared(ws), {"IUncheckedPeerTransport"})
-        self.assertEqual(declared(h2transport), {"IALPNTransport"})
+        self.assertEqual(declared(ws), {"IPoolTLSTransport", "IUncheckedPeerTransport"})
+        self.assertEqual(declared(h2transport), {"IPoolTLSTransport", "IALPNTransport"})
         self.assertEqual(
             declared(quic),
             {
+                "IPoolTLSTransport",
                 "IListeningPoolTransport",
                 "ICredentialTransport",
                 "IALPNTransport",
@@ -371,3 +379,228 @@ class LegacyTCPConformanceTests(TransportConformanceMixin, TestCase):
     """
 
     transport = LegacyTCP()
+
+
+class RecordingCredentials:
+    """
+    Stands for L{nodepass.tls.ServerCredentials}: records the creators asked for.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[list[bytes] | None] = []
+
+    def contextFactory(self, alpn: list[bytes] | None = None) -> tuple[str, Any]:
+        self.asked.append(alpn)
+        return ("server creator", alpn)
+
+
+class PoolTLSTests(SynchronousTestCase):
+    """
+    L{PoolTLS}: one value for how pool connections run TLS, whatever the transport.
+    """
+
+    def test_plain(self) -> None:
+        tls = PoolTLS()
+        self.assertEqual((tls.mode, tls.alpn, tls.credentials, tls.creator()), (0, (), None, None))
+        self.assertEqual(PoolTLS.forServer(0, RecordingCredentials()), tls)  # type: ignore[arg-type]
+        self.assertEqual(PoolTLS.forServer(1, None), tls)
+        self.assertEqual(PoolTLS.forClient(0, lambda: self.fail("built")), tls)
+
+    def test_modeChecked(self) -> None:
+        self.assertRaises(ValueError, PoolTLS, 3)
+
+    def test_server(self) -> None:
+        """
+        The server's holds its credentials and makes its creator from them, with the ALPN
+        names, on first use only, once.
+        """
+        credentials = RecordingCredentials()
+        tls = PoolTLS.forServer(2, credentials, [b"h2"])  # type: ignore[arg-type]
+        self.assertEqual((tls.mode, tls.alpn), (2, (b"h2",)))
+        self.assertIs(tls.credentials, credentials)
+        self.assertEqual(credentials.asked, [])
+        creator = tls.creator()
+        self.assertEqual(creator, ("server creator", [b"h2"]))
+        self.assertIs(tls.creator(), creator)
+        self.assertEqual(credentials.asked, [[b"h2"]])
+        without = PoolTLS.forServer(1, credentials)  # type: ignore[arg-type]
+        without.creator()
+        self.assertEqual(credentials.asked[-1], None)
+
+    def test_client(self) -> None:
+        made: list[object] = []
+
+        def make() -> object:
+            made.append(object())
+            return made[-1]
+
+        tls = PoolTLS.forClient(1, make, [b"np-quic"])
+        self.assertEqual((tls.mode, tls.alpn, tls.credentials), (1, (b"np-quic",), None))
+        self.assertEqual(made, [])
+        self.assertIs(tls.creator(), tls.creator())
+        self.assertEqual(len(made), 1)
+
+    def test_valueEquality(self) -> None:
+        """
+        Equal settings make equal (and equally hashed) values, whatever made the creator.
+        """
+        one = PoolTLS.forClient(1, object, [b"h2"])
+        two = PoolTLS.forClient(1, object, (b"h2",))
+        self.assertEqual(one, two)
+        self.assertEqual(hash(one), hash(two))
+        self.assertNotEqual(one, PoolTLS.forClient(2, object, [b"h2"]))
+
+
+@implementer(IPlugin, IPoolTLSTransport)
+class PoolTLSAware(FakeTransport):
+    pass
+
+
+@implementer(IPlugin, ICredentialTransport)
+class OwnTLSStack(FakeTransport):
+    pass
+
+
+class TLSArgumentTests(SynchronousTestCase):
+    """
+    What a tunnel passes a transport as C{tls}: the L{PoolTLS} value when it declares
+    L{IPoolTLSTransport}, the older forms otherwise.
+    """
+
+    def setUp(self) -> None:
+        self.credentials = RecordingCredentials()
+        self.server = PoolTLS.forServer(1, self.credentials, [b"x"])  # type: ignore[arg-type]
+        self.client = PoolTLS.forClient(2, lambda: "client creator")
+
+    def test_poolTLSTransport(self) -> None:
+        transport = PoolTLSAware("aware", "aware")
+        for tls in (self.server, self.client, PoolTLS()):
+            self.assertIs(tlsArgument(transport, tls, server=True), tls)
+        self.assertEqual(self.credentials.asked, [])
+
+    def test_creatorForm(self) -> None:
+        """
+        A TCP-like transport: the pyOpenSSL creator of its side, or None without TLS.
+        """
+        transport = FakeTransport("old", "old")
+        self.assertEqual(
+            tlsArgument(transport, self.server, server=True), ("server creator", [b"x"])
+        )
+        self.assertEqual(tlsArgument(transport, self.client, server=False), "client creator")
+        self.assertIsNone(tlsArgument(transport, PoolTLS(), server=True))
+        self.assertIsNone(tlsArgument(tcp, PoolTLS(), server=False))
+
+    def test_credentialForm(self) -> None:
+        """
+        A transport with a TLS stack of its own: credentials on the server, the mode on the
+        client, no creator made.
+        """
+        transport = OwnTLSStack("own", "own")
+        self.assertIs(tlsArgument(transport, self.server, server=True), self.credentials)
+        self.assertEqual(tlsArgument(transport, self.client, server=False), 2)
+        self.assertIsNone(tlsArgument(transport, PoolTLS(), server=False))
+        self.assertEqual(self.credentials.asked, [])
+
+    def test_creatorOf(self) -> None:
+        """
+        A transport taking both forms finds the creator in either.
+        """
+        self.assertEqual(creatorOf(self.client), "client creator")
+        self.assertIsNone(creatorOf(PoolTLS()))
+        self.assertEqual(creatorOf("a creator"), "a creator")
+        self.assertIsNone(creatorOf(None))
+
+
+class RecordingTransport(FakeTransport):
+    """
+    Records the C{tls} argument of each dial and connects nothing.
+    """
+
+    def __init__(self, name: str, typeCode: str) -> None:
+        super().__init__(name, typeCode)
+        self.given: list[Any] = []
+
+    def connect(
+        self, reactor: Any, address: PoolAddress, protocol: IProtocol, tls: Any, timeout: float
+    ) -> Deferred[IProtocol]:
+        self.given.append(tls)
+        return succeed(protocol)
+
+
+@implementer(IPoolTLSTransport, IALPNTransport)
+class RecordingPoolTLSTransport(RecordingTransport):
+    alpn = [b"np-test"]
+
+
+def _peerParts(url: str) -> tuple[Any, MemoryReactorClock, Any, Any]:
+    from nodepass.balance import TargetDialer, Targets
+    from nodepass.resolve import Resolver
+    from nodepass.settings import Settings
+    from nodepass.stats import Counters
+    from nodepass.tunnel.session import Shared
+    from nodepass.url import parse
+
+    def noLookup(host: str) -> Deferred[str]:
+        raise AssertionError(f"unexpected lookup of {host!r}")
+
+    config = parse(url)
+    reactor = MemoryReactorClock()
+    log = Logger(namespace="nodepass", observer=cast(ILogObserver, lambda event: None))
+    resolver = Resolver(reactor, 300.0, noLookup, log=log)
+    dialer = TargetDialer(reactor, Targets(config.targets, config.lbs, reactor), resolver, 5.0)
+    shared = Shared(config, reactor, Settings(), dialer, Counters(), log=log)
+    return config, reactor, shared, resolver
+
+
+class TunnelTLSTests(SynchronousTestCase):
+    """
+    The tunnel server and client hand each transport the form it declares.
+    """
+
+    def test_serverPoolTLS(self) -> None:
+        from nodepass.settings import Settings
+        from nodepass.transports.http2 import h2transport
+        from nodepass.tunnel.server import TunnelServer
+
+        config, reactor, shared, _ = _peerParts(
+            "server://k@127.0.0.1:10101/127.0.0.1:8080?type=3&tls=1"
+        )
+        credentials = RecordingCredentials()
+        server = TunnelServer(
+            config,
+            reactor,
+            Settings(),
+            shared,
+            credentials,
+            1,
+            transport=h2transport,  # type: ignore[arg-type]
+        )
+        tls = server.poolTLS()
+        self.assertEqual((tls.mode, tls.alpn), (1, (b"h2",)))
+        self.assertIs(tls.credentials, credentials)
+        plain = TunnelServer(config, reactor, Settings(), shared, None, 1, transport=h2transport)
+        self.assertEqual(plain.poolTLS(), PoolTLS())
+
+    def test_clientDials(self) -> None:
+        """
+        A L{PoolTLS} transport gets the value (with its ALPN names; no creator made for it
+        until it asks); the others the creator, built once, or None in mode 0.
+        """
+        from nodepass.settings import Settings
+        from nodepass.tunnel.client import TunnelClient
+        from nodepass.tunnel.pool import PoolConnection
+
+        config, reactor, shared, resolver = _peerParts(
+            "client://k@127.0.0.1:10101/127.0.0.1:8080?mode=2"
+        )
+        client = TunnelClient(config, reactor, Settings(), shared, resolver)
+        aware = RecordingPoolTLSTransport("aware", "aware")
+        old = RecordingTransport("old", "old")
+        for transport, mode in ((aware, 1), (aware, 0), (old, 1), (old, 1), (old, 0)):
+            dial = client._dialer(transport, mode)
+            self.successResultOf(dial(cast(PoolConnection, Protocol())))
+        self.assertEqual(aware.given, [PoolTLS(1, (b"np-test",)), PoolTLS()])
+        self.assertEqual(list(client._creators), [(1, ())])
+        creator = client._creators[(1, ())]
+        self.assertEqual(old.given, [creator, creator, None])
+        self.assertIs(aware.given[0].creator(), client._creators[(1, (b"np-test",))])

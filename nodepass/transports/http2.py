@@ -47,7 +47,13 @@ from zope.interface import implementer
 
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
-from nodepass.transports.interface import IALPNTransport, ILoggingTransport, PoolAddress
+from nodepass.transports.interface import (
+    IALPNTransport,
+    ILoggingTransport,
+    IPoolTLSTransport,
+    PoolAddress,
+    creatorOf,
+)
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
@@ -1029,11 +1035,14 @@ class _ClientFactory(Factory):
         return self.connection
 
 
-@implementer(IPlugin, ILoggingTransport, IALPNTransport)
+@implementer(IPlugin, ILoggingTransport, IPoolTLSTransport, IALPNTransport)
 class HTTP2Transport:
     """
     Pool connections are HTTP/2 streams on one TLS connection (ALPN ``h2``)
     per tunnel address.
+
+    C{tls} is a L{PoolTLS <nodepass.transports.interface.PoolTLS>} or, from
+    older callers, a pyOpenSSL creator or L{None}.
 
     @ivar alpn: the ALPN protocols the TLS creators given to this transport
         must offer.
@@ -1064,35 +1073,37 @@ class HTTP2Transport:
     def serverFactory(
         self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
     ) -> IProtocolFactory:
-        factory: IProtocolFactory = _ServerFactory(reactor, self, poolFactory, tls is not None)
-        if tls is None:
+        creator = creatorOf(tls)
+        factory: IProtocolFactory = _ServerFactory(reactor, self, poolFactory, creator is not None)
+        if creator is None:
             return factory
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        return TLSMemoryBIOFactory(tls, False, factory, clock=reactor)
+        return TLSMemoryBIOFactory(creator, False, factory, clock=reactor)
 
     def connect(
         self, reactor: Any, address: PoolAddress, protocol: IProtocol, tls: Any, timeout: float
     ) -> Deferred[IProtocol]:
+        creator = creatorOf(tls)
         try:
-            hash(tls)
-            creator: Any = tls
+            hash(creator)
+            same: Any = creator
         except TypeError:
-            creator = id(tls)
-        key = (reactor, address.ip, address.port, address.serverName, creator)
+            same = id(creator)
+        key = (reactor, address.ip, address.port, address.serverName, same)
         description = f"https://{address.text}{STREAM_PATH.decode()}"
         dial = _Dial(reactor, protocol, description, self.log)
         for connection in self._clients.get(key, []):
             if connection.usable():
                 return dial.start(connection, timeout)
-        connection = _ClientConnection(reactor, self, tls is not None, key, address.serverName)
+        connection = _ClientConnection(reactor, self, creator is not None, key, address.serverName)
         self._clients.setdefault(key, []).append(connection)
         result = dial.start(connection, timeout)
         factory: IProtocolFactory = _ClientFactory(connection)
-        if tls is not None:
+        if creator is not None:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            factory = TLSMemoryBIOFactory(tls, True, factory, clock=reactor)
+            factory = TLSMemoryBIOFactory(creator, True, factory, clock=reactor)
         from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
         kind = TCP6ClientEndpoint if ":" in address.ip else TCP4ClientEndpoint

@@ -36,6 +36,13 @@ these interfaces offered the first four as plain attributes (C{listenPool},
 C{wantsCredentials}, C{alpn}, C{disconnectAll}); L{declareAbilities} turns
 those into the declarations, so such plugins keep working.
 
+How pool connections run TLS reaches a transport as its methods' C{tls}
+argument: one L{PoolTLS} value for a transport providing
+L{IPoolTLSTransport}; for any other, the form transports took before
+L{PoolTLS} existed (L{tlsArgument}: L{None} without TLS, else a pyOpenSSL
+creator, or for an L{ICredentialTransport} the server's credentials and the
+client's mode).
+
 Implementations are plugins: objects providing both
 L{twisted.plugin.IPlugin} and L{INodePassTransport}, made available from a
 module in a ``twisted/plugins/`` directory (see docs/plugins.md).
@@ -43,14 +50,19 @@ module in a ``twisted/plugins/`` directory (see docs/plugins.md).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
+from attrs import field, frozen
+from attrs.validators import in_
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, alsoProvides
 from zope.interface.interface import InterfaceClass
+
+if TYPE_CHECKING:
+    from nodepass.tls import ServerCredentials
 
 
 @frozen
@@ -73,6 +85,77 @@ class PoolAddress:
     port: int
     text: str
     serverName: str
+
+
+def _names(alpn: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(alpn)
+
+
+@frozen
+class PoolTLS:
+    """
+    How one tunnel's pool connections run TLS, as the tunnel hands it to a
+    transport providing L{IPoolTLSTransport} (the C{tls} argument of
+    C{serverFactory}, C{connect} and C{listenPool}), in every mode, 0
+    included.
+
+    @ivar mode: C{0}: no TLS; C{1}: a self-signed server certificate, not
+        verified by the client (the fingerprint exchange authenticates it);
+        C{2}: a certificate the client verifies for the server name.
+    @ivar alpn: the ALPN names both ends offer (the transport's
+        L{IALPNTransport.alpn}; empty otherwise).
+    @ivar credentials: on the server side, its L{nodepass.tls.ServerCredentials}
+        (for a TLS stack of the transport's own: C{keyAndChain()}); L{None}
+        on the client side and in mode 0.
+    """
+
+    mode: int = field(default=0, validator=in_((0, 1, 2)))
+    alpn: tuple[bytes, ...] = field(default=(), converter=_names)
+    credentials: ServerCredentials | None = field(default=None, repr=False)
+    _makeCreator: Callable[[], Any] | None = field(
+        default=None, repr=False, eq=False, alias="makeCreator"
+    )
+    _made: dict[str, Any] = field(factory=dict, init=False, repr=False, eq=False)
+
+    @classmethod
+    def forServer(
+        cls, mode: int, credentials: ServerCredentials | None, alpn: Iterable[bytes] = ()
+    ) -> PoolTLS:
+        """
+        A server's: C{credentials} in mode 1 or 2, no TLS without them.
+        """
+        if not mode or credentials is None:
+            return cls()
+        names = list(alpn)
+        return cls(mode, names, credentials, lambda: credentials.contextFactory(alpn=names or None))
+
+    @classmethod
+    def forClient(
+        cls, mode: int, makeCreator: Callable[[], Any], alpn: Iterable[bytes] = ()
+    ) -> PoolTLS:
+        """
+        A client's: C{makeCreator()} builds its pyOpenSSL creator (called at
+        most once, when a transport first asks for it).
+        """
+        if not mode:
+            return cls()
+        return cls(mode, alpn, makeCreator=makeCreator)
+
+    def creator(self) -> Any:
+        """
+        The pyOpenSSL connection creator of this side, built with L{alpn}: an
+        C{IOpenSSLServerConnectionCreator} on the server (for
+        C{TLSMemoryBIOFactory(creator, False, factory)}), an
+        C{IOpenSSLClientConnectionCreator} on the client (for
+        C{wrapClientTLS}); L{None} in mode 0.  Made on first use (a transport
+        with its own TLS stack never pays for it), the same object every time.
+        """
+        if not self.mode or self._makeCreator is None:
+            return None
+        made = self._made.get("creator")
+        if made is None:
+            made = self._made["creator"] = self._makeCreator()
+        return made
 
 
 class INodePassTransport(Interface):
@@ -109,8 +192,9 @@ class INodePassTransport(Interface):
 
         @param poolFactory: builds the pool protocol for each new pool
             connection (it writes the ID first, then carries the stream).
-        @param tls: an C{IOpenSSLServerConnectionCreator} when the tunnel runs
-            TLS (``tls=1/2``), else L{None}.
+        @param tls: a L{PoolTLS} for an L{IPoolTLSTransport}; otherwise an
+            C{IOpenSSLServerConnectionCreator} when the tunnel runs TLS
+            (``tls=1/2``), else L{None} (see L{tlsArgument}).
         """
 
     def connect(
@@ -121,8 +205,9 @@ class INodePassTransport(Interface):
         (its C{makeConnection} is called once the stream is ready to carry
         bytes); fires with C{protocol}, or fails.
 
-        @param tls: an C{IOpenSSLClientConnectionCreator} for ``tls=1/2``, else
-            L{None}.
+        @param tls: a L{PoolTLS} for an L{IPoolTLSTransport}; otherwise an
+            C{IOpenSSLClientConnectionCreator} for ``tls=1/2``, else L{None}
+            (see L{tlsArgument}).
         @param timeout: seconds allowed for the whole connection set-up.
         """
 
@@ -145,6 +230,14 @@ class ILoggingTransport(INodePassTransport):
         apart from those of other instances.  The plugin object itself keeps
         logging where it did.
         """
+
+
+class IPoolTLSTransport(INodePassTransport):
+    """
+    A pool transport whose methods take a L{PoolTLS} as their C{tls}
+    argument, in every mode (C{mode == 0}: no TLS).  Without this
+    declaration a transport is given the older forms (L{tlsArgument}).
+    """
 
 
 class IListeningPoolTransport(INodePassTransport):
@@ -173,9 +266,9 @@ class IListeningPoolTransport(INodePassTransport):
 
 class ICredentialTransport(INodePassTransport):
     """
-    A pool transport that runs its own TLS stack (QUIC).  Given the old form
-    of the C{tls} argument (it does not provide L{IPoolTLSTransport}), the
-    server passes its L{nodepass.tls.ServerCredentials} instead of a
+    A pool transport that runs its own TLS stack (QUIC).  When it does not
+    provide L{IPoolTLSTransport} (which carries everything in one value), the
+    server passes it its L{nodepass.tls.ServerCredentials} instead of a
     pyOpenSSL creator, and the client the TLS mode (C{1} or C{2}).
     """
 
@@ -252,3 +345,31 @@ def declareAbilities(transport: Any, log: Logger | None = None) -> Any:
             interfaces=", ".join(interface.__name__ for _, interface in missing),
         )
     return transport
+
+
+def tlsArgument(transport: Any, tls: PoolTLS, *, server: bool) -> Any:
+    """
+    What a tunnel passes C{transport} as its C{tls} argument: C{tls} itself
+    for an L{IPoolTLSTransport}; otherwise the form transports took before
+    L{PoolTLS}: L{None} in mode 0, else for an L{ICredentialTransport} the
+    server's credentials (C{server}) or the client's mode, else the
+    pyOpenSSL creator of that side.
+    """
+    if IPoolTLSTransport.providedBy(transport):
+        return tls
+    if not tls.mode:
+        return None
+    if ICredentialTransport.providedBy(transport):
+        return tls.credentials if server else tls.mode
+    return tls.creator()
+
+
+def creatorOf(tls: Any) -> Any:
+    """
+    The pyOpenSSL creator in C{tls}: a L{PoolTLS} or, from a caller written
+    before it, the creator itself or L{None} (for transports that accept
+    both).
+    """
+    if isinstance(tls, PoolTLS):
+        return tls.creator()
+    return tls

@@ -64,7 +64,9 @@ from nodepass.transports.interface import (
     IDisconnectingTransport,
     IListeningPoolTransport,
     ILoggingTransport,
+    IPoolTLSTransport,
     PoolAddress,
+    PoolTLS,
 )
 
 if TYPE_CHECKING:
@@ -1020,10 +1022,12 @@ class _RefuseAll(Factory):
 
 def _clientMode(tls: Any) -> int:
     """
-    The TLS mode from the C{tls} argument of C{connect}: an C{int} (1 or 2),
-    an object with a C{mode} attribute, or L{None} (mode 1: QUIC always
-    runs TLS).
+    The TLS mode from the C{tls} argument of C{connect}: a L{PoolTLS} (mode
+    0 counts as 1: QUIC always runs TLS) or, from older callers, an C{int}
+    (1 or 2), an object with a C{mode} attribute, or L{None} (mode 1).
     """
+    if isinstance(tls, PoolTLS):
+        return tls.mode or 1
     mode = getattr(tls, "mode", tls)
     if mode is None or isinstance(mode, bool):
         return 1
@@ -1259,6 +1263,7 @@ class _Client:
 @implementer(
     IPlugin,
     ILoggingTransport,
+    IPoolTLSTransport,
     IListeningPoolTransport,
     ICredentialTransport,
     IALPNTransport,
@@ -1271,10 +1276,11 @@ class QuicTransport:
 
     Unlike the TCP-based transports, the server side is L{listenPool}
     (L{IListeningPoolTransport}) and C{serverFactory} refuses TCP pool
-    connections.  L{ICredentialTransport} tells the tunnel to pass, as
-    C{tls}, the L{nodepass.tls.ServerCredentials} to L{listenPool} and the TLS
-    mode (an C{int}) to L{connect}; C{wantsCredentials} says the same to
-    callers written before that interface.
+    connections.  It takes a L{PoolTLS} (L{IPoolTLSTransport}) and reads the
+    server's credentials and the client's mode there; for older callers it
+    also takes, as L{ICredentialTransport} and C{wantsCredentials} say, the
+    L{nodepass.tls.ServerCredentials} themselves in L{listenPool} and the TLS
+    mode (an C{int}) in L{connect}.
 
     @ivar log: what its connections log through (by default, a logger
         publishing to the global log publisher; see L{withLogger}).
@@ -1319,18 +1325,20 @@ class QuicTransport:
 
         @param poolFactory: builds the pool protocol for each new stream
             (given the client's UDP address).
-        @param tls: the L{nodepass.tls.ServerCredentials} to present (read
-            again for each new QUIC connection, so mode-2 reloads apply).
+        @param tls: a L{PoolTLS} carrying the L{nodepass.tls.ServerCredentials}
+            to present (read again for each new QUIC connection, so mode-2
+            reloads apply), or, from older callers, the credentials themselves.
         @param clientIP: if given, a QUIC connection from another IP is
             closed once established (application error 0, reason
             C{unauthorized IP}), as the Go server does.  (The pool also
             checks each stream's C{getPeer()}.)
         @raise twisted.internet.error.CannotListenError: the port is taken.
         """
-        if tls is None:
+        credentials = tls.credentials if isinstance(tls, PoolTLS) else tls
+        if credentials is None:
             raise QuicError("the QUIC pool needs server credentials (tls=1 or 2)")
         host, portNumber = address
-        endpoint = _ServerEndpoint(reactor, poolFactory, tls, clientIP, log=self.log)
+        endpoint = _ServerEndpoint(reactor, poolFactory, credentials, clientIP, log=self.log)
         port = reactor.listenUDP(portNumber, endpoint, interface=host, maxPacketSize=MAX_DATAGRAM)
         _growBuffers(port, self.log)
         return QuicListeningPort(endpoint, port)
@@ -1342,9 +1350,10 @@ class QuicTransport:
         Open one pool connection: a new stream on the shared QUIC connection
         to C{address} (made, or made again, as needed).
 
-        @param tls: the TLS mode, C{1} (no verification, no SNI) or C{2}
-            (system CAs, server name C{address.serverName}); an object with
-            a C{mode} attribute is accepted too.
+        @param tls: a L{PoolTLS} whose mode is C{1} (no verification, no SNI)
+            or C{2} (system CAs, server name C{address.serverName}); from
+            older callers, the mode itself, or an object with a C{mode}
+            attribute.
         """
         try:
             mode = _clientMode(tls)

@@ -36,7 +36,13 @@ from zope.interface import implementer
 
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
-from nodepass.transports.interface import ILoggingTransport, IUncheckedPeerTransport, PoolAddress
+from nodepass.transports.interface import (
+    ILoggingTransport,
+    IPoolTLSTransport,
+    IUncheckedPeerTransport,
+    PoolAddress,
+    creatorOf,
+)
 
 __all__ = ["WebSocketError", "WebSocketTransport", "ws"]
 
@@ -490,13 +496,15 @@ def hostHeader(address: PoolAddress) -> str:
     return address.host
 
 
-@implementer(IPlugin, ILoggingTransport, IUncheckedPeerTransport)
+@implementer(IPlugin, ILoggingTransport, IPoolTLSTransport, IUncheckedPeerTransport)
 class WebSocketTransport:
     """
     Pool connections are WebSocket connections to the tunnel port (inside
     TLS when the tunnel runs TLS), carrying the stream in binary messages.
     The server takes them from any address (L{IUncheckedPeerTransport}, as
-    the reference does for WebSocket).
+    the reference does for WebSocket).  C{tls} is a L{PoolTLS
+    <nodepass.transports.interface.PoolTLS>} or, from older callers, a
+    pyOpenSSL creator or L{None}.
 
     @ivar log: what its connections log through (by default, a logger
         publishing to the global log publisher; see L{withLogger}).
@@ -522,11 +530,12 @@ class WebSocketTransport:
     ) -> IProtocolFactory:
         ServerFactory = _classes()[0]
         factory: IProtocolFactory = ServerFactory(reactor, poolFactory, self.log)
-        if tls is None:
+        creator = creatorOf(tls)
+        if creator is None:
             return factory
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        return TLSMemoryBIOFactory(tls, False, factory, clock=reactor)
+        return TLSMemoryBIOFactory(creator, False, factory, clock=reactor)
 
     def connect(
         self, reactor: Any, address: PoolAddress, protocol: IProtocol, tls: Any, timeout: float
@@ -534,15 +543,16 @@ class WebSocketTransport:
         from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
         ClientFactory = _classes()[1]
-        scheme = "ws" if tls is None else "wss"
+        creator = creatorOf(tls)
+        scheme = "ws" if creator is None else "wss"
         url = f"{scheme}://{address.text}/"
         dial = _Dial(reactor, protocol, url, self.log)
         factory: IProtocolFactory = ClientFactory(reactor, url, hostHeader(address), dial)
-        if tls is not None:
+        if creator is not None:
             # What wrapClientTLS does, but with TLS's write timer on our reactor.
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            factory = TLSMemoryBIOFactory(tls, True, factory, clock=reactor)
+            factory = TLSMemoryBIOFactory(creator, True, factory, clock=reactor)
         kind = TCP6ClientEndpoint if ":" in address.ip else TCP4ClientEndpoint
         endpoint = kind(reactor, address.ip, address.port, timeout)
         return dial.start(endpoint, factory, timeout)

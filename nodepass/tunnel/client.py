@@ -21,9 +21,10 @@ from nodepass.settings import Settings
 from nodepass.transports import PoolAddress, forInstance, forType
 from nodepass.transports.interface import (
     IALPNTransport,
-    ICredentialTransport,
     IDisconnectingTransport,
+    PoolTLS,
     declareAbilities,
+    tlsArgument,
 )
 from nodepass.tunnel.handshake import clientHandshake
 from nodepass.tunnel.peer import TunnelPeer
@@ -71,18 +72,19 @@ class TunnelClient(TunnelPeer):
             self._creators[key] = creator
         return creator
 
+    def poolTLS(self, transport: Any, tlsMode: int) -> PoolTLS:
+        """
+        How pool connections through C{transport} run TLS in C{tlsMode}: the
+        mode, the transport's ALPN names, and a creator made (once per mode
+        and names) only if the transport asks for it.
+        """
+        alpn = list(transport.alpn) if IALPNTransport.providedBy(transport) else []
+        return PoolTLS.forClient(tlsMode, lambda: self._creator(tlsMode, alpn or None), alpn)
+
     def _dialer(self, transport: Any, tlsMode: int) -> Any:
         tunnel = self.config.tunnel
         timeout = self.settings.tcpDialTimeout
-        creator: Any
-        if ICredentialTransport.providedBy(transport):
-            # Such a transport builds its own TLS from the mode (QUIC).
-            creator = tlsMode or None
-        elif tlsMode:
-            alpn = transport.alpn if IALPNTransport.providedBy(transport) else None
-            creator = self._creator(tlsMode, alpn)
-        else:
-            creator = None
+        tlsGiven = tlsArgument(transport, self.poolTLS(transport, tlsMode), server=False)
 
         def dial(conn: PoolConnection) -> Deferred[Any]:
             async def connect() -> Any:
@@ -90,7 +92,7 @@ class TunnelClient(TunnelPeer):
                 address = PoolAddress(
                     tunnel.host, ip, tunnel.port, tunnel.text, self.config.serverName
                 )
-                return await transport.connect(self.reactor, address, conn, creator, timeout)
+                return await transport.connect(self.reactor, address, conn, tlsGiven, timeout)
 
             return Deferred.fromCoroutine(connect())
 

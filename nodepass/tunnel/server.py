@@ -20,10 +20,11 @@ from nodepass.errors import StartupError
 from nodepass.settings import Settings
 from nodepass.transports.interface import (
     IALPNTransport,
-    ICredentialTransport,
     IListeningPoolTransport,
     IUncheckedPeerTransport,
+    PoolTLS,
     declareAbilities,
+    tlsArgument,
 )
 from nodepass.tunnel.handshake import HandshakeResource, TunnelConfig, handshakeFactory
 from nodepass.tunnel.peer import TunnelPeer
@@ -129,6 +130,15 @@ class TunnelServer(TunnelPeer):
             self.bind()
         super().privilegedStartService()
 
+    def poolTLS(self) -> PoolTLS:
+        """
+        How this server's pool connections run TLS: its mode and credentials,
+        with the transport's ALPN names.
+        """
+        transport = self.transport
+        alpn = transport.alpn if IALPNTransport.providedBy(transport) else ()
+        return PoolTLS.forServer(self.tlsMode, self.credentials, alpn)
+
     @property
     def flow(self) -> str:
         return "-" if self.runMode == 1 else "+"
@@ -174,14 +184,7 @@ class TunnelServer(TunnelPeer):
             log=self.log,
         )
         poolFactory: Any = pool.factory(self.tlsMode != 0 and transport.readyAfterHandshake)
-        creator: Any = None
-        if self.tlsMode:
-            assert self.credentials is not None
-            if ICredentialTransport.providedBy(transport):
-                creator = self.credentials
-            else:
-                alpn = transport.alpn if IALPNTransport.providedBy(transport) else None
-                creator = self.credentials.contextFactory(alpn=alpn)
+        tls = tlsArgument(transport, self.poolTLS(), server=True)
         # A transport with its own listener (QUIC on the tunnel port's UDP
         # twin) serves the pool there; the TCP port then refuses pool use.
         poolPort: Any = None
@@ -190,10 +193,10 @@ class TunnelServer(TunnelPeer):
                 self.reactor,
                 (config.tunnel.host, config.tunnel.port),
                 poolFactory,
-                creator,
+                tls,
                 clientIP=poolClientIP,
             )
-        poolFactory = transport.serverFactory(self.reactor, poolFactory, creator)
+        poolFactory = transport.serverFactory(self.reactor, poolFactory, tls)
         self.factory.handshake = None
         self.factory.pool = poolFactory
         try:
