@@ -43,6 +43,7 @@ from nodepass.master.events import RETRY_BLOCK, EventHub
 from nodepass.master.openapi import DOCS_STATIC_FILES
 from nodepass.master.registry import PUT_RESTART_DELAY, MasterSettings, Registry
 from nodepass.master.store import StoredInstance, SyncStore
+from nodepass.master.supervisor import Event, Status
 from nodepass.master.sysinfo import SYSTEM_FIELDS, goArch, goOS
 from nodepass.master.tcping import ProbeResult
 from nodepass.stats import Checkpoint
@@ -1704,3 +1705,262 @@ class FuzzTests(AppTestCase):
             self.assertEqual(list(instance), FIELDS)
         self.assertEqual(sorted(i["id"] for i in listed[1:]), sorted(self.store.ids()))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    Every sample of a Prometheus text exposition, by name and sorted labels (the parser
+    rejects a malformed exposition).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+class MetricsTests(AppTestCase):
+    """
+    C{GET /metrics} and C{P/v1/metrics}: the Prometheus text format, behind the API key.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.api = self.serveWithOperations()
+
+    def serveWithOperations(self, **options: Any) -> MasterAPI:
+        from nodepass.master.metrics import MasterMetrics
+
+        metrics = MasterMetrics(
+            self.registry.instanceObjects,
+            self.registry.restartCount,
+            lambda: self.hub.subscriberCount,
+            "9.9.9",
+        )
+        return self.serve(metrics=metrics, now=self.clock.seconds, **options)
+
+    def metrics(self, headers: Mapping[str, str] | None = None, path: str = "/metrics") -> Answer:
+        return self.fetch("GET", path, headers=headers)
+
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        answer = self.metrics()
+        self.assertEqual(answer.code, 200, answer.body)
+        return scrape(answer.body.decode("utf-8"))
+
+    def test_credentials(self) -> None:
+        """
+        The key as C{X-API-Key} or C{Authorization: Bearer}; anything else is 401, at the
+        root and below the prefix alike.
+        """
+        for path in ("/metrics", P + "/metrics"):
+            self.assertEqual(self.metrics({}, path).code, 401)
+            self.assertEqual(self.metrics({"X-API-Key": "wrong"}, path).code, 401)
+            self.assertEqual(self.metrics({"Authorization": "Bearer wrong"}, path).code, 401)
+            self.assertEqual(self.metrics({"Authorization": f"Basic {KEY}"}, path).code, 401)
+            self.assertEqual(self.metrics({"X-API-Key": KEY}, path).code, 200)
+            self.assertEqual(self.metrics({"Authorization": f"Bearer {KEY}"}, path).code, 200)
+        answer = self.metrics({})
+        self.assertEqual(answer.json(), {"error": "Unauthorized: API key required"})
+        self.assertEqual(answer.header("WWW-Authenticate"), [b'Bearer realm="nodepass"'])
+
+    def test_public(self) -> None:
+        """
+        C{NP_METRICS_PUBLIC=1} (C{metricsPublic}) serves them without a key.
+        """
+        self.api = self.serveWithOperations(metricsPublic=True)
+        answer = self.metrics({})
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.header("Content-Type")[0].split(b";")[0], b"text/plain")  # type: ignore[index]
+
+    def test_trafficGrows(self) -> None:
+        """
+        A scrape after traffic shows the byte counter grown by what the instance reported;
+        the gauges follow its last checkpoint; labels never carry the key.
+        """
+        created = self.create(alias="edge")
+        id = created["id"]
+        rx = ("nodepass_instance_bytes_total", (("direction", "rx"), ("id", id), ("proto", "tcp")))
+        before = self.samples()
+        self.assertEqual(before[rx], 0)
+        self.registry.checkpointReceived(id, checkpoint(tcprx=65536, udptx=9))
+        after = self.samples()
+        self.assertGreaterEqual(after[rx] - before[rx], 65536)
+        udptx = (
+            "nodepass_instance_bytes_total",
+            (("direction", "tx"), ("id", id), ("proto", "udp")),
+        )
+        self.assertEqual(after[udptx], 9)
+        self.assertEqual(
+            after[("nodepass_instance_connections", (("id", id), ("proto", "tcp")))], 4
+        )
+        self.assertEqual(
+            after[("nodepass_instance_connections", (("id", id), ("proto", "udp")))], 5
+        )
+        self.assertEqual(after[("nodepass_instance_pool", (("id", id),))], 3)
+        self.assertEqual(after[("nodepass_instance_ping_seconds", (("id", id),))], 0.002)
+        up = ("nodepass_instance_up", (("alias", "edge"), ("id", id), ("type", "server")))
+        self.assertEqual(after[up], 1)
+        statuses = {
+            s: after[("nodepass_instance_status", (("id", id), ("status", s)))]
+            for s in ("running", "stopped", "error")
+        }
+        self.assertEqual(statuses, {"running": 1, "stopped": 0, "error": 0})
+        self.assertEqual(after[("nodepass_build_info", (("version", "9.9.9"),))], 1)
+        self.assertNotIn(KEY.encode(), self.metrics().body)
+        self.assertNotIn(b"********", self.metrics().body)
+
+    def test_stoppedAndRestarted(self) -> None:
+        id = self.create()["id"]
+        restarts = ("nodepass_instance_restarts_total", (("id", id),))
+        self.assertEqual(self.samples()[restarts], 0)
+        self.call("PATCH", f"/instances/{id}", '{"action": "restart"}')
+        self.call("PATCH", f"/instances/{id}", '{"action": "stop"}')
+        samples = self.samples()
+        self.assertEqual(samples[restarts], 1)
+        self.assertEqual(
+            samples[("nodepass_instance_up", (("alias", ""), ("id", id), ("type", "server")))], 0
+        )
+        self.assertEqual(
+            samples[("nodepass_instance_status", (("id", id), ("status", "stopped")))], 1
+        )
+
+    def test_apiRequests(self) -> None:
+        """
+        Answered requests are counted by method, route template and code, and timed.
+        """
+        id = self.create()["id"]
+        self.call("GET", f"/instances/{id}")
+        self.call("GET", "/instances/ffffffff")
+        self.call("GET", "/info", headers={})
+        self.fetch("GET", "/nowhere")
+        self.clock.advance(0.25)
+        samples = self.samples()
+
+        def requests(method: str, route: str, code: str) -> float:
+            labels = (("code", code), ("method", method), ("route", route))
+            return samples.get(("nodepass_api_requests_total", labels), 0)
+
+        self.assertEqual(requests("POST", "/instances", "201"), 1)
+        self.assertEqual(requests("GET", "/instances/{id}", "200"), 1)
+        self.assertEqual(requests("GET", "/instances/{id}", "404"), 1)
+        self.assertEqual(requests("GET", "/info", "401"), 1)
+        self.assertEqual(requests("GET", "other", "404"), 1)
+        count = ("nodepass_api_request_duration_seconds_count", (("route", "/instances/{id}"),))
+        self.assertEqual(samples[count], 2)
+        self.assertNotIn(id, str([labels for (_, labels) in samples if ("route", id) in labels]))
+
+    def test_subscribers(self) -> None:
+        gauge = ("nodepass_sse_subscribers", ())
+        self.assertEqual(self.samples()[gauge], 0)
+        self.stub.get(BASE + P + "/events", headers={"X-API-Key": KEY})
+        self.pump()
+        self.assertEqual(self.samples()[gauge], 1)
+
+    def test_methodNotAllowed(self) -> None:
+        answer = self.fetch("POST", "/metrics")
+        self.assertEqual((answer.code, answer.json()), (405, {"error": "Method not allowed"}))
+        self.assertError(self.call("POST", "/metrics"), 405, "Method not allowed")  # with CORS
+
+
+class FakeHosts:
+    def __init__(self) -> None:
+        self.state = {"alive": 2, "limit": 2, "instances": 3, "waiting": 0, "replacing": False}
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.state)
+
+
+class HealthTests(AppTestCase):
+    """
+    C{/health}, C{P/v1/health} and C{/ready}: no key, nothing secret, 200 or 503.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.storeFails = False
+        self.stopping = False
+        self.hosts = FakeHosts()
+        self.api = self.serveWithHealth()
+
+    def serveWithHealth(self) -> MasterAPI:
+        from nodepass.master.health import HealthChecks
+
+        def probe() -> Deferred[None]:
+            if self.storeFails:
+                return fail(OSError(30, "Read-only file system"))
+            return succeed(None)
+
+        health = HealthChecks(
+            probe,
+            self.registry.instanceObjects,
+            self.hosts.health,
+            lambda: self.api.ready,
+            lambda: self.stopping,
+        )
+        return self.serve(health=health)
+
+    def health(self, path: str = "/health") -> tuple[int, Any]:
+        answer = self.fetch("GET", path, headers={})
+        self.assertEqual(answer.header("Cache-Control"), [b"no-store"])
+        self.assertNotIn(KEY.encode(), answer.body)
+        return answer.code, answer.json()
+
+    def test_ok(self) -> None:
+        id = self.create()["id"]
+        for path in ("/health", P + "/health"):
+            code, body = self.health(path)
+            self.assertEqual(code, 200)
+            self.assertEqual(body["status"], "ok")
+            self.assertEqual(
+                body["checks"]["instances"],
+                {"status": "ok", "total": 1, "running": 1, "stopped": 0, "error": 0, "failing": 0},
+            )
+            self.assertEqual(body["checks"]["store"], {"status": "ok", "writable": True})
+            self.assertEqual(body["checks"]["hosts"]["status"], "ok")
+            self.assertNotIn(id, json.dumps(body))
+
+    def test_storeNotWritable(self) -> None:
+        self.storeFails = True
+        code, body = self.health()
+        self.assertEqual((code, body["status"]), (503, "degraded"))
+        self.assertEqual(body["checks"]["store"], {"status": "fail", "writable": False})
+        self.storeFails = False
+        self.assertEqual(self.health()[0], 200)
+
+    def test_restartingInstanceInError(self) -> None:
+        """
+        An instance in C{error} that should run (C{restart=true}) degrades; one that should
+        not (C{restart=false}) does not.
+        """
+        id = self.create()["id"]
+        self.supervisor.set(id, Status.ERROR, Event.ERROR_LINE)
+        code, body = self.health()
+        self.assertEqual(code, 503)
+        self.assertEqual(body["checks"]["instances"]["failing"], 1)
+        self.call("PATCH", f"/instances/{id}", '{"restart": false}')
+        self.assertEqual(self.health()[0], 200)
+
+    def test_hostMissing(self) -> None:
+        self.hosts.state["replacing"] = True
+        code, body = self.health()
+        self.assertEqual((code, body["checks"]["hosts"]["status"]), (503, "fail"))
+        self.hosts.state.update(replacing=False, waiting=2)
+        self.assertEqual(self.health()[0], 503)
+        self.hosts.state["waiting"] = 0
+        self.assertEqual(self.health()[0], 200)
+
+    def test_ready(self) -> None:
+        def ready() -> tuple[int, Any]:
+            answer = self.fetch("GET", "/ready", headers={})
+            return answer.code, answer.json()
+
+        self.assertEqual(ready(), (200, {"status": "ready"}))
+        self.api.ready = False
+        self.assertEqual(ready(), (503, {"status": "starting"}))
+        self.api.ready = True
+        self.stopping = True
+        self.assertEqual(ready(), (503, {"status": "stopping"}))
+        # Only at the root: below the prefix it is an unknown route.
+        self.assertNotFoundPage(self.fetch("GET", P + "/ready", headers={}))

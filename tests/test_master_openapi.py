@@ -31,8 +31,13 @@ ROUTES = {
     "/tcping": {"get"},
     "/openapi.json": {"get"},
     "/docs": {"get"},
+    "/metrics": {"get"},
+    "/health": {"get"},
+    "/ready": {"get"},
 }
-PUBLIC = {"/openapi.json", "/docs"}
+PUBLIC = {"/openapi.json", "/docs", "/health", "/ready"}
+#: Public in dispatch, but checking the key (or a bearer token) itself.
+OWN_SECURITY = {"/metrics"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 # Spec §6.1, in order: field -> (JSON type, format or None).
@@ -89,6 +94,9 @@ STATUSES = {
     ("/tcping", "get"): {"200", "400", "401"} | _PROTECTED,
     ("/openapi.json", "get"): {"200", "408"},
     ("/docs", "get"): {"200", "408"},
+    ("/metrics", "get"): {"200", "401", "408"},
+    ("/health", "get"): {"200", "408", "503"},
+    ("/ready", "get"): {"200", "408", "503"},
 }
 
 # Error messages of spec §5 and §8 that must be documented, by operation and status.
@@ -259,6 +267,8 @@ class TestRoutes:
         for path, _, op in operations(doc):
             if path in PUBLIC:
                 assert op["security"] == []
+            elif path in OWN_SECURITY:
+                assert op["security"] == [{"ApiKeyAuth": []}, {"BearerAuth": []}]
             else:
                 assert "security" not in op
 
@@ -286,7 +296,7 @@ class TestRoutes:
 
     def test_unauthorizedEverywhere(self, doc: dict[str, Any]) -> None:
         for path, _, op in operations(doc):
-            assert ("401" in op["responses"]) == (path not in PUBLIC)
+            assert ("401" in op["responses"]) == (path not in PUBLIC), path
 
     def test_methodNotAllowedDocumented(self, doc: dict[str, Any]) -> None:
         response = doc["components"]["responses"]["MethodNotAllowed"]

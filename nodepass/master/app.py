@@ -44,6 +44,7 @@ from twisted.web.server import Request as ServerRequest
 from nodepass import COMPATIBLE_VERSION
 from nodepass.master.auth import API_KEY_HEADER, CorsPolicy
 from nodepass.master.events import encodeJSON
+from nodepass.master.health import HealthChecks
 from nodepass.master.messages import (
     BODY_TOO_LARGE,
     INTERNAL_ERROR,
@@ -58,6 +59,7 @@ from nodepass.master.messages import (
     RegistryError,
     Unavailable,
 )
+from nodepass.master.metrics import CONTENT_TYPE, MasterMetrics, routeOf
 from nodepass.master.openapi import DOCS_STATIC_FILES, docsPage, documentJSON
 from nodepass.master.registry import MasterSettings
 from nodepass.master.requests import decodeBody
@@ -213,6 +215,12 @@ class MasterInfo:
     def uptime(self) -> int:
         return max(0, int(self._clock.seconds() - self._started))
 
+    def monotonic(self) -> float:
+        """
+        The clock's time, for request durations.
+        """
+        return float(self._clock.seconds())
+
 
 class _Handled(Exception):
     """
@@ -258,6 +266,10 @@ class MasterAPI:
         cors: CorsPolicy | None = None,
         staticDirectory: str | None = None,
         readFile: Callable[[str], Deferred[bytes]] | None = None,
+        metrics: MasterMetrics | None = None,
+        health: HealthChecks | None = None,
+        metricsPublic: bool = False,
+        now: Callable[[], float] | None = None,
     ) -> None:
         self.registry = registry
         self.hub = hub
@@ -269,6 +281,10 @@ class MasterAPI:
         self.cors = cors if cors is not None else CorsPolicy()
         self.staticDirectory = staticDirectory
         self.readFile = readFile if readFile is not None else _readNow
+        self.metrics = metrics
+        self.health = health
+        self.metricsPublic = metricsPublic
+        self._now = now if now is not None else info.monotonic
         self._assets: dict[str, bytes] = {}
         #: Set once the registry is loaded; protected routes answer 503 until then.
         self.ready = False
@@ -284,6 +300,14 @@ class MasterAPI:
             "/openapi.json": self._openapiRoute,
             "/docs": self._docsRoute,
         }
+        # Operations routes: served below the prefix and at the root; no X-API-Key check in
+        # dispatch (health and readiness are public, metrics check their own credentials).
+        self._operations: dict[str, _Handler] = {}
+        if metrics is not None:
+            self._operations["/metrics"] = self._metricsRoute
+        if health is not None:
+            self._operations["/health"] = self._healthRoute
+            self._operations["/ready"] = self._readyRoute
 
     def resource(self) -> IResource:
         """
@@ -302,10 +326,18 @@ class MasterAPI:
         """
         request.setHeader(b"Server", SERVER_NAME)
         path = _decodedPath(request)
+        operation = self._operations.get(path)
+        if operation is not None:
+            self._observe(request, routeOf(path))
+            return self._run(request, operation, "")
         if not path.startswith(self.apiPrefix + "/"):
+            self._observe(request, "other")
             return _notFound(request)
         route = path[len(self.apiPrefix) :]
+        self._observe(request, routeOf(route) if route != "/ready" else "other")
         handler = self._public.get(route)
+        if handler is None and route != "/ready":
+            handler = self._operations.get(route)
         argument = ""
         protected = handler is None
         if handler is None:
@@ -363,6 +395,58 @@ class MasterAPI:
             return _error(request, 500, INTERNAL_ERROR)
 
         return result.addErrback(failed)
+
+    def _observe(self, request: IRequest, route: str) -> None:
+        """
+        Count and time C{request} under C{route} once its answer is finished.
+        """
+        metrics = self.metrics
+        if metrics is None:
+            return
+        started = self._now()
+        method = _method(request)
+
+        def finished(_: object) -> None:
+            code = getattr(request, "code", 200)
+            metrics.observe(method, route, int(code), self._now() - started)
+
+        notifyFinish: Any = getattr(request, "notifyFinish", None)
+        if notifyFinish is not None:
+            notifyFinish().addBoth(finished)
+
+    # -- operations routes -----------------------------------------------------------------------
+
+    def _metricsRoute(self, request: IRequest, _: str) -> bytes:
+        assert self.metrics is not None
+        if _method(request) not in ("GET", "HEAD"):
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        if not self.metricsPublic:
+            rejection = self.registry.keyChecker.rejection(_metricsCredential(request))
+            if rejection is not None:
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="nodepass"')
+                return _error(request, 401, rejection)
+        body = self.metrics.render()
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    async def _healthRoute(self, request: IRequest, _: str) -> bytes:
+        assert self.health is not None
+        if _method(request) not in ("GET", "HEAD"):
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        request.setHeader(b"Cache-Control", b"no-store")
+        healthy, body = await self.health.health()
+        return _json(request, 200 if healthy else 503, body)
+
+    def _readyRoute(self, request: IRequest, _: str) -> bytes:
+        assert self.health is not None
+        if _method(request) not in ("GET", "HEAD"):
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        request.setHeader(b"Cache-Control", b"no-store")
+        if self.ready and self.health.isReady():
+            return _json(request, 200, {"status": "ready"})
+        return _json(request, 503, {"status": "stopping" if self.ready else "starting"})
 
     # -- protected routes ----------------------------------------------------------------------
 
@@ -486,6 +570,22 @@ def _peer(transport: Any) -> str:
         return f"{address.host}:{address.port}"
     except Exception:
         return "an unknown peer"
+
+
+def _metricsCredential(request: IRequest) -> bytes | None:
+    """
+    The key a scrape presents: C{X-API-Key}, or C{Authorization: Bearer <key>} (what
+    Prometheus sends for C{authorization: credentials}).
+    """
+    value = request.getHeader(API_KEY_HEADER)
+    if value:
+        return value  # type: ignore[no-any-return]
+    authorization = request.getHeader(b"Authorization")
+    if isinstance(authorization, bytes):
+        scheme, _, credentials = authorization.partition(b" ")
+        if scheme.lower() == b"bearer":
+            return credentials.strip() or None
+    return None
 
 
 def _callerKey(request: IRequest) -> str:

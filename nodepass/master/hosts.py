@@ -344,6 +344,20 @@ class HostPool(Service):
     def runner(self) -> IInstanceRunner:
         return self
 
+    def health(self) -> dict[str, Any]:
+        """
+        Counts for the master's health check: live hosts, the limit, hosted instances,
+        instances waiting for a host, and whether a dead host is about to be replaced.
+        """
+        live = self._live()
+        return {
+            "alive": len(live),
+            "limit": self.count,
+            "instances": sum(len(host.instances) for host in live),
+            "waiting": len(self.waiting),
+            "replacing": self._respawn is not None and self._respawn.active(),
+        }
+
     # -- service -------------------------------------------------------------------------------
 
     def startService(self) -> None:

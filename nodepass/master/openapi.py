@@ -78,6 +78,7 @@ API_VERSION = "v1"
 DOCS_STATIC_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
 
 _KEY_SCHEME = "ApiKeyAuth"
+_BEARER_SCHEME = "BearerAuth"
 _REF = "#/components/schemas/"
 _JSON = "application/json"
 
@@ -358,7 +359,59 @@ def _schemas() -> dict[str, Any]:
         "UpdateMasterAliasRequest": aliasRequest,
         "TCPingResult": tcping,
         "InstanceEvent": event,
+        "Health": _healthSchema(),
+        "Ready": _object(
+            {"status": _string("Readiness.", enum=["ready", "starting", "stopping"])},
+            "The answer of `/ready`.",
+        ),
     }
+
+
+def _check(description: str, **properties: Any) -> dict[str, Any]:
+    return _object(
+        {"status": _string("`ok`, or `fail` when this check fails.", enum=["ok", "fail"])}
+        | properties,
+        description,
+        required=False,
+    )
+
+
+def _healthSchema() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return _object(
+        {
+            "status": _string("`ok` when every check passes.", enum=["ok", "degraded"]),
+            "checks": _object(
+                {
+                    "store": _check(
+                        "The state directory takes a write now.", writable={"type": "boolean"}
+                    ),
+                    "instances": _check(
+                        "Instances by status; `failing` counts those with `restart=true` in "
+                        "`error`.",
+                        total=count,
+                        running=count,
+                        stopped=count,
+                        error=count,
+                        failing=count,
+                    ),
+                    "hosts": _check(
+                        "Instance hosts (`mode` `hosted`) or one process per instance "
+                        "(`isolated`); fails while an instance waits for a host or a dead "
+                        "host is being replaced.",
+                        mode=_string("How instances run.", enum=["hosted", "isolated"]),
+                        alive=count,
+                        limit=count,
+                        instances=count,
+                        waiting=count,
+                        replacing={"type": "boolean"},
+                    ),
+                },
+                "One entry per check.",
+            ),
+        },
+        "The answer of `/health`: counts and yes/no answers, nothing secret.",
+    )
 
 
 def _jsonResponse(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -685,6 +738,64 @@ def _paths() -> dict[str, Any]:
                 public=True,
             ),
         },
+        "/metrics": {
+            "description": "Also served at the root (`/metrics`), where Prometheus "
+            "expects it. Handles `GET` and `HEAD`; `OPTIONS` answers 200 without "
+            "authentication (CORS preflight); any other method answers 405 "
+            "`Method not allowed`. `NP_METRICS_PUBLIC=1` serves it without the key.",
+            "get": _operation(
+                "getMetrics",
+                "Prometheus metrics",
+                "Instance figures (status, bytes, connections, pool, ping, restarts), API "
+                "request counts and durations, event-stream subscribers and the build, in "
+                "the Prometheus text format 0.0.4. The key is accepted as `X-API-Key` or as "
+                "`Authorization: Bearer <key>`; labels never carry it.",
+                "operations",
+                {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+                    },
+                    "401": _UNAUTHORIZED,
+                },
+                public=True,
+            )
+            | {"security": [{_KEY_SCHEME: []}, {_BEARER_SCHEME: []}]},
+        },
+        "/health": {
+            "description": "Public. Also served at the root (`/health`). Handles `GET` and "
+            "`HEAD`; any other method answers 405 `Method not allowed`.",
+            "get": _operation(
+                "getHealth",
+                "Health",
+                "Whether the master can do its job: the state directory takes a write, no "
+                "instance that should run (`restart=true`) is in `error`, and no instance "
+                "waits for an instance host. Counts only: nothing secret, no key needed.",
+                "operations",
+                {
+                    "200": _jsonResponse("Healthy: every check is `ok`.", _ref("Health")),
+                    "503": _jsonResponse("Degraded: a check failed.", _ref("Health")),
+                },
+                public=True,
+            ),
+        },
+        "/ready": {
+            "description": "Public, at the root only (`/ready`, not below the prefix). "
+            "Handles `GET` and `HEAD`.",
+            "servers": [{"url": "/", "description": "The master's root."}],
+            "get": _operation(
+                "getReady",
+                "Readiness",
+                "200 once the state is loaded and the API serves; 503 while the master "
+                "starts or shuts down.",
+                "operations",
+                {
+                    "200": _jsonResponse("Ready.", _ref("Ready")),
+                    "503": _jsonResponse("Starting or stopping.", _ref("Ready")),
+                },
+                public=True,
+            ),
+        },
         "/docs": {
             "description": "Public. Answers every method except `OPTIONS` (preflight) with "
             "the page.",
@@ -756,6 +867,7 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
             {"name": "events", "description": "Live instance events."},
             {"name": "master", "description": "The master itself."},
             {"name": "documentation", "description": "This description."},
+            {"name": "operations", "description": "Metrics, health and readiness."},
         ],
         "paths": _paths(),
         "components": {
@@ -766,7 +878,12 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
                     "name": "X-API-Key",
                     "description": "The master's API key (32 lowercase hex characters), "
                     "printed when it is created or regenerated.",
-                }
+                },
+                _BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The API key as a bearer token (`/metrics` only).",
+                },
             },
             "schemas": _schemas(),
             "responses": {

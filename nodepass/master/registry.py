@@ -256,6 +256,8 @@ class _Instance:
         self.udps = 0
         self.deleted = False
         self.trafficDirty = False
+        #: Processes started for it since the master started (restarts are the rest).
+        self.spawns = 0
 
     def zeroGauges(self) -> None:
         self.ping = self.pool = self.tcps = self.udps = 0
@@ -357,6 +359,27 @@ class Registry:
     @property
     def masterID(self) -> str:
         return self._master.masterID
+
+    @property
+    def closing(self) -> bool:
+        """
+        Whether L{shutdown} has begun (mutating calls answer 503 from then on).
+        """
+        return self._closing
+
+    def restartCount(self, id: str) -> int:
+        """
+        How often C{id} was started again after it had run, since the master started (a
+        restart action, a PUT, a retry after C{error}, a replaced instance host).
+        """
+        instance = self._instances.get(id)
+        return max(0, instance.spawns - 1) if instance is not None else 0
+
+    def instanceObjects(self) -> _Objects:
+        """
+        Every instance object without the pseudo-instance (for metrics and health).
+        """
+        return [self._object(i) for i in self._instances.values() if not i.deleted]
 
     @property
     def masterAlias(self) -> str:
@@ -464,9 +487,7 @@ class Registry:
         @param key: what the pseudo-instance shows in C{url}: the key the caller of a
             direct request authenticated with, never anything in an event stream (C{""}).
         """
-        return [self._pseudoObject(key)] + [
-            self._object(i) for i in self._instances.values() if not i.deleted
-        ]
+        return [self._pseudoObject(key), *self.instanceObjects()]
 
     def list(self, key: str = "") -> Deferred[_Objects]:
         """
@@ -827,6 +848,7 @@ class Registry:
         instance = self._instances.get(instanceId)
         if instance is not None:
             instance.traffic.spawned()
+            instance.spawns += 1
 
     def statusChanged(self, instanceId: str, status: Status, cause: Event) -> None:
         instance = self._instances.get(instanceId)

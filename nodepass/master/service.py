@@ -37,6 +37,8 @@ from nodepass.errors import StartupError
 from nodepass.master.app import LimitedRequest, MasterAPI, MasterInfo
 from nodepass.master.auth import CorsPolicy, corsPolicyFromEnvironment
 from nodepass.master.events import EventHub
+from nodepass.master.health import HealthChecks
+from nodepass.master.metrics import METRICS_PUBLIC_VARIABLE, MasterMetrics
 from nodepass.master.openapi import staticDirectory
 from nodepass.master.registry import MasterSettings, Registry
 from nodepass.master.store import Store, StoreError
@@ -138,6 +140,13 @@ def hostCount(environ: Mapping[str, str]) -> int:
     if raw.isdigit() and 0 < int(raw) <= 256:
         return int(raw)
     raise StartupError(f"{HOSTS_VARIABLE}={raw}: expected a number from 1 to 256 or 'auto'")
+
+
+def metricsPublic(environ: Mapping[str, str]) -> bool:
+    """
+    Whether C{NP_METRICS_PUBLIC} opens the metrics to scrapes without the API key.
+    """
+    return environ.get(METRICS_PUBLIC_VARIABLE, "").strip().lower() in ("1", "true", "yes")
 
 
 def isolated(environ: Mapping[str, str]) -> bool:
@@ -290,6 +299,9 @@ class MasterService(MultiService):
         except ValueError as e:
             self._settingError = str(e)
             cors = CorsPolicy(())
+        from nodepass import __version__
+
+        hosts = self.hosts
         self.api = MasterAPI(
             self.registry,
             self.hub,
@@ -300,6 +312,20 @@ class MasterService(MultiService):
             cors,
             staticDirectory(),
             readFile=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), _read, path),
+            metrics=MasterMetrics(
+                self.registry.instanceObjects,
+                self.registry.restartCount,
+                lambda: self.hub.subscriberCount,
+                __version__,
+            ),
+            health=HealthChecks(
+                self.store.probe,
+                self.registry.instanceObjects,
+                hosts.health if hosts is not None else None,
+                lambda: self.api.ready,
+                lambda: self.registry.closing or self._stopping is not None,
+            ),
+            metricsPublic=metricsPublic(environ),
         )
         _StoreService(self.store).setServiceParent(self)
         if self.hosts is not None:

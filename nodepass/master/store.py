@@ -75,6 +75,9 @@ DATABASE_NAME: Final = "nodepass.db"
 #: Appended to the database path to name the periodic backup (spec §11.6).
 BACKUP_SUFFIX: Final = ".backup"
 
+#: The file the health check writes and removes in the state directory.
+PROBE_NAME: Final = ".nodepass-health"
+
 #: Where a Go master's state file sits, relative to the state directory (spec §11.1, §11.6).
 GOB_PATH: Final = os.path.join("gob", "nodepass.gob")
 
@@ -610,6 +613,28 @@ class SyncStore:
             raise StoreError(f"state database is not open: {self.path}")
         return self._connection
 
+    def probe(self) -> None:
+        """
+        Check that the state directory takes a write now: a small file is written, synced
+        and removed there (a read-only or full file system, or a directory that is gone,
+        fails it even while the open database still answers reads).
+
+        @raise StoreError: the write failed.
+        """
+        path = os.path.join(self.directory, PROBE_NAME)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        except OSError as e:
+            raise StoreError(
+                f"the state directory {self.directory} is not writable: {e.strerror}"
+            ) from e
+
     def close(self) -> None:
         """
         Close the connection (a WAL checkpoint happens on the last close).
@@ -1057,6 +1082,9 @@ class Store:
         See L{SyncStore.setMaster}.
         """
         return self._run(self.core.setMaster, keyDigest=keyDigest, masterID=masterID, alias=alias)
+
+    def probe(self) -> Deferred[None]:
+        return self._run(self.core.probe)
 
     def backup(self, path: str) -> Deferred[None]:
         """

@@ -1,0 +1,103 @@
+"""
+Metrics and health of a real master on 127.0.0.1: a scrape shows the traffic that went
+through an instance, and C{/health} follows the state directory's writability.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import LOOPBACK, TCPServer, freePort, waitFor
+from tests.test_master_app import scrape
+from tests.test_master_service import Master, startMaster
+
+
+def get(master: Master, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(LOOPBACK, master.port, timeout=15)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def tcpRx(master: Master, id: str) -> float:
+    code, body = get(master, "/metrics", {"Authorization": f"Bearer {master.key}"})
+    assert code == 200, body
+    samples = scrape(body.decode())
+    return samples[
+        ("nodepass_instance_bytes_total", (("direction", "rx"), ("id", id), ("proto", "tcp")))
+    ]
+
+
+def test_scrapeCountsTheBytesSent(
+    tmp_path: Path, masters: list[Master], echoServer: TCPServer
+) -> None:
+    master = startMaster(masters, tmp_path)
+    port = freePort(udp=False)
+    url = f"client://{LOOPBACK}:{port}/{LOOPBACK}:{echoServer.port}?mode=1"
+    id = master.ok("POST", "/instances", {"url": url}, status=201)["id"]
+    waitFor(lambda: master.ok("GET", f"/instances/{id}")["status"] == "running", 15, "running")
+    before = tcpRx(master, id)
+    payload = bytes(range(256)) * 256  # 64 KiB
+
+    def echoed() -> bool:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=5) as user:
+                user.sendall(payload)
+                user.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := user.recv(65536):
+                    got += chunk
+            return got == payload
+        except OSError:
+            return False
+
+    waitFor(echoed, 15, "the instance to carry traffic")
+    # The figures arrive with the instance's next CHECK_POINT (every second here).
+    waitFor(lambda: tcpRx(master, id) - before >= len(payload), 15, "the scrape to show it")
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """
+    Set or clear the immutable flag of a directory (C{chattr}): nothing can be created in it,
+    not even by root, while files already there can still be written.
+    """
+    if shutil.which("chattr") is None:
+        return False
+    done = subprocess.run(
+        ["chattr", "+i" if on else "-i", str(path)], capture_output=True, timeout=10
+    )
+    return done.returncode == 0
+
+
+def test_healthFollowsAReadOnlyStateDirectory(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    The state directory stops taking new files (immutable, as a read-only file system
+    would): C{/health} turns 503 without naming the path, and 200 again once it is writable.
+    """
+    state = tmp_path / "state"
+    state.mkdir()
+    master = startMaster(masters, tmp_path, env={"NP_STATE_DIR": str(state)})
+
+    def health() -> int:
+        return get(master, "/health")[0]
+
+    assert health() == 200
+    if not _immutable(state, True):
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        waitFor(lambda: health() == 503, 10, "/health to turn 503")
+        code, body = get(master, "/api/v1/health")
+        assert code == 503 and b'"writable":false' in body, body
+        assert str(state).encode() not in body
+    finally:
+        _immutable(state, False)
+    waitFor(lambda: health() == 200, 10, "/health to come back")
