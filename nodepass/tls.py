@@ -21,7 +21,10 @@ OpenSSL context once, and the reload check is a clock comparison until the inter
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import ssl
+import tempfile
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from nodepass.errors import NodePassError
+from nodepass.fasttls import IStdlibTLS, StdlibTLS
 from nodepass.log import defaultLogger
 
 if TYPE_CHECKING:
@@ -144,6 +148,10 @@ def localFingerprint(transport: object) -> str | None:
     After a mode-2 reload, connections made earlier still carry the previous certificate;
     this names the one actually used on a given connection.
     """
+    getHostCertificate = getattr(transport, "getHostCertificate", None)
+    if getHostCertificate is not None:
+        own = getHostCertificate()
+        return None if own is None else certificateFingerprint(own)
     getHandle = getattr(transport, "getHandle", None)
     if getHandle is None:
         return None
@@ -258,6 +266,7 @@ class _KeyPair:
         # first connection.
         self._native = True
         self._contexts: dict[_ALPNKey, SSL.Context] = {}
+        self._stdlib: StdlibTLS | None = None
         try:
             try:
                 self.context(())
@@ -281,6 +290,20 @@ class _KeyPair:
             context = self._contexts[alpn] = options.getContext()
         return context
 
+    def stdlibTLS(self) -> StdlibTLS:
+        """
+        This pair for the standard library's C{ssl} module (no ALPN), made on first use: the
+        same certificate, key and chain, TLS 1.3 minimum, no client certificates, and no
+        session tickets (nothing here resumes sessions).
+        """
+        if self._stdlib is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            context.num_tickets = 0
+            _loadChain(context, self.certPEM, self.keyPEM)
+            self._stdlib = StdlibTLS(context, None, self.leaf)
+        return self._stdlib
+
     def _keyAndChain(self) -> dict[str, Any]:
         if self._native:
             return {
@@ -293,6 +316,34 @@ class _KeyPair:
             "certificate": crypto.X509.from_cryptography(self._chain[0]),
             "extraCertChain": [crypto.X509.from_cryptography(c) for c in self._chain[1:]],
         }
+
+
+def _loadChain(context: ssl.SSLContext, certPEM: bytes, keyPEM: bytes) -> None:
+    """
+    Give C{context} a PEM chain and key held in memory (C{load_cert_chain} only reads files):
+    through anonymous memory files where Linux has them, else through files in a private
+    temporary directory, removed at once.
+    """
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        fds = [memfd("nodepass-cert", os.MFD_CLOEXEC), memfd("nodepass-key", os.MFD_CLOEXEC)]
+        try:
+            for fd, data in zip(fds, (certPEM, keyPEM), strict=True):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="nodepass-tls-") as directory:
+        paths = [os.path.join(directory, name) for name in ("cert.pem", "key.pem")]
+        for path, data in zip(paths, (certPEM, keyPEM), strict=True):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        context.load_cert_chain(paths[0], paths[1])
 
 
 def _readFile(path: str, what: str) -> bytes:
@@ -318,6 +369,17 @@ class _ServerConnectionCreator:
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         return SSL.Connection(self.getContext(), None)
+
+
+@implementer(IStdlibTLS)
+class _FastServerConnectionCreator(_ServerConnectionCreator):
+    """
+    A server connection creator without ALPN that the stdlib C{ssl} module can also serve
+    (L{nodepass.fasttls}), with the same certificate and reloads.
+    """
+
+    def stdlibTLS(self) -> StdlibTLS:
+        return self._credentials._currentPair().stdlibTLS()
 
 
 class ServerCredentials:
@@ -413,7 +475,9 @@ class ServerCredentials:
         A server connection creator for C{TLSMemoryBIOFactory(creator, False, factory)}:
         TLS 1.3 minimum, no client certificates, and the ALPN protocols C{alpn} if given
         (a client offering none of them is refused).  It also provides
-        L{IOpenSSLContextFactory}, for APIs that still want C{getContext()}.
+        L{IOpenSSLContextFactory}, for APIs that still want C{getContext()}, and without ALPN
+        L{IStdlibTLS <nodepass.fasttls.IStdlibTLS>} (the same credentials for the stdlib
+        C{ssl} module).
 
         Each connection gets the context of the pair current at that moment, so mode-2
         reloads reach new connections through a creator obtained earlier.
@@ -421,7 +485,8 @@ class ServerCredentials:
         key: _ALPNKey = tuple(alpn or ())
         creator = self._creators.get(key)
         if creator is None:
-            creator = self._creators[key] = _ServerConnectionCreator(self, key)
+            kind = _ServerConnectionCreator if key else _FastServerConnectionCreator
+            creator = self._creators[key] = kind(self, key)
         return creator
 
     def keyAndChain(self) -> tuple[Any, list[x509.Certificate]]:
@@ -517,6 +582,59 @@ class _UnverifiedClientCreator:
         return connection
 
 
+@implementer(IStdlibTLS)
+class _FastUnverifiedClientCreator(_UnverifiedClientCreator):
+    """
+    A mode-1 client creator without ALPN that the stdlib C{ssl} module can also serve.
+    """
+
+    _stdlib: StdlibTLS | None = None
+
+    def stdlibTLS(self) -> StdlibTLS:
+        if self._stdlib is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            self._stdlib = StdlibTLS(context)
+        return self._stdlib
+
+
+@implementer(IOpenSSLClientConnectionCreator, IStdlibTLS)
+class _VerifiedClientCreator:
+    """
+    A mode-2 client creator: Twisted's C{optionsForClientTLS} for pyOpenSSL connections, and
+    the same checks for the stdlib C{ssl} module (the chain against the platform's trust
+    store or one CA certificate, the leaf against C{serverName} by its subjectAltName only, as
+    C{service_identity} does; SNI unless it is an IP literal).
+    """
+
+    def __init__(self, serverName: str, trustRoot: Certificate | None) -> None:
+        self._serverName = serverName
+        self._trust = trustRoot
+        self._options = optionsForClientTLS(
+            serverName,
+            trustRoot=trustRoot,
+            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
+        )
+        self._stdlib: StdlibTLS | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return self._options.clientConnectionForTLS(tlsProtocol)
+
+    def stdlibTLS(self) -> StdlibTLS:
+        if self._stdlib is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            context.hostname_checks_common_name = False
+            if self._trust is None:
+                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            else:
+                context.load_verify_locations(cadata=self._trust.dumpPEM().decode("ascii"))
+            self._stdlib = StdlibTLS(context, self._serverName)
+        return self._stdlib
+
+
 def clientContextFactory(
     mode: int,
     serverName: str,
@@ -538,11 +656,17 @@ def clientContextFactory(
     @param trustRoot: mode 2 only: what to trust instead of the platform's CAs, e.g.
         C{trustRootFromCertificates([...])} or a single CA L{Certificate}.
 
+    Without ALPN, and in mode 2 with the platform's trust or a single CA certificate, the
+    creator also provides L{IStdlibTLS <nodepass.fasttls.IStdlibTLS>}: the same checks for
+    the stdlib C{ssl} module.
+
     @raise ValueError: C{mode} is neither 1 nor 2.
     """
     if mode == 1:
-        return _UnverifiedClientCreator(alpn)
+        return _UnverifiedClientCreator(alpn) if alpn else _FastUnverifiedClientCreator(None)
     if mode == 2:
+        if not alpn and (trustRoot is None or isinstance(trustRoot, Certificate)):
+            return _VerifiedClientCreator(serverName, trustRoot)
         return optionsForClientTLS(
             serverName,
             trustRoot=trustRoot,

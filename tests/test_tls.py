@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address as IPAddr
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,6 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass import tls
 from nodepass.errors import NodePassError
+from nodepass.fasttls import FastTLSFactory, IStdlibTLS
 from nodepass.settings import Settings
 from nodepass.tls import (
     DEFAULT_RELOAD_INTERVAL,
@@ -213,27 +215,30 @@ class Pair:
         return self.client.received == b"echo:ping" and self.server.received == b"ping"
 
 
-def connectTLS(serverCreator: object, clientCreator: object) -> Pair:
+def _tlsFactory(
+    kind: str, creator: object, isClient: bool, protocol: Recorder, clock: Clock
+) -> Any:
+    wrapped = Factory.forProtocol(lambda: protocol)
+    if kind == "fast":
+        return FastTLSFactory(creator, isClient, wrapped)  # type: ignore[arg-type]
+    return TLSMemoryBIOFactory(creator, isClient, wrapped, clock=clock)  # type: ignore[arg-type]
+
+
+def connectTLS(
+    serverCreator: object, clientCreator: object, server: str = "twisted", client: str = "twisted"
+) -> Pair:
     """
     Run a TLS handshake between C{serverCreator} and C{clientCreator} in memory; the client
-    sends C{ping} and the server echoes it.
+    sends C{ping} and the server echoes it.  C{server} and C{client} choose each end's TLS
+    layer: C{"twisted"} (L{TLSMemoryBIOFactory}, pyOpenSSL) or C{"fast"}
+    (L{FastTLSFactory}, the stdlib C{ssl} module).
     """
     clock = Clock()
     # The TLS layer drops its wrapped protocol when the connection is lost: keep our own.
-    server = Recorder(echo=True)
-    client = Recorder(greeting=b"ping")
-    serverFactory = TLSMemoryBIOFactory(
-        serverCreator,  # type: ignore[arg-type]
-        False,
-        Factory.forProtocol(lambda: server),
-        clock=clock,
-    )
-    clientFactory = TLSMemoryBIOFactory(
-        clientCreator,  # type: ignore[arg-type]
-        True,
-        Factory.forProtocol(lambda: client),
-        clock=clock,
-    )
+    serverEnd = Recorder(echo=True)
+    clientEnd = Recorder(greeting=b"ping")
+    serverFactory = _tlsFactory(server, serverCreator, False, serverEnd, clock)
+    clientFactory = _tlsFactory(client, clientCreator, True, clientEnd, clock)
     address = IPv4Address("TCP", "127.0.0.1", 4433)
     clientTLS, serverTLS, pump = iosim.connectedServerAndClient(
         lambda: serverFactory.buildProtocol(address),
@@ -241,7 +246,7 @@ def connectTLS(serverCreator: object, clientCreator: object) -> Pair:
         clock=clock,
     )
     pump.flush()
-    return Pair(clientTLS, serverTLS, client, server)
+    return Pair(clientTLS, serverTLS, clientEnd, serverEnd)
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -605,6 +610,155 @@ class ModeTwoTests(FilesTestMixin, SynchronousTestCase):
             creds.contextFactory(), clientContextFactory(2, "localhost", None, trustOnly(self.ca))
         )
         self.assertTrue(pair.established)
+
+
+class FastModeTwoTests(FilesTestMixin, SynchronousTestCase):
+    """
+    Mode 2 on the fast path (L{nodepass.fasttls}): the same checks as pyOpenSSL's, against
+    either server layer.
+    """
+
+    def setUp(self) -> None:
+        self.setUpFiles()
+
+    def trust(self, ca: Issued | None = None) -> Certificate:
+        return Certificate.loadPEM((ca or self.ca).certPEM)
+
+    def test_verified(self) -> None:
+        """
+        A fast client trusting the CA accepts a fast server for C{localhost}.
+        """
+        creds = self.credentials()
+        creator = clientContextFactory(2, "localhost", None, self.trust())
+        self.assertTrue(IStdlibTLS.providedBy(creator))
+        pair = connectTLS(creds.contextFactory(), creator, server="fast", client="fast")
+        self.assertTrue(pair.established)
+        self.assertEqual(pair.clientTLS.getHandle().version(), "TLSv1.3")
+        self.assertEqual(peerFingerprint(pair.clientTLS), creds.fingerprint)
+        self.assertEqual(localFingerprint(pair.serverTLS), creds.fingerprint)
+
+    def test_sendsSNI(self) -> None:
+        """
+        The fast client sends the server name as SNI (seen by a pyOpenSSL server), and no SNI
+        for an IP name, which it checks against the IP SANs.
+        """
+        creds = self.credentials()
+        pair = connectTLS(
+            creds.contextFactory(),
+            clientContextFactory(2, "localhost", None, self.trust()),
+            client="fast",
+        )
+        self.assertTrue(pair.established)
+        self.assertEqual(pair.serverTLS.getHandle().get_servername(), b"localhost")
+        pair = connectTLS(
+            creds.contextFactory(),
+            clientContextFactory(2, "127.0.0.1", None, self.trust()),
+            client="fast",
+        )
+        self.assertTrue(pair.established)
+        self.assertIsNone(pair.serverTLS.getHandle().get_servername())
+
+    def test_wrongName(self) -> None:
+        pair = connectTLS(
+            self.credentials().contextFactory(),
+            clientContextFactory(2, "wrong.example", None, self.trust()),
+            server="fast",
+            client="fast",
+        )
+        self.assertFalse(pair.established)
+        self.assertEqual(pair.server.received, b"")
+        assert pair.client.lost is not None
+        self.assertTrue(pair.client.lost.check(ssl.SSLCertVerificationError))
+
+    def test_otherCA(self) -> None:
+        pair = connectTLS(
+            self.credentials().contextFactory(),
+            clientContextFactory(2, "localhost", None, self.trust(makeCA("Someone Else"))),
+            server="fast",
+            client="fast",
+        )
+        self.assertFalse(pair.established)
+        assert pair.client.lost is not None
+        self.assertTrue(pair.client.lost.check(ssl.SSLCertVerificationError))
+
+    def test_platformTrust(self) -> None:
+        """
+        Without C{trustRoot} the platform store is used (C{SSL_CERT_FILE} honoured), and it
+        does not know the test CA otherwise.
+        """
+        pair = connectTLS(
+            self.credentials().contextFactory(),
+            clientContextFactory(2, "localhost"),
+            server="fast",
+            client="fast",
+        )
+        self.assertFalse(pair.established)
+        caFile = os.path.join(self.directory, "ca.pem")
+        with open(caFile, "wb") as f:
+            f.write(self.ca.certPEM)
+        emptyDir = os.path.join(self.directory, "certs")
+        os.makedirs(emptyDir)
+        for name, value in [("SSL_CERT_FILE", caFile), ("SSL_CERT_DIR", emptyDir)]:
+            self.addCleanup(restoreEnv, name, os.environ.get(name))
+            os.environ[name] = value
+        pair = connectTLS(
+            self.credentials().contextFactory(),
+            clientContextFactory(2, "localhost"),
+            server="fast",
+            client="fast",
+        )
+        self.assertTrue(pair.established)
+
+    def test_otherTrustRootsStayOnPyOpenSSL(self) -> None:
+        """
+        A trust root the stdlib module cannot take (several CAs) gives Twisted's creator.
+        """
+        self.assertFalse(
+            IStdlibTLS.providedBy(clientContextFactory(2, "localhost", None, trustOnly(self.ca)))
+        )
+
+    def test_chain(self) -> None:
+        """
+        The fast server sends the intermediates after the leaf.
+        """
+        intermediate = makeCA("NodePass Intermediate")
+        intermediateCert = (
+            x509.CertificateBuilder()
+            .subject_name(intermediate.cert.subject)
+            .issuer_name(self.ca.cert.subject)
+            .public_key(intermediate.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(intermediate.cert.not_valid_before_utc)
+            .not_valid_after(intermediate.cert.not_valid_after_utc)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        leaf = makeLeaf(Issued(intermediateCert, intermediate.key))
+        self.write(
+            crt=leaf.certPEM + intermediateCert.public_bytes(serialization.Encoding.PEM),
+            key=leaf.keyPEM,
+        )
+        pair = connectTLS(
+            self.credentials().contextFactory(),
+            clientContextFactory(2, "localhost", None, trustOnly(self.ca)),
+            server="fast",
+        )
+        self.assertTrue(pair.established)
+
+    def test_reload(self) -> None:
+        """
+        After a reload, new fast connections present the new certificate.
+        """
+        creds = self.credentials(interval=10.0)
+        first = connectTLS(creds.contextFactory(), clientContextFactory(1, ""), server="fast")
+        newLeaf = makeLeaf(self.ca, "renewed")
+        self.write(newLeaf)
+        self.clock.advance(11)
+        second = connectTLS(creds.contextFactory(), clientContextFactory(1, ""), server="fast")
+        self.assertTrue(second.established)
+        self.assertEqual(localFingerprint(first.serverTLS), certificateFingerprint(self.leaf.cert))
+        self.assertEqual(peerFingerprint(second.clientTLS), certificateFingerprint(newLeaf.cert))
+        self.assertEqual(localFingerprint(second.serverTLS), certificateFingerprint(newLeaf.cert))
 
 
 class LoadErrorTests(FilesTestMixin, SynchronousTestCase):

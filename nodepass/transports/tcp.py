@@ -1,4 +1,10 @@
-"""The built-in TCP pool transport (``type=0``), inside TLS for ``tls=1/2``."""
+"""The built-in TCP pool transport (``type=0``), inside TLS for ``tls=1/2``.
+
+With TLS, pool connections run over L{nodepass.fasttls} (the stdlib C{ssl} module) when the
+connection creator has a stdlib equivalent and the fast path is on and available
+(L{nodepass._compat.fasttls}); otherwise over Twisted's L{TLSMemoryBIOProtocol}.  Both speak
+the same TLS, so the two ends need not agree on which they use.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,16 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from nodepass.transports.interface import INodePassTransport, PoolAddress
+
+
+def _fast(tls: Any) -> bool:
+    """
+    Whether connections with the creator C{tls} take the fast TLS path.
+    """
+    from nodepass._compat import fasttls as compat
+    from nodepass.fasttls import IStdlibTLS
+
+    return IStdlibTLS.providedBy(tls) and compat.available()
 
 
 @implementer(IPlugin, INodePassTransport)
@@ -30,9 +46,14 @@ class TCPTransport:
     ) -> IProtocolFactory:
         if tls is None:
             return poolFactory
+        if _fast(tls):
+            from nodepass._compat.fasttls import sender
+            from nodepass.fasttls import FastTLSFactory
+
+            return FastTLSFactory(tls, False, poolFactory, sender)
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        return TLSMemoryBIOFactory(tls, False, poolFactory)
+        return TLSMemoryBIOFactory(tls, False, poolFactory, clock=reactor)
 
     def connect(
         self, reactor: Any, address: PoolAddress, protocol: IProtocol, tls: Any, timeout: float
@@ -47,7 +68,13 @@ class TCPTransport:
         kind = TCP6ClientEndpoint if ":" in address.ip else TCP4ClientEndpoint
         endpoint: Any = kind(reactor, address.ip, address.port, timeout)
         if tls is not None:
-            endpoint = wrapClientTLS(tls, endpoint)
+            if _fast(tls):
+                from nodepass._compat.fasttls import sender
+                from nodepass.fasttls import FastTLSClientEndpoint
+
+                endpoint = FastTLSClientEndpoint(tls, endpoint, sender)
+            else:
+                endpoint = wrapClientTLS(tls, endpoint)
         return connectProtocol(endpoint, protocol)  # type: ignore[no-any-return]
 
 
