@@ -18,6 +18,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nodepass.master.store import (
+    PROBE_NAME,
     PSEUDO_ID,
     SCHEMA_VERSION,
     MasterValues,
@@ -119,6 +120,24 @@ class RecordTests(SynchronousTestCase):
 
 
 class SyncStoreTests(_Base):
+    def test_probe(self) -> None:
+        """
+        The health probe writes and removes a file in the state directory; a directory that
+        cannot take a new file fails it with L{StoreError}, and the database still answers.
+        """
+        store = self.openStore()
+        before = sorted(os.listdir(self.directory))
+        store.probe()
+        self.assertEqual(sorted(os.listdir(self.directory)), before)
+        # A directory (not a file) where the probe file goes: the create fails, even as root.
+        os.mkdir(os.path.join(self.directory, PROBE_NAME))
+        with self.assertRaises(StoreError) as caught:
+            store.probe()
+        self.assertIn("not writable", str(caught.exception))
+        self.assertEqual(store.load().instances, ())
+        os.rmdir(os.path.join(self.directory, PROBE_NAME))
+        store.probe()
+
     def test_roundTrip(self) -> None:
         """
         Records and master values survive close and open, in creation order.
