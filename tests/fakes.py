@@ -287,6 +287,8 @@ class FakePoolConnection:
         self.closed = False
         self.consumer: Any = None
         self.halfClose = True
+        #: What a transport-reading callback (the peer fingerprint) is given.
+        self.transport: Any = ("transport", ident)
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -343,3 +345,51 @@ class FakeTargetDialer:
         protocol.makeConnection(transport)
         self.connected.append((protocol, transport))
         return protocol, 0
+
+
+class FakePool:
+    """
+    A pool as its users see it: idle L{FakePoolConnection}s by ID in arrival order;
+    C{incomingGet} (oldest or newest) and C{outgoingGet} (by ID) answer at once when they
+    can, else wait for L{park}; L{expire} fails every waiting request as a timeout would.
+    """
+
+    def __init__(self) -> None:
+        self.idle: dict[str, FakePoolConnection] = {}
+        self.waiting: list[tuple[str | None, Any]] = []
+
+    def park(self, conn: FakePoolConnection) -> None:
+        # A request for this very ID first, then any request.
+        for wanted in (conn.ident, None):
+            for waiter in self.waiting:
+                ident, d = waiter
+                if ident == wanted:
+                    self.waiting.remove(waiter)
+                    d.callback(conn)
+                    return
+        self.idle[conn.ident] = conn
+
+    def incomingGet(self, newest: bool = False) -> Any:
+        from twisted.internet.defer import Deferred, succeed
+
+        if self.idle:
+            ident = list(self.idle)[-1 if newest else 0]
+            return succeed(self.idle.pop(ident))
+        d: Deferred[FakePoolConnection] = Deferred()
+        self.waiting.append((None, d))
+        return d
+
+    def outgoingGet(self, ident: str, timeout: float | None = None) -> Any:
+        from twisted.internet.defer import Deferred, succeed
+
+        if ident in self.idle:
+            return succeed(self.idle.pop(ident))
+        d: Deferred[FakePoolConnection] = Deferred()
+        self.waiting.append((ident, d))
+        return d
+
+    def expire(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for ident, d in waiting:
+            what = "incomingGet" if ident is None else f"outgoingGet {ident}"
+            d.errback(TimeoutError(f"{what}: no pool connection within 5s"))

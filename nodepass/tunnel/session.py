@@ -1,4 +1,4 @@
-"""One running tunnel session: control channel, TCP and UDP traffic, verify.
+"""One running tunnel session: the control channel and what its signals start.
 
 A session starts once the handshake is done and the pool has produced the
 control connection (``00000000``); it ends (its L{Session.ended} Deferred
@@ -6,6 +6,10 @@ fires with the reason) when the control channel fails, a verification fails,
 or the owner stops it.  The same class serves both peers: what differs is
 whether this peer is the I{entry} side (accepts users, sends ``tcp``/``udp``
 signals) or the I{exit} side (dials targets), dataplane spec §2.3, §6, §7.
+
+What a signal starts is shared with the single-end forwarder: relays and
+target dials in L{nodepass.tunnel.exchange}, UDP flows in
+L{nodepass.tunnel.udp}; the ``verify`` exchange is L{nodepass.tunnel.verify}.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from nodepass.tunnel.udp import (
     TunnelFlow,
     connectTarget,
 )
+from nodepass.tunnel.verify import Verifier
 from nodepass.url import Config
 
 
@@ -55,6 +60,10 @@ class SessionError(NodePassError):
 
 
 def splitRemote(remote: str) -> tuple[str, int]:
+    """
+    A signal's ``remote`` (``host:port``, IPv6 in brackets) as a pair;
+    C{ValueError} when the port is not a number.
+    """
     host, _, port = remote.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -236,8 +245,6 @@ class Session:
         self.entry = entry
         self.ext = ext
         self.tlsMode = tlsMode
-        self._ownFingerprint = ownFingerprint
-        self._peerFingerprint = peerFingerprint
         self.controlConn = control
         self.poolHalfClose = poolHalfClose
         self.ended: Deferred[None] = Deferred()
@@ -261,8 +268,6 @@ class Session:
         self.entryFlows = Flows(shared.slots, self.log, "commonUDPLoop")
         self.tcpPort: IListeningPort | None = None
         self.udpPort: IListeningPort | None = None
-        self._namedByPeer: set[str] = set()
-        self._sentVerify: dict[str, str] = {}
         self.control = ControlChannel(
             shared.config.key,
             self.clock,
@@ -270,6 +275,16 @@ class Session:
             self,
             shared.settings.reportInterval,
             log=self.log,
+        )
+        self.verifier = Verifier(
+            pool,
+            self.control.send,
+            self.log,
+            role=role,
+            ownFingerprint=ownFingerprint,
+            peerFingerprint=peerFingerprint,
+            verified=self._verified,
+            failed=self.fail,
         )
 
     # -- lifecycle ---------------------------------------------------------
@@ -288,8 +303,11 @@ class Session:
         self.control.start()
         self.controlConn.attach(_ControlConsumer(self))
         if self.tlsMode:
-            self.log.info("TLS certificate fingerprint verifying...")
-            Deferred.fromCoroutine(self._sendVerify()).addErrback(self._verifyFailed)
+            self.verifier.start()
+        self._maybeOpen()
+
+    def _verified(self) -> None:
+        self.verified = True
         self._maybeOpen()
 
     def _maybeOpen(self) -> None:
@@ -307,12 +325,13 @@ class Session:
 
     def stop(self) -> Deferred[None]:
         """
-        The stop routine: control and pool go, the entry listeners stop
-        reading; running relays are left to finish (or are closed by the
-        owner at shutdown).
+        The stop routine: control and pool go, UDP flows end, the entry
+        listeners stop reading; running relays are left to finish (or are
+        drained by the owner at shutdown, L{Exchanges.drain}).
         """
         if not self.stopped:
             self.stopped = True
+            self.verifier.stop()
             self.control.stop()
             self.controlConn.close()
             self.pool.close()
@@ -348,7 +367,7 @@ class Session:
                     self._logged, "commonUDPOnce"
                 )
         elif signal.action == "verify":
-            Deferred.fromCoroutine(self._receiveVerify(signal)).addErrback(self._verifyFailed)
+            self.verifier.received(signal)
         elif signal.action == "flush":
             self.pool.flush()
         else:
@@ -515,72 +534,3 @@ class Session:
 
         self.pool.incomingGet().addCallbacks(got, failed)
         return tunnel
-
-    # -- verify (dataplane spec §8.4) --------------------------------------------
-
-    async def _sendVerify(self) -> None:
-        # Both peers verify at once; the server names its oldest idle
-        # connection and the client its newest, so that they never pick the
-        # same one (each would then miss it, spec §8.4).
-        conn = await self.pool.incomingGet(newest=self.role == "client")
-        # Avoid the ID the peer is verifying with, if it named one already.
-        if conn.ident in self._namedByPeer:
-            spare = await self.pool.incomingGet()
-            conn.close()
-            conn = spare
-        if self._ownFingerprint is not None:
-            fingerprint = self._ownFingerprint()
-        else:
-            fingerprint = self._fingerprintOf(conn)
-        if not fingerprint:
-            raise SessionError("incomingVerify: no TLS certificate on the pool connection")
-        self.log.debug("TLS verify signal: cid {id} -> peer", id=conn.ident)
-        self._sentVerify[conn.ident] = fingerprint
-        self.control.send(Signal("verify", id=conn.ident, fp=fingerprint))
-        conn.close()
-
-    async def _receiveVerify(self, signal: Signal) -> None:
-        self._namedByPeer.add(signal.id)
-        if not signal.fp:
-            raise SessionError("outgoingVerify: no fingerprint in signal")
-        seen = self._sentVerify.get(signal.id)
-        if seen is None:
-            try:
-                conn = await self.pool.outgoingGet(signal.id)
-            except Exception:
-                raise SessionError("outgoingVerify: request timeout") from None
-            seen = self._fingerprintOf(conn)
-            conn.close()
-        # else: both peers named the same connection at once; we already
-        # took it out for our own verify and noted what we saw on it.
-        if self._ownFingerprint is not None:
-            mine, theirs = self._ownFingerprint(), signal.fp
-        else:
-            mine, theirs = signal.fp, seen
-        if mine != theirs:
-            raise SessionError(
-                f"outgoingVerify: certificate fingerprint mismatch: server: {mine} - client: {theirs}"
-            )
-        self.log.info("TLS certificate fingerprint verified: {fp}", fp=signal.fp)
-        self.verified = True
-        self._maybeOpen()
-
-    def _fingerprintOf(self, conn: PoolConnection) -> str:
-        """
-        The fingerprint of the server certificate seen on C{conn} (client).
-        """
-        certificate = getattr(conn, "peerCertificate", None)
-        if certificate is not None:
-            from nodepass.tls import certificateFingerprint
-
-            return certificateFingerprint(certificate)  # type: ignore[arg-type]
-        if self._peerFingerprint is None:
-            return ""
-        return self._peerFingerprint(conn.transport) or ""
-
-    def _verifyFailed(self, reason: Failure) -> None:
-        if self.stopped:
-            return
-        message = reason.getErrorMessage()
-        self.log.error("{message}", message=message)
-        self.fail(message)
