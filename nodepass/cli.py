@@ -12,9 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nodepass._compat.leantls import importReactorModules
+from nodepass._compat import leantls
 
-importReactorModules()
+# Before anything imports Twisted: the reactor without the modules an instance never uses
+# (NP_LEAN_IMPORTS=0 imports them the plain way).
+leantls.configure(os.environ)
+leantls.importReactorModules()
 
 from twisted.python import usage  # noqa: E402
 

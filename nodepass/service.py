@@ -17,6 +17,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, Logger
 
+from nodepass._compat.leantls import tunnelImports
 from nodepass.errors import StartupError
 from nodepass.log import initLine
 from nodepass.resolve import Resolver, serverLookup, systemLookup
@@ -167,7 +168,8 @@ def buildService(
         def makeDual() -> Any:
             # Imported only when needed: a plain forwarder never loads the
             # tunnel's HTTP, TLS and pool modules.
-            from nodepass.tunnel.client import TunnelClient
+            with tunnelImports():
+                from nodepass.tunnel.client import TunnelClient
 
             shared = _shared(config, reactor, settings, resolver, root.counters, log)
             return TunnelClient(config, reactor, settings, shared, resolver, log=log)
@@ -195,8 +197,9 @@ def buildService(
 def _buildServer(
     root: NodePassService, config: Config, reactor: Any, settings: Settings, log: Logger
 ) -> None:
-    from nodepass.transports import TransportError, forType
-    from nodepass.tunnel.server import TunnelServer
+    with tunnelImports():
+        from nodepass.transports import TransportError, forType
+        from nodepass.tunnel.server import TunnelServer
 
     try:
         transport: Any = forType(config.type)

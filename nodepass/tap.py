@@ -20,6 +20,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from nodepass import COMPATIBLE_VERSION, __version__
+from nodepass._compat import leantls
 from nodepass.errors import StartupError, URLError
 from nodepass.log import NodePassLogObserver
 from nodepass.service import NodePassService, buildService
@@ -110,11 +111,14 @@ def standalone(
     (stdout by default) at the URL's level.
     """
     observer = NodePassLogObserver(out if out is not None else sys.stdout, config.log)
+    log = Logger(namespace="nodepass", observer=observer)
+    if leantls.fallback is not None:
+        log.debug("Lean imports off: {reason}", reason=leantls.fallback)
     return buildService(
         config,
         reactor,
         fromEnvironment(environ),
-        Logger(namespace="nodepass", observer=observer),
+        log,
         logObserver=observer,
         environ=environ,
     )
