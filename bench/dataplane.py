@@ -39,7 +39,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from np_bench import chart, fmt, nplog, options, phases, runner, stats, sustain, tools
 from np_bench.base import StartError, log
 from np_bench.procfs import TreeMemorySampler
-from np_bench.procs import raise_nofile_limit, start_run
+from np_bench.procs import raise_nofile_limit, start_run, use_tree
 from np_bench.systems import (
     DEFAULT_CLIENT_URL,
     DEFAULT_SERVER_URL,
@@ -491,6 +493,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--chart", metavar="PNG", help="draw the figures into PNG (matplotlib)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    p.add_argument(
+        "--commit",
+        metavar="REV",
+        help="run nodepass from commit REV (exported with git archive into a temporary "
+        "directory) instead of the working tree: the figures then belong to exactly REV",
+    )
     args = p.parse_args(argv)
     args.systems = options.parse_systems(p, args.systems, ALL_SYSTEMS)
     args.phases = options.parse_phases(p, args.phases, PHASES)
@@ -511,6 +519,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = start_run()
     raise_nofile_limit()
+    if not args.commit:
+        return measure(args, t_start, runner.git_commit())
+    with tempfile.TemporaryDirectory(prefix="nodepass-tree-") as tree:
+        try:
+            short = runner.export_commit(args.commit, tree)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            log(f"[setup] --commit {args.commit}: {exc}")
+            return 2
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", os.path.join(tree, "nodepass")],
+            check=False,
+            timeout=300,
+        )
+        use_tree(tree)
+        log(f"[setup] nodepass from commit {short}, exported to {tree}")
+        return measure(args, t_start, f"{short} (exported with git archive)")
+
+
+def measure(args: argparse.Namespace, t_start: float, commit: str) -> int:
+    """The run itself, its report and files; the exit status."""
     skipped: dict[str, str] = {}
     if "nodepass-tls0-ws" in args.systems:
         installed, line = installed_transports()
@@ -532,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
         "skipped": skipped,
     }
+    results["meta"]["commit"] = commit
     interrupted = runner.run_rounds(
         args.run_systems, args, results["runs"], run_system, "nodepass-dataplane-"
     )

@@ -119,10 +119,25 @@ def start_run() -> float:
     return time.monotonic()
 
 
+#: Where the nodepass under test is imported from: this checkout, or (``use_tree``) an
+#: exported copy of one commit. Set once, by the entry point, before anything starts.
+_TREE = [REPO_ROOT]
+
+
+def use_tree(path: str) -> None:
+    """Run the nodepass processes from ``path`` (a tree with ``nodepass/``) from now on."""
+    _TREE[0] = path
+
+
+def nodepass_tree() -> str:
+    """The tree the nodepass processes run from (cwd and first on PYTHONPATH)."""
+    return _TREE[0]
+
+
 def child_env() -> dict[str, str]:
-    """This environment with the checkout first on PYTHONPATH and unbuffered output."""
+    """This environment with the nodepass tree first on PYTHONPATH and unbuffered output."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO_ROOT + (
+    env["PYTHONPATH"] = nodepass_tree() + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
     )
     env["PYTHONUNBUFFERED"] = "1"

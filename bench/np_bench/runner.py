@@ -85,26 +85,53 @@ def run_meta(versions: dict[str, str], args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str:
-    """``git rev-parse --short HEAD`` of the checkout ("?" without git), "+dirty" if changed."""
+def git_commit(rev: str = "HEAD", dirty_check: bool = True) -> str:
+    """``git rev-parse --short REV`` of the checkout ("?" without git); "+dirty" when
+    ``dirty_check`` and ``nodepass/`` has uncommitted changes."""
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        short = subprocess.run(
+            ["git", "rev-parse", "--short", rev],
             capture_output=True,
             text=True,
             timeout=10,
             cwd=REPO_ROOT,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "nodepass"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=REPO_ROOT,
-        ).stdout.strip()
+        dirty = (
+            dirty_check
+            and subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no", "nodepass"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=REPO_ROOT,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         return "?"
-    return (rev or "?") + ("+dirty" if dirty else "")
+    return (short or "?") + ("+dirty" if dirty else "")
+
+
+def export_commit(rev: str, dest: str) -> str:
+    """The tree of commit ``rev`` (``git archive``) extracted into ``dest``; its short hash.
+
+    Benchmarking an exported commit measures exactly that commit, whatever is
+    being edited in the checkout meanwhile. Raises RuntimeError if git fails.
+    """
+    short = git_commit(rev, dirty_check=False)
+    if short == "?":
+        raise RuntimeError(f"git does not know {rev!r}")
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", short],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {short} failed: {archive.stderr.decode()[-300:]}")
+    tar = subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, timeout=120)
+    if tar.returncode != 0:
+        raise RuntimeError(f"extracting git archive {short} failed")
+    return short
 
 
 def print_header(title: str, meta: dict[str, Any], args: Any, note: str) -> None:

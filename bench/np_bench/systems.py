@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from np_bench.base import REPO_ROOT, PortClash, StartError, log
+from np_bench.base import PortClash, StartError, log
 from np_bench.net import echo_once, free_port, port_bound, wait_listening
 from np_bench.procfs import tree_cpu_seconds, tree_rss_kb
-from np_bench.procs import REGISTRY, child_env
+from np_bench.procs import REGISTRY, child_env, nodepass_tree
 from np_bench.tools import haproxy_config, make_cert
 
 TUNNEL_KEY = "benchkey"
@@ -153,7 +153,7 @@ def spawn_hop(role: str, argv: list[str], log_path: str) -> Hop:
     with open(log_path, "wb") as logf:
         try:
             proc = REGISTRY.spawn(
-                argv, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env()
+                argv, stdout=logf, stderr=subprocess.STDOUT, cwd=nodepass_tree(), env=child_env()
             )
         except OSError as exc:
             raise StartError(f"cannot run {argv[0]}: {exc}") from exc
@@ -371,7 +371,7 @@ def installed_transports() -> tuple[list[Transport], str]:
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=REPO_ROOT,
+            cwd=nodepass_tree(),
             env=child_env(),
         )
         text = (out.stdout or "") + (out.stderr or "")
@@ -389,7 +389,7 @@ def installed_transports() -> tuple[list[Transport], str]:
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=REPO_ROOT,
+            cwd=nodepass_tree(),
             env=child_env(),
         )
         mins = {

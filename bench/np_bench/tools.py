@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from np_bench.base import REPO_ROOT, log
+from np_bench.procs import child_env, nodepass_tree
 
 
 def ensure_commands(commands: dict[str, str], install: bool = True) -> dict[str, str | None]:
@@ -76,7 +77,8 @@ def nodepass_version() -> str | None:
             capture_output=True,
             text=True,
             timeout=20,
-            cwd=REPO_ROOT,
+            cwd=nodepass_tree(),
+            env=child_env(),
         )
     except (OSError, subprocess.SubprocessError):
         return None
