@@ -8,10 +8,11 @@ the same TLS, so the two ends need not agree on which they use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -26,6 +27,22 @@ def _fast(tls: Any) -> bool:
     from nodepass.fasttls import IStdlibTLS
 
     return IStdlibTLS.providedBy(tls) and compat.available()
+
+
+@implementer(IStreamClientEndpoint)
+class _TwistedTLSClientEndpoint:
+    """
+    What C{wrapClientTLS} does, with the TLS layer's write timer on our reactor rather than
+    the global one.
+    """
+
+    def __init__(self, endpoint: Any, wrap: Callable[[IProtocolFactory], Any]) -> None:
+        self._endpoint = endpoint
+        self._wrap = wrap
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting: Deferred[Any] = self._endpoint.connect(self._wrap(protocolFactory))
+        return connecting.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
 @implementer(IPlugin, INodePassTransport)
@@ -62,7 +79,6 @@ class TCPTransport:
             TCP4ClientEndpoint,
             TCP6ClientEndpoint,
             connectProtocol,
-            wrapClientTLS,
         )
 
         kind = TCP6ClientEndpoint if ":" in address.ip else TCP4ClientEndpoint
@@ -74,7 +90,12 @@ class TCPTransport:
 
                 endpoint = FastTLSClientEndpoint(tls, endpoint, sender)
             else:
-                endpoint = wrapClientTLS(tls, endpoint)
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                endpoint = _TwistedTLSClientEndpoint(
+                    endpoint,
+                    lambda factory: TLSMemoryBIOFactory(tls, True, factory, clock=reactor),
+                )
         return connectProtocol(endpoint, protocol)  # type: ignore[no-any-return]
 
 
