@@ -24,6 +24,7 @@ from nodepass.master.store import (
     MasterValues,
     Store,
     StoredInstance,
+    StoredWebhook,
     StoreError,
     SyncStore,
     Traffic,
@@ -507,3 +508,118 @@ class FacadeTests(TestCase):
         self.assertIsNone(store._pool)
         self.assertLessEqual(threading.active_count(), before)
         self.assertRaises(StoreError, store.load)
+
+
+#: A database as schema version 1 (before webhooks) left it: written here in full, so the
+#: test does not depend on the migration code it checks.
+_VERSION_1 = """
+CREATE TABLE master (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    key_digest TEXT NOT NULL DEFAULT '',
+    master_id TEXT NOT NULL DEFAULT '',
+    alias TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY NOT NULL, alias TEXT NOT NULL, type TEXT NOT NULL,
+    url TEXT NOT NULL, config TEXT NOT NULL, restart INTEGER NOT NULL, meta TEXT NOT NULL,
+    tcprx INTEGER NOT NULL DEFAULT 0, tcptx INTEGER NOT NULL DEFAULT 0,
+    udprx INTEGER NOT NULL DEFAULT 0, udptx INTEGER NOT NULL DEFAULT 0,
+    tcprx_base INTEGER NOT NULL DEFAULT 0, tcptx_base INTEGER NOT NULL DEFAULT 0,
+    udprx_base INTEGER NOT NULL DEFAULT 0, udptx_base INTEGER NOT NULL DEFAULT 0,
+    tcprx_reset INTEGER NOT NULL DEFAULT 0, tcptx_reset INTEGER NOT NULL DEFAULT 0,
+    udprx_reset INTEGER NOT NULL DEFAULT 0, udptx_reset INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO master (singleton, key_digest, master_id, alias)
+    VALUES (1, 'digest', '0011223344556677', 'old');
+INSERT INTO instances (id, alias, type, url, config, restart, meta, tcprx)
+    VALUES ('a1b2c3d4', 'web', 'server', 'server://:10101/127.0.0.1:8080', '', 1,
+            '{"peer":{"sid":"","type":"","alias":""},"tags":{}}', 42);
+PRAGMA user_version = 1;
+"""
+
+HOOK_SECRET = "s3cr3t-hmac-key"
+
+
+def _hook(id: str = "0badc0de", **kwargs: Any) -> StoredWebhook:
+    values: dict[str, Any] = {
+        "url": "https://hooks.example/nodepass",
+        "events": ("create", "status"),
+        "secret": HOOK_SECRET,
+        "created": 1765000000.25,
+    }
+    values.update(kwargs)
+    return StoredWebhook(id=id, **values)
+
+
+class WebhookStoreTests(_Base):
+    def test_migratesVersion1(self) -> None:
+        """
+        A version 1 database opens as version 2: the webhooks table is added, empty, and
+        the instances and master values are untouched.
+        """
+        os.makedirs(self.directory)
+        connection = sqlite3.connect(os.path.join(self.directory, "nodepass.db"))
+        connection.executescript(_VERSION_1)
+        connection.close()
+        store = self.openStore()
+        state = store.load()
+        self.assertEqual(SCHEMA_VERSION, 2)
+        other = sqlite3.connect(store.path)
+        self.addCleanup(other.close)
+        self.assertEqual(other.execute("PRAGMA user_version").fetchone()[0], 2)
+        self.assertEqual(state.master, MasterValues("digest", "0011223344556677", "old"))
+        self.assertEqual([(r.id, r.traffic.tcprx) for r in state.instances], [("a1b2c3d4", 42)])
+        self.assertEqual(store.webhooks(), ())
+        store.putWebhook(_hook())
+        self.assertEqual(store.webhooks(), (_hook(),))
+
+    def test_crud(self) -> None:
+        store = self.openStore()
+        self.assertEqual(store.webhooks(), ())
+        store.putWebhook(_hook("00000001"))
+        store.putWebhook(_hook("00000002", events=["master"], secret=""))
+        store.putWebhook(_hook("00000001", url="http://127.0.0.1:8000/x", events=("delete",)))
+        hooks = store.webhooks()
+        self.assertEqual([h.id for h in hooks], ["00000001", "00000002"])  # order kept
+        self.assertEqual(hooks[0].url, "http://127.0.0.1:8000/x")
+        self.assertEqual(hooks[0].events, ("delete",))
+        self.assertEqual(hooks[0].secret, HOOK_SECRET)
+        self.assertEqual(hooks[0].created, 1765000000.25)
+        self.assertEqual(hooks[1].events, ("master",))
+        self.assertTrue(store.deleteWebhook("00000001"))
+        self.assertFalse(store.deleteWebhook("00000001"))
+        self.assertEqual([h.id for h in store.webhooks()], ["00000002"])
+        self.assertRaises(ValueError, store.putWebhook, _hook(""))
+
+    def test_survivesReopen(self) -> None:
+        store = SyncStore(self.directory)
+        store.open()
+        store.putWebhook(_hook())
+        store.close()
+        self.assertEqual(self.openStore().webhooks(), (_hook(),))
+
+    def test_unreadableEvents(self) -> None:
+        store = self.openStore()
+        store.putWebhook(_hook())
+        with sqlite3.connect(store.path) as other:
+            other.execute("UPDATE webhooks SET events = 'nope'")
+        other.close()
+        self.assertRaises(StoreError, store.webhooks)
+
+    def test_reprHidesSecret(self) -> None:
+        hook = _hook(url="https://user:pw@hooks.example/")
+        self.assertNotIn(HOOK_SECRET, repr(hook))
+        self.assertNotIn("pw", repr(hook))
+
+
+class WebhookFacadeTests(TestCase):
+    @inlineCallbacks
+    def test_roundTrip(self) -> Any:
+        store = Store(_directory(self), reactor)
+        yield store.open()
+        yield store.putWebhook(_hook("00000001"))
+        yield store.putWebhook(_hook("00000002"))
+        self.assertTrue((yield store.deleteWebhook("00000002")))
+        hooks = yield store.webhooks()
+        yield store.close()
+        self.assertEqual(hooks, (_hook("00000001"),))

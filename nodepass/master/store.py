@@ -1,8 +1,8 @@
 """
 Durable master state in SQLite (master spec §11.6).
 
-The master keeps its instances and its own values (API key digest, master ID,
-master alias) in C{<base>/nodepass.db}, a stdlib C{sqlite3} database in WAL
+The master keeps its instances, its own values (API key digest, master ID,
+master alias) and its webhooks (schema version 2) in C{<base>/nodepass.db}, a stdlib C{sqlite3} database in WAL
 mode with C{synchronous=FULL}: every change runs in its own transaction and
 is on disk when the call returns, so an acknowledged API change survives
 C{kill -9}.
@@ -25,7 +25,8 @@ L{StoreError} is raised and the master must refuse to start rather than mint
 a new key over the data (spec §17 a7).
 
 The plaintext API key never reaches this module: only its digest is stored
-(L{keyDigest}).  Nothing here logs instance URLs, which carry tunnel keys.
+(L{keyDigest}).  Nothing here logs instance URLs, which carry tunnel keys, nor
+webhook URLs and secrets.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredInstance",
+    "StoredWebhook",
     "SyncStore",
     "Traffic",
     "defaultMeta",
@@ -85,8 +87,8 @@ GOB_PATH: Final = os.path.join("gob", "nodepass.gob")
 #: the master table, never in the instances table.
 PSEUDO_ID: Final = "********"
 
-#: The schema version this code writes (C{PRAGMA user_version}).
-SCHEMA_VERSION: Final = 1
+#: The schema version this code writes (C{PRAGMA user_version}): 2 adds the webhooks.
+SCHEMA_VERSION: Final = 2
 
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -218,6 +220,30 @@ class MasterValues:
 
 
 @frozen
+class StoredWebhook:
+    """
+    One webhook subscription (the C{P/webhooks} API).
+
+    @ivar id: 8 lowercase hex characters.
+    @ivar url: the C{http} or C{https} URL the events are posted to.
+    @ivar events: the event kinds it receives, in the API's canonical order.
+    @ivar secret: the HMAC key of the signature, as given (C{""}: unsigned).  Write-only:
+        never in an answer, an event, a log line or a repr.
+    @ivar created: when it was created, POSIX seconds.
+    """
+
+    id: str
+    url: str
+    events: tuple[str, ...] = field(converter=tuple)
+    secret: str = field(default="", repr=False)
+    created: float = 0.0
+
+    def __repr__(self) -> str:
+        # The URL may carry credentials too: only the id and the kinds.
+        return f"StoredWebhook(id={self.id!r}, events={self.events!r})"
+
+
+@frozen
 class State:
     """
     Everything L{SyncStore.load} returns: the master values and the
@@ -258,9 +284,19 @@ CREATE TABLE instances (
 );
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
 #: Forward migrations: C{_MIGRATIONS[n]} takes a database from version C{n}
 #: to C{n + 1}.  Version 0 is a brand-new, empty database.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 _INSTANCE_COLUMNS = (
     "id, alias, type, url, config, restart, meta, "
@@ -873,6 +909,63 @@ class SyncStore:
             row = db.execute("SELECT key_digest, master_id, alias FROM master").fetchone()
         return MasterValues(*row)
 
+    # -- webhooks ----------------------------------------------------------
+
+    def webhooks(self) -> tuple[StoredWebhook, ...]:
+        """
+        Every webhook, in creation order.
+        """
+        rows = self._db().execute(
+            "SELECT id, url, events, secret, created FROM webhooks ORDER BY rowid"
+        )
+        return tuple(self._webhookFrom(row) for row in rows)
+
+    def _webhookFrom(self, row: tuple[Any, ...]) -> StoredWebhook:
+        try:
+            events = json.loads(row[2])
+            if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+                raise ValueError("not a list of strings")
+        except ValueError as e:
+            raise StoreError(f"unreadable events for webhook {row[0]!r} in {self.path}") from e
+        return StoredWebhook(
+            id=row[0], url=row[1], events=tuple(events), secret=row[3], created=float(row[4])
+        )
+
+    def putWebhook(self, hook: StoredWebhook) -> None:
+        """
+        Insert C{hook}, or replace the stored webhook with the same id (keeping its place
+        in the creation order).  Committed on return.
+        """
+        if not hook.id:
+            raise ValueError("a webhook needs an id")
+        values = (
+            hook.id,
+            hook.url,
+            json.dumps(list(hook.events), separators=(",", ":")),
+            hook.secret,
+            float(hook.created),
+        )
+        db = self._db()
+        with self._transaction(db):
+            db.execute(
+                "INSERT INTO webhooks (id, url, events, secret, created) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "url = excluded.url, events = excluded.events, secret = excluded.secret, "
+                "created = excluded.created",
+                values,
+            )
+
+    def deleteWebhook(self, id: str) -> bool:
+        """
+        Remove the webhook C{id}.
+
+        @return: whether it existed.
+        """
+        db = self._db()
+        with self._transaction(db):
+            cursor = db.execute("DELETE FROM webhooks WHERE id = ?", (id,))
+        return cursor.rowcount > 0
+
     # -- backups -----------------------------------------------------------
 
     def backup(self, path: str) -> None:
@@ -1082,6 +1175,24 @@ class Store:
         See L{SyncStore.setMaster}.
         """
         return self._run(self.core.setMaster, keyDigest=keyDigest, masterID=masterID, alias=alias)
+
+    def webhooks(self) -> Deferred[tuple[StoredWebhook, ...]]:
+        """
+        See L{SyncStore.webhooks}.
+        """
+        return self._run(self.core.webhooks)
+
+    def putWebhook(self, hook: StoredWebhook) -> Deferred[None]:
+        """
+        See L{SyncStore.putWebhook}.
+        """
+        return self._run(self.core.putWebhook, hook)
+
+    def deleteWebhook(self, id: str) -> Deferred[bool]:
+        """
+        See L{SyncStore.deleteWebhook}.
+        """
+        return self._run(self.core.deleteWebhook, id)
 
     def probe(self) -> Deferred[None]:
         return self._run(self.core.probe)
