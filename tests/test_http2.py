@@ -32,7 +32,6 @@ from nodepass.testing import TransportConformanceMixin
 from nodepass.tls import ServerCredentials, clientContextFactory
 from nodepass.transports.http2 import (
     CANCEL,
-    HIGH_WATER,
     IDLE_TIMEOUT,
     NOT_FOUND,
     PING_INTERVAL,
@@ -43,6 +42,7 @@ from nodepass.transports.http2 import (
     h2transport,
 )
 from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.transports.substream import HIGH_WATER
 
 from .support import ROOT
 

@@ -24,20 +24,18 @@ plugin scan): C{h2} is only imported when a connection is actually made.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
     IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IPushProducer,
-    ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -54,6 +52,7 @@ from nodepass.transports.interface import (
     PoolAddress,
     creatorOf,
 )
+from nodepass.transports.substream import Substream
 
 if TYPE_CHECKING:
     from h2.connection import H2Connection
@@ -85,11 +84,6 @@ CONNECTION_WINDOW = 1 << 30
 
 #: The window every HTTP/2 connection starts with (RFC 9113 §6.9.2).
 DEFAULT_WINDOW = 65535
-
-#: Bytes a stream may hold unsent (waiting for the peer's window) before its
-#: producer is paused; it is resumed below L{LOW_WATER}.
-HIGH_WATER = 1 << 20
-LOW_WATER = 256 << 10
 
 #: How long a server keeps a connection without streams (Go: twice the report interval).
 IDLE_TIMEOUT = 10.0
@@ -128,131 +122,76 @@ def requestHeaders(authority: str) -> list[tuple[bytes, bytes]]:
     ]
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
-class StreamTransport:
+class StreamTransport(Substream):
     """
     The transport a pool protocol sees on an HTTP/2 connection: one stream.
-    Writes become DATA frames as the peer's windows allow (the rest waits
-    here, pausing a registered producer when there is too much); received
-    DATA is acknowledged once delivered, so pausing this transport closes
-    the stream's window and the peer stops sending.
+    Writes become DATA frames as the peer's windows allow; the rest waits in
+    C{outgoing}, which is what the watermarks of L{Substream} count.
+    Received DATA is acknowledged once delivered, so pausing this transport
+    closes the stream's window and the peer stops sending.
 
     @ivar connection: the HTTP/2 connection carrying the stream.
     @ivar streamID: the stream's ID.
-    @ivar protocol: the pool protocol on top.
     """
 
     def __init__(self, connection: _Connection, streamID: int, protocol: IProtocol) -> None:
+        super().__init__(protocol)
         self.connection = connection
         self.streamID = streamID
-        self.protocol = protocol
         self.outgoing = bytearray()
-        self.disconnecting = False
-        self.closed = False
         self.readPaused = False
-        self.producer: Any = None
-        self._streaming = False
-        self._producerPaused = False
         self._held: list[tuple[bytes, int]] = []
         self._endAfterHeld = False
 
+    # -- Substream ----------------------------------------------------------
+
     @property
-    def connected(self) -> bool:
-        return not self.closed
+    def log(self) -> Logger:
+        return self.connection.log
 
-    # -- ITransport ---------------------------------------------------------
+    @property
+    def clock(self) -> Any:
+        return self.connection.reactor
 
-    def write(self, data: bytes) -> None:
-        if not data or self.disconnecting:
-            return
+    def describe(self) -> str:
+        return f"HTTP/2 stream {self.streamID}"
+
+    def carrier(self) -> Any:
+        return self.connection.transport
+
+    def pending(self) -> int:
+        return len(self.outgoing)
+
+    def send(self, data: bytes) -> None:
         self.outgoing += data
         self.connection.sendPending(self)
-        if (
-            len(self.outgoing) > HIGH_WATER
-            and self.producer is not None
-            and self._streaming
-            and not self._producerPaused
-        ):
-            self._producerPaused = True
-            self.producer.pauseProducing()
 
-    def writeSequence(self, data: Iterable[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
+    def endOutput(self) -> None:
         """
         End the stream once what was written has been sent.
         """
-        if self.disconnecting:
-            return
-        self.disconnecting = True
         self.connection.sendPending(self)
 
-    def loseWriteConnection(self) -> None:
-        """
-        A stream here cannot end one direction only: close it all.
-        """
-        self.loseConnection()
-
-    def abortConnection(self) -> None:
+    def reset(self) -> None:
         """
         Reset the stream at once (RST_STREAM CANCEL), dropping unsent data.
         """
-        if self.closed:
-            return
-        self.disconnecting = True
         self.outgoing.clear()
         self.connection.resetStream(self.streamID, CANCEL)
-        self.lost(Failure(ConnectionAborted("HTTP/2 stream reset")))
+        self.finish(Failure(ConnectionAborted("HTTP/2 stream reset")))
 
-    def getPeer(self) -> Any:
-        return self.connection.transport.getPeer()  # type: ignore[union-attr]
-
-    def getHost(self) -> Any:
-        return self.connection.transport.getHost()  # type: ignore[union-attr]
-
-    def getPeerCertificate(self) -> Any:
-        """
-        The peer's certificate when the connection runs over TLS, else
-        L{None}.
-        """
-        getPeerCertificate = getattr(self.connection.transport, "getPeerCertificate", None)
-        return None if getPeerCertificate is None else getPeerCertificate()
-
-    # -- IConsumer: paused when too much waits for the peer's window --------
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.producer is not None:
-            raise RuntimeError(f"producer {self.producer!r} already registered on {self!r}")
-        if self.closed:
-            producer.stopProducing()
-            return
-        self.producer = producer
-        self._streaming = streaming
-        self._producerPaused = False
-        if streaming and len(self.outgoing) > HIGH_WATER:
-            self._producerPaused = True
-            producer.pauseProducing()
-        elif not streaming:
-            producer.resumeProducing()
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        self._producerPaused = False
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for _, length in held:
+            self.connection.acknowledge(self.streamID, length)
+        self.outgoing.clear()
+        self.connection.forget(self)
 
     def drained(self) -> None:
         """
         Some of C{outgoing} was sent: let the producer go on if it is low.
         """
-        producer = self.producer
-        if producer is None:
-            return
-        if self._streaming:
-            if self._producerPaused and len(self.outgoing) <= LOW_WATER:
-                self._producerPaused = False
-                producer.resumeProducing()
-        elif not self.outgoing:
-            producer.resumeProducing()
+        self.checkWatermarks()
 
     # -- IPushProducer: hold received data, unacknowledged ------------------
 
@@ -267,9 +206,6 @@ class StreamTransport:
         if not self._held and self._endAfterHeld and not self.closed:
             self._endAfterHeld = False
             self.connection.remoteEnded(self)
-
-    def stopProducing(self) -> None:
-        self.loseConnection()
 
     # -- events from the connection -----------------------------------------
 
@@ -286,15 +222,7 @@ class StreamTransport:
 
     def _deliver(self, data: bytes, length: int) -> None:
         self.connection.acknowledge(self.streamID, length)
-        if not data:
-            return
-        try:
-            self.protocol.dataReceived(data)
-        except Exception:
-            self.connection.log.failure(
-                "Pool protocol failed on HTTP/2 stream {id}", id=self.streamID
-            )
-            self.abortConnection()
+        self.deliver(data)
 
     def ended(self) -> None:
         """
@@ -305,35 +233,6 @@ class StreamTransport:
             self._endAfterHeld = True
         else:
             self.connection.remoteEnded(self)
-
-    def lost(self, reason: Failure) -> None:
-        """
-        The stream is over: tell the pool protocol, once.
-        """
-        if self.closed:
-            return
-        self.closed = True
-        self.disconnecting = True
-        held, self._held = self._held, []
-        for _, length in held:
-            self.connection.acknowledge(self.streamID, length)
-        self.outgoing.clear()
-        self.connection.forget(self)
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            # As a Twisted TCP connection does when it is lost.
-            try:
-                producer.stopProducing()
-            except Exception:
-                self.connection.log.failure(
-                    "Producer failed to stop on HTTP/2 stream {id}", id=self.streamID
-                )
-        try:
-            self.protocol.connectionLost(reason)
-        except Exception:
-            self.connection.log.failure(
-                "Pool protocol failed on the end of HTTP/2 stream {id}", id=self.streamID
-            )
 
 
 @cache
@@ -459,7 +358,7 @@ class _Connection(Protocol):
             self._closeTimer = None
         self._blocked.clear()
         for stream in list(self.streams.values()):
-            stream.lost(reason)
+            stream.finish(reason)
         self.owner.gone(self)
 
     def flush(self) -> None:
@@ -578,7 +477,7 @@ class _Connection(Protocol):
             # and cancelling the response.
             self._safely(self.h2.reset_stream, sid, CANCEL)
         self.flush()
-        stream.lost(Failure(ConnectionDone("HTTP/2 stream closed")))
+        stream.finish(Failure(ConnectionDone("HTTP/2 stream closed")))
 
     def resetStream(self, sid: int, code: int) -> None:
         if self.gone:
@@ -652,7 +551,7 @@ class _Connection(Protocol):
             reason = Failure(
                 ConnectionLost(f"HTTP/2 stream reset by the peer: error code {event.error_code}")
             )
-        stream.lost(reason)
+        stream.finish(reason)
 
     def orphanGone(self, sid: int, how: str) -> None:
         """
@@ -685,7 +584,7 @@ class _Connection(Protocol):
         last = event.last_stream_id or 0
         for sid, stream in list(self.streams.items()):
             if sid > last:
-                stream.lost(Failure(ConnectionLost("HTTP/2 connection going away")))
+                stream.finish(Failure(ConnectionLost("HTTP/2 connection going away")))
         self.streamGone()
         if event.error_code:
             self.close()

@@ -42,13 +42,10 @@ from twisted.internet.error import (
     MessageLengthError,
 )
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
     IListeningPort,
     IProtocol,
     IProtocolFactory,
-    IPushProducer,
-    ITransport,
 )
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
@@ -68,6 +65,7 @@ from nodepass.transports.interface import (
     PoolAddress,
     PoolTLS,
 )
+from nodepass.transports.substream import Substream
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
@@ -89,11 +87,6 @@ KEEPALIVE_INTERVAL = 5.0
 #: How many streams the peer may have open at once (Go: the pool's ``max``;
 #: large here, the pool itself refuses connections beyond ``max``).
 MAX_INCOMING_STREAMS = 1 << 16
-
-#: A stream's producer is paused while more than this many bytes written to
-#: it are not yet acknowledged by the peer, and resumed below a quarter.
-SEND_BUFFER_HIGH = 1 << 20
-SEND_BUFFER_LOW = SEND_BUFFER_HIGH // 4
 
 #: How many bytes a stream may receive beyond what its protocol has consumed
 #: (the stream receive window advertised to the peer), and the step by which
@@ -128,8 +121,7 @@ def _address(host: str, port: int, kind: str = "UDP") -> IPv4Address | IPv6Addre
 # -- one stream: the transport a pool protocol sees ---------------------------------------------
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
-class QuicStream:
+class QuicStream(Substream):
     """
     One bidirectional QUIC stream carrying one pool connection.
 
@@ -138,19 +130,16 @@ class QuicStream:
     reset, or the end of the QUIC connection, is the protocol's
     C{connectionLost}.
 
-    Flow control: a producer registered here is paused while the stream's
-    unacknowledged send buffer exceeds L{SEND_BUFFER_HIGH}.  Pausing this
-    transport holds received data here until resumed; the peer gets credit
-    for what the protocol consumed plus L{RECEIVE_WINDOW}, so what is held
-    stays below that window.
+    Flow control: the watermarks of L{Substream} count the stream's
+    unacknowledged send buffer.  Pausing this transport holds received data
+    here until resumed; the peer gets credit for what the protocol consumed
+    plus L{RECEIVE_WINDOW}, so what is held stays below that window.
     """
 
     def __init__(self, connection: _Connection, streamID: int) -> None:
+        super().__init__()
         self.connection = connection
         self.streamID = streamID
-        self.protocol: IProtocol | None = None
-        self.disconnecting = False
-        self.lost = False
         self._sendClosed = False
         self._receiveClosed = False
         self._paused = False
@@ -160,38 +149,45 @@ class QuicStream:
         self._inboxEnd: Failure | None = None
         self._deliverCall: IDelayedCall | None = None
         self._finishCall: IDelayedCall | None = None
-        self.producer: Any = None
-        self._streamingProducer = False
-        self._producerPaused = False
 
     def __repr__(self) -> str:
         return f"<QuicStream {self.streamID} with {self.connection.peerAddress}>"
 
+    # -- Substream ----------------------------------------------------------
+
     @property
-    def connected(self) -> bool:
-        return not self.lost
+    def log(self) -> Logger:
+        return self.connection.log
 
-    # -- ITransport ---------------------------------------------------------
+    @property
+    def clock(self) -> Any:
+        return self.connection.reactor
 
-    def write(self, data: bytes) -> None:
-        if not data or self.lost or self.disconnecting or self._sendClosed:
+    def describe(self) -> str:
+        return f"QUIC stream {self.streamID}"
+
+    def send(self, data: bytes) -> None:
+        if self._sendClosed:
             return
         self.connection.quic.send_stream_data(self.streamID, bytes(data))
         self.connection.flushSoon()
-        self._checkSendBuffer()
 
-    def writeSequence(self, data: Any) -> None:
-        self.write(b"".join(data))
+    def pending(self) -> int:
+        return self.connection.unacknowledged(self.streamID)
 
-    def loseConnection(self) -> None:
+    def writeBlocked(self, blocked: bool) -> None:
+        # The connection checks blocked streams again after each flush.
+        if blocked:
+            self.connection.blocked.add(self)
+        else:
+            self.connection.blocked.discard(self)
+
+    def endOutput(self) -> None:
         """
         End our direction (FIN after the data already written);
         C{connectionLost} follows at once, as a TCP connection's does once
         its data is handed to the kernel (aioquic delivers what is left).
         """
-        if self.lost or self.disconnecting:
-            return
-        self.disconnecting = True
         # Only our direction: a STOP_SENDING would overtake the FIN (aioquic
         # writes it first) and the peer would see an error instead of the
         # end.  The peer answers the FIN with its own; whatever it sends
@@ -200,16 +196,7 @@ class QuicStream:
         self.connection.flushSoon()
         self._finishSoon(Failure(ConnectionDone("QUIC stream closed")))
 
-    def loseWriteConnection(self) -> None:
-        """
-        A pool stream has no half-close: close it all.
-        """
-        self.loseConnection()
-
-    def abortConnection(self) -> None:
-        if self.lost:
-            return
-        self.disconnecting = True
+    def reset(self) -> None:
         self._endSend(reset=True)
         self._stopReceiving()
         self.connection.flushSoon()
@@ -228,44 +215,6 @@ class QuicStream:
         client side, L{None} on the server side (no client certificates).
         """
         return self.connection.peerCertificate
-
-    # -- IConsumer ----------------------------------------------------------
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self.producer is not None:
-            raise RuntimeError(f"{self!r} already has a producer")
-        if self.lost:
-            producer.stopProducing()
-            return
-        self.producer = producer
-        self._streamingProducer = streaming
-        self._producerPaused = False
-        if not streaming:
-            producer.resumeProducing()
-        self._checkSendBuffer()
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        self._producerPaused = False
-        self.connection.blocked.discard(self)
-
-    def _checkSendBuffer(self) -> None:
-        """
-        Pause the producer above the high mark, resume it below the low one.
-        """
-        producer = self.producer
-        if producer is None or self.lost:
-            return
-        pending = self.connection.unacknowledged(self.streamID)
-        if not self._producerPaused and pending > SEND_BUFFER_HIGH:
-            self._producerPaused = True
-            self.connection.blocked.add(self)
-            if self._streamingProducer:
-                producer.pauseProducing()
-        elif self._producerPaused and pending <= SEND_BUFFER_LOW:
-            self._producerPaused = False
-            self.connection.blocked.discard(self)
-            producer.resumeProducing()
 
     @property
     def held(self) -> int:
@@ -286,12 +235,9 @@ class QuicStream:
         if (self._inbox or self._inboxEnd is not None) and self._deliverCall is None:
             self._deliverCall = self.connection.reactor.callLater(0, self._deliverHeld)
 
-    def stopProducing(self) -> None:
-        self.loseConnection()
-
     def _deliverHeld(self) -> None:
         self._deliverCall = None
-        while self._inbox and not self._paused and not self.lost:
+        while self._inbox and not self._paused and not self.closed:
             data = self._inbox.pop(0)
             self._deliver(data)
         # What was consumed opens the window again: tell the peer.
@@ -310,7 +256,7 @@ class QuicStream:
         protocol.makeConnection(self)
 
     def received(self, data: bytes, end: bool) -> None:
-        if self.lost or self._receiveClosed:
+        if self.closed or self._receiveClosed:
             return
         if end:
             self._receiveClosed = True
@@ -326,20 +272,16 @@ class QuicStream:
             self._peerEnded(Failure(ConnectionDone("QUIC stream ended by the peer")))
 
     def _deliver(self, data: bytes) -> None:
-        if self.protocol is None or self.lost:
+        if self.protocol is None or self.closed:
             return
         self.consumed += len(data)
-        try:
-            self.protocol.dataReceived(data)
-        except Exception:
-            self.connection.log.failure("Pool protocol failed on QUIC stream data")
-            self.abortConnection()
+        self.deliver(data)
 
     def _peerEnded(self, reason: Failure) -> None:
         """
         The peer's FIN: no half-close, so end ours too and report the end.
         """
-        if self.lost:
+        if self.closed:
             return
         self._endSend(reset=False)
         self.connection.flushSoon()
@@ -350,7 +292,7 @@ class QuicStream:
         The peer reset its direction (RESET_STREAM) or asked us to stop
         sending (STOP_SENDING; aioquic has reset ours already).
         """
-        if self.lost:
+        if self.closed:
             return
         if stopSending:
             self._sendClosed = True
@@ -395,35 +337,15 @@ class QuicStream:
         """
         Report the end of the stream to the protocol, once.
         """
-        if self._finishCall is not None:
-            if self._finishCall.active():
-                self._finishCall.cancel()
-            self._finishCall = None
-        if self._deliverCall is not None:
-            if self._deliverCall.active():
-                self._deliverCall.cancel()
-            self._deliverCall = None
-        if self.lost:
-            return
-        self.lost = True
-        self.disconnecting = True
+        for call in (self._finishCall, self._deliverCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._finishCall = self._deliverCall = None
+        super().finish(reason)
+
+    def release(self) -> None:
         self._inbox, self._inboxEnd = [], None
         self.connection.forget(self)
-        producer, self.producer = self.producer, None
-        self._producerPaused = False
-        if producer is not None:
-            # As Twisted's own transports do when they lose their connection.
-            try:
-                producer.stopProducing()
-            except Exception:
-                self.connection.log.failure("Producer failed to stop on a closed QUIC stream")
-        protocol, self.protocol = self.protocol, None
-        if protocol is None:
-            return
-        try:
-            protocol.connectionLost(reason)
-        except Exception:
-            self.connection.log.failure("Pool protocol failed in connectionLost on a QUIC stream")
 
 
 # -- one QUIC connection -------------------------------------------------------------------------
@@ -523,7 +445,7 @@ class _Connection:
             return
         self._armTimer()
         for stream in list(self.blocked):
-            stream._checkSendBuffer()
+            stream.checkWatermarks()
 
     def _armTimer(self) -> None:
         when = self.quic.get_timer()

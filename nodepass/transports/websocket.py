@@ -22,12 +22,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
-    IConsumer,
     IDelayedCall,
     IProtocol,
     IProtocolFactory,
-    IPushProducer,
-    ITransport,
 )
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
@@ -43,6 +40,7 @@ from nodepass.transports.interface import (
     PoolAddress,
     creatorOf,
 )
+from nodepass.transports.substream import Substream
 
 __all__ = ["WebSocketError", "WebSocketTransport", "ws"]
 
@@ -72,29 +70,34 @@ class WebSocketError(NodePassError):
     """
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
-class MessageStream:
+class MessageStream(Substream):
     """
     The transport a pool protocol sees on a WebSocket connection: writes
-    become binary messages, flow control is the TCP (or TLS) connection's.
+    become binary messages.  Flow control is the TCP (or TLS) connection's:
+    a producer registered here is registered there, and pausing this
+    transport stops reading that connection (no buffer, so no watermarks,
+    of its own).
 
     @ivar channel: the autobahn protocol carrying the stream.
     """
 
-    disconnecting = False
-
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, protocol: IProtocol | None = None) -> None:
+        super().__init__(protocol)
         self.channel = channel
 
+    # -- Substream ----------------------------------------------------------
+
     @property
-    def connected(self) -> bool:
-        return not self.channel.closed
+    def log(self) -> Logger:
+        return self.channel.factory.poolLog  # type: ignore[no-any-return]
 
-    # -- ITransport ---------------------------------------------------------
+    def describe(self) -> str:
+        return "WebSocket connection"
 
-    def write(self, data: bytes) -> None:
-        if not data or self.disconnecting:
-            return
+    def carrier(self) -> Any:
+        return self.channel.transport
+
+    def send(self, data: bytes) -> None:
         if len(data) <= MAX_SEND:
             self.channel.sendBinary(data)
             return
@@ -102,41 +105,14 @@ class MessageStream:
         for start in range(0, len(data), MAX_SEND):
             self.channel.sendBinary(bytes(view[start : start + MAX_SEND]))
 
-    def writeSequence(self, data: Any) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
+    def endOutput(self) -> None:
         """
         Close with status 1000 after the data already written.
         """
-        if self.disconnecting:
-            return
-        self.disconnecting = True
         self.channel.closeNormally()
 
-    def loseWriteConnection(self) -> None:
-        """
-        A WebSocket cannot end one direction only: close it all.
-        """
-        self.loseConnection()
-
-    def abortConnection(self) -> None:
-        self.disconnecting = True
+    def reset(self) -> None:
         self.channel.abortTransport()
-
-    def getPeer(self) -> Any:
-        return self.channel.transport.getPeer()
-
-    def getHost(self) -> Any:
-        return self.channel.transport.getHost()
-
-    def getPeerCertificate(self) -> Any:
-        """
-        The peer's certificate when the connection runs over TLS, else
-        L{None}.
-        """
-        getPeerCertificate = getattr(self.channel.transport, "getPeerCertificate", None)
-        return None if getPeerCertificate is None else getPeerCertificate()
 
     # -- IConsumer: what writes to us is paused by the TCP write buffer -----
 
@@ -153,9 +129,6 @@ class MessageStream:
 
     def resumeProducing(self) -> None:
         self.channel.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.loseConnection()
 
 
 def _options(factory: Any) -> None:
@@ -204,7 +177,6 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
         transport: Any
         state: Any
         stream: MessageStream | None = None
-        pool: IProtocol | None = None
         failure: Failure | None = None
         _closeTimer: IDelayedCall | None = None
 
@@ -258,15 +230,14 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
             Connect C{pool} to the stream; C{False} (and the connection
             dropped) when it raised.
             """
-            self.pool = pool
-            self.stream = MessageStream(self)
+            self.stream = MessageStream(self, pool)
             try:
                 pool.makeConnection(self.stream)
             except Exception:
                 # autobahn calls onOpen from a Deferred callback: an error
                 # would surface only as "Unhandled error in Deferred".
                 self.factory.poolLog.failure("Pool protocol failed on a new WebSocket connection")
-                self.pool = None
+                self.stream.protocol = None
                 self.abortTransport()
                 return False
             return True
@@ -277,8 +248,8 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
             if not isBinary:
                 self.protocolError("text message on a binary stream")
                 return
-            if payload and self.pool is not None:
-                self.pool.dataReceived(payload)
+            if self.stream is not None:
+                self.stream.deliver(payload)
 
         def protocolError(self, reason: str) -> None:
             self.factory.poolLog.debug("WebSocket pool connection failed: {reason}", reason=reason)
@@ -304,10 +275,8 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
                 if self._closeTimer.active():
                     self._closeTimer.cancel()
                 self._closeTimer = None
-            pool, self.pool = self.pool, None
-            if self.stream is not None:
-                self.stream.disconnecting = True
-            if pool is None:
+            stream = self.stream
+            if stream is None or stream.closed:
                 return
             if self.failure is not None:
                 why = self.failure
@@ -317,7 +286,7 @@ def _classes() -> tuple[type[Any], type[Any], type[Any], type[Any]]:
                 why = Failure(ConnectionLost(f"WebSocket closed with status {code}: {reason}"))
             else:
                 why = Failure(ConnectionLost(f"WebSocket connection lost: {reason}"))
-            pool.connectionLost(why)
+            stream.finish(why)
 
     class ServerChannel(ChannelMixin, WebSocketServerProtocol):  # type: ignore[misc]
         """
