@@ -85,15 +85,17 @@ def draw(
                 linewidth=0.4,
             )
             for b, v in zip(bars, vals, strict=True):
-                if v == v:  # not NaN
-                    ax.annotate(
-                        f"{v:.0f}" if abs(v) >= 100 else f"{v:.2g}",
-                        (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center",
-                        va="bottom",
-                        fontsize=6,
-                        rotation=90 if len(keys) > 1 else 0,
-                    )
+                measured = v == v  # not NaN
+                if not measured and j:
+                    continue
+                ax.annotate(
+                    (f"{v:.0f}" if abs(v) >= 100 else f"{v:.2g}") if measured else "n/a",
+                    (b.get_x() + b.get_width() / 2, b.get_height() if measured else 0),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90 if len(keys) > 1 and measured else 0,
+                )
         if len(keys) > 1:
             from matplotlib.patches import Patch
 
