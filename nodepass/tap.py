@@ -9,6 +9,7 @@ stderr and status 1, and so is a fatal error reported after start (C{root.fatal}
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Mapping
@@ -28,9 +29,11 @@ from nodepass.settings import fromEnvironment
 from nodepass.url import Config, parse
 
 __all__ = [
+    "COMPAT_SWITCHES",
     "DEFAULT_MASTER_URL",
     "USAGE",
     "Options",
+    "configureCompat",
     "makeService",
     "raiseOpenFileLimit",
     "standalone",
@@ -103,13 +106,33 @@ def fail(message: str) -> None:
     sys.stderr.flush()
 
 
+#: The process-wide switches of L{nodepass._compat} modules, by environment variable.  A
+#: module is imported (to read its switch) only when its variable is set: each is on by
+#: default, and a process that never uses one does not load it (the TLS one imports ssl).
+COMPAT_SWITCHES: Final = {
+    "NP_SPLICE": "nodepass._compat.splice",
+    "NP_DIRECT_WRITE": "nodepass._compat.directwrite",
+    "NP_FAST_TLS": "nodepass._compat.fasttls",
+}
+
+
+def configureCompat(environ: Mapping[str, str]) -> None:
+    """
+    Set the switches of L{COMPAT_SWITCHES} from C{environ} (C{NP_SPLICE=0} and so on).
+    """
+    for variable, name in COMPAT_SWITCHES.items():
+        if variable in environ:
+            importlib.import_module(name).configure(environ)
+
+
 def standalone(
     config: Config, reactor: Any, environ: Mapping[str, str], out: Any = None
 ) -> NodePassService:
     """
-    One instance as its own process: settings from C{environ}, log lines on C{out}
-    (stdout by default) at the URL's level.
+    One instance as its own process: settings and switches from C{environ}, log lines on
+    C{out} (stdout by default) at the URL's level.
     """
+    configureCompat(environ)
     observer = NodePassLogObserver(out if out is not None else sys.stdout, config.log)
     log = Logger(namespace="nodepass", observer=observer)
     if leantls.fallback is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nodepass.tap import Options
+from nodepass.tap import COMPAT_SWITCHES, Options
 from tests.support import (
     LOOPBACK,
     ROOT,
@@ -315,3 +315,43 @@ def test_url_from_the_environment_stays_off_the_command_line() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+#: How each switched module tells whether it is on.
+SWITCH_STATE = {
+    "NP_SPLICE": "module.enabled",
+    "NP_DIRECT_WRITE": "module.enabled",
+    "NP_FAST_TLS": "module.available()",
+}
+
+
+@pytest.mark.parametrize("variable", sorted(COMPAT_SWITCHES))
+def test_compat_switch_from_the_environment(variable: str) -> None:
+    """
+    The entry point hands each C{nodepass._compat} switch its variable: C{=0} turns it
+    off for the process.  A module whose variable is unset is not imported for it: the
+    TLS one (which imports ssl) stays out of a process that never uses TLS.
+    """
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "import nodepass.cli\n"
+            "from nodepass.tap import COMPAT_SWITCHES, configureCompat\n"
+            "configureCompat({})\n"
+            "assert 'ssl' not in sys.modules\n"
+            f"configureCompat({{{variable!r}: '0'}})\n"
+            f"module = sys.modules[COMPAT_SWITCHES[{variable!r}]]\n"
+            f"assert {SWITCH_STATE[variable]} is False\n"
+            f"configureCompat({{{variable!r}: '1'}})\n"
+            f"assert {SWITCH_STATE[variable]} is True\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env(),
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
