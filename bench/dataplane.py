@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,29 @@ def flatten(run: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def spread(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each figure's [min, max] over the rounds."""
+    flat = [flatten(r) for r in runs]
+    keys = {k for f in flat for k in f}
+    return {k: [min(f[k] for f in flat if k in f), max(f[k] for f in flat if k in f)] for k in keys}
+
+
+def noise(results: dict[str, Any]) -> dict[str, float]:
+    """Per system, the median over its traffic figures of (max - min) / median over the
+    rounds: how much one round differs from another (0 with a single round)."""
+    keys = ("tput1_mb_s", "down1_mb_s", "tputN_mb_s", "conn_rate", "rtt_p50_us")
+    out = {}
+    for s, sp in results["spread"].items():
+        rel = [
+            (sp[k][1] - sp[k][0]) / results["summary"][s][k]
+            for k in keys
+            if k in sp and results["summary"][s].get(k)
+        ]
+        if rel:
+            out[s] = statistics.median(rel)
+    return out
+
+
 def compare(summary: dict[str, dict[str, float]], base: str) -> dict[str, dict[str, float]]:
     """Every system's figures divided by ``base``'s (``base`` itself: 1.0)."""
     if base not in summary:
@@ -378,6 +402,12 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         if base in results["summary"]:
             print()
             print(issue_table(results, base, systems, args, markdown=False))
+    if args.rounds > 1 and results["noise"]:
+        print()
+        print(
+            "Round-to-round spread, (max - min) / median, median over the throughput, conn/s "
+            "and rtt figures: " + ", ".join(f"{s} {v:.0%}" for s, v in results["noise"].items())
+        )
     print()
     print("Targets (issue 11, 'Done when'; x = ratio to haproxy in this run):")
     for t in results["targets"]:
@@ -413,6 +443,17 @@ def markdown_report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         fmt.metric_table(metric_defs(args), results["summary"], systems, markdown=True),
         "",
+        *(
+            [
+                "Round-to-round spread, (max - min) / median, median over the throughput, "
+                "conn/s and rtt figures: "
+                + ", ".join(f"{s} {v:.0%}" for s, v in results["noise"].items())
+                + ".",
+                "",
+            ]
+            if args.rounds > 1 and results["noise"]
+            else []
+        ),
         "Targets:",
         "",
         *(f"- **{t['verdict']}** {t['target']} ({_num(t['value'])})" for t in results["targets"]),
@@ -568,6 +609,8 @@ def measure(args: argparse.Namespace, t_start: float, commit: str) -> int:
         s: stats.aggregate(r, flatten, {"conn_sustain": min}) for s, r in results["runs"].items()
     }
     results["summary"] = summary
+    results["spread"] = {s: spread(r) for s, r in results["runs"].items()}
+    results["noise"] = noise(results)
     results["vs_haproxy"] = compare(summary, "haproxy")
     results["vs_direct"] = compare(summary, "direct")
     results["targets"] = check_targets(results, args)
