@@ -43,14 +43,17 @@ def flows(limit: int = 0, loop: str = "testUDPLoop") -> Flows:
 
 class Replies:
     """
-    A flow's C{reply}: records datagrams, answers a fixed delay.
+    A flow's C{reply}: records datagrams (and the keys they came with), answers a fixed
+    delay.
     """
 
     def __init__(self, delay: float = 0.0) -> None:
         self.datagrams: list[bytes] = []
+        self.keys: list[Any] = []
         self.delay = delay
 
-    def __call__(self, datagram: bytes) -> float:
+    def __call__(self, key: Any, datagram: bytes) -> float:
+        self.keys.append(key)
         self.datagrams.append(datagram)
         return self.delay
 
@@ -156,6 +159,7 @@ class TargetFlowTests(SynchronousTestCase):
         self.open(flow)
         flow.datagramReceived(b"answer", ("127.0.0.1", 8080))
         self.assertEqual(self.replies.datagrams, [b"answer"])
+        self.assertEqual(self.replies.keys, [SOURCE])
 
     def test_trafficEitherWayKeepsItAlive(self) -> None:
         flow = self.flow()
@@ -305,11 +309,13 @@ class TunnelFlowTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = DatagramReactor()
         self.table = flows()
-        self.replies: list[bytes] = []
+        self.replies: list[tuple[Any, bytes]] = []
 
     def flow(self, framed: bool = False) -> TunnelFlow:
         self.table.admit()
-        flow = TunnelFlow(self.table, SOURCE, self.reactor, 30, framed, self.replies.append)
+        flow = TunnelFlow(
+            self.table, SOURCE, self.reactor, 30, framed, lambda *reply: self.replies.append(reply)
+        )
         self.table.add(flow)
         return flow
 
@@ -331,7 +337,7 @@ class TunnelFlowTests(SynchronousTestCase):
         self.assertEqual(conn.written, [b"\x00\x03abc"])
         flow.dataReceived(b"\x00\x02xy\x00")
         flow.dataReceived(b"\x01z")
-        self.assertEqual(self.replies, [b"xy", b"z"])
+        self.assertEqual(self.replies, [(SOURCE, b"xy"), (SOURCE, b"z")])
 
     def test_onlyRepliesKeepItAlive(self) -> None:
         """
@@ -397,29 +403,20 @@ class Listener(EntryListener):
     def __init__(self, reactor: DatagramReactor, limiter: RateLimiter | None = None) -> None:
         super().__init__(reactor)
         self.reactor = reactor
-        self._counters = Counters()
-        self._limiter = limiter
-        self.table = flows(limit=1)
+        self.counters = Counters()
+        self.limiter = limiter
+        self.flows = flows(limit=1)
+        self.table = self.flows
         self.open = True
-
-    @property
-    def counters(self) -> Counters:
-        return self._counters
-
-    @property
-    def limiter(self) -> RateLimiter | None:
-        return self._limiter
 
     def accepting(self) -> bool:
         return self.open
 
-    def flowFor(self, source: Any) -> Flow | None:
-        flow = self.table.get(source)
-        if flow is None and self.table.admit():
-            flow = TunnelFlow(
-                self.table, source, self.reactor, 30, False, lambda d: self.reply(source, d)
-            )
-            self.table.add(flow)
+    def newFlow(self, source: Any) -> Flow | None:
+        if not self.table.admit():
+            return None
+        flow = TunnelFlow(self.table, source, self.reactor, 30, False, self.reply)
+        self.table.add(flow)
         return flow
 
 

@@ -171,28 +171,30 @@ class _UserFactory(Factory):
 class _EntryUDP(EntryListener):
     """
     The entry side's UDP listener; it outlives sessions (each new session
-    adopts it, and its flows are that session's).
+    adopts it: from then on, its flows are that session's).
     """
-
-    session: Session
 
     def __init__(self, session: Session | None, clock: Any) -> None:
         super().__init__(clock)
-        self.session = session  # type: ignore[assignment]
+        self.session = session
 
     @property
-    def counters(self) -> Counters:
-        return self.session.shared.counters
+    def session(self) -> Session | None:
+        return self._session
 
-    @property
-    def limiter(self) -> RateLimiter | None:
-        return self.session.shared.limiter
+    @session.setter
+    def session(self, session: Session | None) -> None:
+        self._session = session
+        if session is not None:
+            self.counters = session.shared.counters
+            self.limiter = session.shared.limiter
+            self.flows = session.entryFlows
 
     def accepting(self) -> bool:
-        return self.session is not None and not self.session.stopped
+        return self._session is not None and not self._session.stopped
 
-    def flowFor(self, source: Any) -> Flow | None:
-        return self.session.entryFlow(self, source)
+    def newFlow(self, source: Any) -> Flow | None:
+        return self._session.newEntryFlow(self, source)  # type: ignore[union-attr]
 
 
 class _ControlConsumer:
@@ -462,7 +464,7 @@ class Session:
             return
         codec = DatagramCodec(self.ext)
 
-        def toPool(datagram: bytes) -> float:
+        def toPool(source: str, datagram: bytes) -> float:
             conn.write(codec.encode(datagram))
             return 0.0
 
@@ -495,24 +497,17 @@ class Session:
         # the pool connection: the target socket is ready for all of them.
         conn.attach(PoolFeed(flow, codec))
 
-    def entryFlow(self, listener: EntryListener, source: Any) -> Flow | None:
+    def newEntryFlow(self, listener: EntryListener, source: Any) -> Flow | None:
         """
-        The flow of a user address on the entry listener; a new one takes a
-        slot and an idle pool connection, and names it in a ``udp`` signal
-        (dataplane spec §7.2).
+        A flow for a user address's first datagram on the entry listener: it
+        takes a slot and an idle pool connection, and names it in a ``udp``
+        signal (dataplane spec §7.2).
         """
         flows = self.entryFlows
-        flow = flows.get(source)
-        if flow is not None:
-            return flow
         if not flows.admit():
             return None
-
-        def reply(datagram: bytes) -> None:
-            listener.reply(source, datagram)
-
         tunnel = TunnelFlow(
-            flows, source, self.clock, self.shared.settings.udpReadTimeout, self.ext, reply
+            flows, source, self.clock, self.shared.settings.udpReadTimeout, self.ext, listener.reply
         )
         flows.add(tunnel)
         host, port = source

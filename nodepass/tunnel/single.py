@@ -115,23 +115,15 @@ class _UDPListener(EntryListener):
     def __init__(self, forwarder: SingleEnd) -> None:
         super().__init__(forwarder.clock)
         self.forwarder = forwarder
-
-    @property
-    def counters(self) -> Counters:
-        return self.forwarder.counters
-
-    @property
-    def limiter(self) -> RateLimiter | None:
-        return self.forwarder.limiter
+        self.counters = forwarder.counters
+        self.limiter = forwarder.limiter
+        self.flows = forwarder.udpFlows
 
     def accepting(self) -> bool:
         return self.forwarder.udpPort is not None
 
-    def flowFor(self, source: Any) -> Flow | None:
-        flow = self.forwarder.udpFlows.get(source)
-        if flow is None:
-            flow = self.forwarder.openUDPSession(self, source)
-        return flow
+    def newFlow(self, source: Any) -> Flow | None:
+        return self.forwarder.openUDPSession(self, source)
 
 
 class SingleEnd(Service):
@@ -270,11 +262,9 @@ class SingleEnd(Service):
         flows = self.udpFlows
         if not flows.admit():
             return None
-
-        def reply(datagram: bytes) -> float:
-            return listener.reply(source, datagram)
-
-        flow = TargetFlow(flows, source, self.clock, self.settings.udpReadTimeout, reply, self.log)
+        flow = TargetFlow(
+            flows, source, self.clock, self.settings.udpReadTimeout, listener.reply, self.log
+        )
         flows.add(flow)
         opening = Deferred.fromCoroutine(
             connectTarget(

@@ -185,8 +185,9 @@ class TargetFlow(Flow, DatagramProtocol):
     §7.3, §7.4).  Datagrams sent before the socket exists wait (at most
     L{QUEUE_LIMIT}); traffic either way keeps the flow alive.
 
-    @param reply: takes each datagram from the target on to the source; it
-        returns how long the rate limit wants reading paused (seconds).
+    @param reply: called with the key (the source) and each datagram from
+        the target, to take it on to the source; it returns how long the
+        rate limit wants reading paused (seconds).
     @param counters: given where the target socket is the counted one (the
         exit side, §6.4): it then counts and rate-limits too (§10.2).
     """
@@ -200,7 +201,7 @@ class TargetFlow(Flow, DatagramProtocol):
         key: Any,
         clock: IReactorTime,
         timeout: float,
-        reply: Callable[[bytes], float],
+        reply: Callable[[Any, bytes], float],
         log: Logger,
         *,
         counters: Counters | None = None,
@@ -243,7 +244,9 @@ class TargetFlow(Flow, DatagramProtocol):
             self.counters.udprx += len(data)
             if self.limiter is not None:
                 delay = self.limiter.read.take(len(data))
-        delay = max(delay, self.reply(data))
+        held = self.reply(self.key, data)
+        if held > delay:
+            delay = held
         if delay > 0 and self.port is not None:
             self.throttle.delay(delay)
 
@@ -299,7 +302,8 @@ class TunnelFlow(Flow):
     connection is L{attached} wait (at most L{QUEUE_LIMIT}).  Idle means no
     reply from the tunnel, whatever goes out.
 
-    @param reply: takes each datagram from the tunnel on to the source.
+    @param reply: called with the key (the source) and each datagram from
+        the tunnel, to take it on to the source.
     """
 
     def __init__(
@@ -309,7 +313,7 @@ class TunnelFlow(Flow):
         clock: IReactorTime,
         timeout: float,
         framed: bool,
-        reply: Callable[[bytes], object],
+        reply: Callable[[Any, bytes], object],
     ) -> None:
         super().__init__(flows, key, clock, timeout)
         self.codec = DatagramCodec(framed)
@@ -333,7 +337,7 @@ class TunnelFlow(Flow):
     def dataReceived(self, data: bytes) -> None:
         self.idle.touch()
         for datagram in self.codec.decode(data):
-            self.reply(datagram)
+            self.reply(self.key, datagram)
 
     def connectionLost(self) -> None:
         self.end()
@@ -367,32 +371,29 @@ class EntryListener(DatagramProtocol):
     """
     The UDP socket users send to.  It counts what it reads and writes and
     holds reading while the rate limit asks (dataplane spec §6.4, §10.2),
-    and hands each datagram to its source's flow.
+    and hands each datagram to its source's flow in L{flows}.
 
-    Subclasses say whose counters and limiter apply, whether datagrams are
-    taken now (L{accepting}), and which flow a source has (L{flowFor}).
+    Subclasses set L{counters}, L{limiter} and L{flows}, and say whether
+    datagrams are taken now (L{accepting}) and how a source's first
+    datagram opens its flow (L{newFlow}).
     """
 
     # Twisted's "Starting protocol" lines would go to the global log, not the instance's.
     noisy = False
 
+    counters: Counters
+    limiter: RateLimiter | None = None
+    flows: Flows
+
     def __init__(self, clock: IReactorTime) -> None:
         self.throttle = Throttle(clock, self._pause, self._resume)
-
-    @property
-    def counters(self) -> Counters:
-        raise NotImplementedError
-
-    @property
-    def limiter(self) -> RateLimiter | None:
-        raise NotImplementedError
 
     def accepting(self) -> bool:
         raise NotImplementedError
 
-    def flowFor(self, source: Any) -> Flow | None:
+    def newFlow(self, source: Any) -> Flow | None:
         """
-        The flow of C{source}, a new one if it has none; C{None} drops the datagram.
+        A flow for C{source}'s first datagram; C{None} drops it.
         """
         raise NotImplementedError
 
@@ -410,9 +411,12 @@ class EntryListener(DatagramProtocol):
         limiter = self.limiter
         if limiter is not None:
             self.throttle.delay(limiter.read.take(len(data)))
-        flow = self.flowFor(addr)
-        if flow is not None:
-            flow.send(data)
+        flow = self.flows.live.get(addr)
+        if flow is None:
+            flow = self.newFlow(addr)
+            if flow is None:
+                return
+        flow.send(data)
 
     def reply(self, source: Any, datagram: bytes) -> float:
         """
@@ -420,6 +424,5 @@ class EntryListener(DatagramProtocol):
         """
         self.counters.udptx += len(datagram)
         limiter = self.limiter
-        delay = limiter.write.take(len(datagram)) if limiter is not None else 0.0
         self.transport.write(datagram, source)  # type: ignore[union-attr]
-        return delay
+        return limiter.write.take(len(datagram)) if limiter is not None else 0.0
