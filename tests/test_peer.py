@@ -1,7 +1,7 @@
 """
 The restart loop of a tunnel peer (L{nodepass.tunnel.peer.TunnelPeer}): the pause between
-two cycles grows only while attempts keep failing.  And whose log a tunnel server's and a
-tunnel client's lines go to.
+two cycles grows only while attempts keep failing.  Whose log a tunnel server's and a
+tunnel client's lines go to.  And the shutdown drain of running relays.
 """
 
 from __future__ import annotations
@@ -11,17 +11,25 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import (
+    MemoryReactorClock,
+    StringTransport,
+    StringTransportWithDisconnection,
+)
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.balance import TargetDialer, Targets
+from nodepass.limits import Slots
+from nodepass.log import defaultLogger
+from nodepass.relay import RelayProtocol
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.stats import Counters
 from nodepass.transports.websocket import ws
 from nodepass.tunnel.client import TunnelClient
+from nodepass.tunnel.exchange import Exchanges
 from nodepass.tunnel.peer import MAX_BACKOFF, TunnelPeer
 from nodepass.tunnel.server import TunnelServer
 from nodepass.tunnel.session import Shared
@@ -200,3 +208,78 @@ class InstanceLogTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(seenGlobally, [])
+
+
+class _DrainingSession(_Session):
+    """
+    A session with one running relay between two in-memory connections.
+    """
+
+    def __init__(self, reactor: MemoryReactorClock, config: Config) -> None:
+        self.stopped = False
+        slots = Slots(0)
+        self.exchanges = Exchanges(
+            reactor,
+            config,
+            None,
+            Counters(),
+            None,
+            slots,
+            defaultLogger(),  # type: ignore[arg-type]
+        )
+        self.relays = self.exchanges.live  # type: ignore[assignment]
+        self.transports: list[StringTransportWithDisconnection] = []
+        sides = []
+        for _ in range(2):
+            side = RelayProtocol()
+            transport = StringTransportWithDisconnection()
+            transport.protocol = side
+            side.makeConnection(transport)
+            sides.append(side)
+            self.transports.append(transport)
+        self.exchanges.join(*sides)
+
+    def stop(self) -> Any:
+        self.stopped = True
+        return succeed(None)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    At shutdown every session's running relays get C{NP_SHUTDOWN_TIMEOUT} to finish, then
+    are dropped (dataplane spec §13.4).
+    """
+
+    def peer(self, reactor: MemoryReactorClock) -> tuple[TunnelPeer, _DrainingSession]:
+        config = parse(URL)
+        settings = Settings(shutdownTimeout=2.0)
+        shared = Shared(config, reactor, settings, None, Counters())  # type: ignore[arg-type]
+        peer = TunnelPeer(config, reactor, settings, shared)
+        session = _DrainingSession(reactor, config)
+        peer.sessions.append(session)  # type: ignore[arg-type]
+        return peer, session
+
+    def test_relaysThatCloseAtOnce(self) -> None:
+        reactor = MemoryReactorClock()
+        peer, session = self.peer(reactor)
+        self.successResultOf(peer.stopService())
+        self.assertTrue(session.stopped)
+        self.assertEqual(session.relays, set())
+        self.assertFalse(any(t.connected for t in session.transports))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_relaysLeftAreAbortedAfterTheGracePeriod(self) -> None:
+        reactor = MemoryReactorClock()
+        peer, session = self.peer(reactor)
+        for transport in session.transports:
+            transport.loseConnection = lambda: None  # type: ignore[method-assign]
+            transport.abortConnection = (  # type: ignore[method-assign]
+                lambda t=transport: StringTransportWithDisconnection.loseConnection(t)
+            )
+        d = peer.stopService()
+        reactor.advance(1.9)
+        self.assertNoResult(d)
+        self.assertEqual(len(session.relays), 1)
+        reactor.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(session.relays, set())
