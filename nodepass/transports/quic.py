@@ -24,7 +24,6 @@ extra method L{QuicTransport.listenPool} to serve the pool on UDP.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import socket
@@ -53,6 +52,7 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nodepass._compat import aioquic as aioquicCompat
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
 from nodepass.transports.interface import (
@@ -495,8 +495,7 @@ class _Connection:
         End at once when the peer closed the connection: aioquic reports it
         only after its draining period, during which nothing is sent anyway.
         """
-        # aioquic keeps the peer's CONNECTION_CLOSE here (no public accessor).
-        event = getattr(self.quic, "_close_event", None)
+        event = aioquicCompat.peerClose(self.quic, self.log)
         if event is not None and not self.dead:
             # Our own close (a protocol error) still has its CONNECTION_CLOSE
             # to send; when draining after the peer's, aioquic sends nothing.
@@ -517,9 +516,7 @@ class _Connection:
         if self.established:
             return
         self.established = True
-        tls = getattr(self.quic, "tls", None)
-        # aioquic keeps the verified peer leaf here (no public accessor).
-        self.peerCertificate = getattr(tls, "_peer_certificate", None)
+        self.peerCertificate = aioquicCompat.peerCertificate(self.quic, self.log)
         self._keepAlive = self.reactor.callLater(KEEPALIVE_INTERVAL, self._sendPing)
         self.onEstablished(self)
 
@@ -529,10 +526,7 @@ class _Connection:
         """
         Bytes written to the stream and not yet acknowledged by the peer.
         """
-        # aioquic has no public accessor; its sender keeps exactly those bytes.
-        stream = getattr(self.quic, "_streams", {}).get(streamID)
-        buffer = getattr(getattr(stream, "sender", None), "_buffer", b"")
-        return len(buffer)
+        return aioquicCompat.unacknowledged(self.quic, streamID, self.log)
 
     def forget(self, stream: QuicStream) -> None:
         if self.streams.get(stream.streamID) is stream:
@@ -583,55 +577,20 @@ class _Connection:
         self.blocked.clear()
 
 
-@functools.cache
-def _connectionClass() -> type[QuicConnection]:
-    """
-    aioquic's C{QuicConnection} with a receive window that follows consumption.
-
-    aioquic doubles a stream's window whenever the data I{received} passes half
-    of it, whether or not anyone read it, so a paused reader would buffer
-    whatever the peer sends.  Here the window of a stream we carry is what its
-    protocol consumed plus L{RECEIVE_WINDOW}, raised in steps of
-    L{RECEIVE_STEP}.  This overrides one private aioquic method; the tests pin
-    it (a paused stream holds at most a window).
-    """
-    from aioquic.quic.connection import QuicConnection
-
-    class WindowedQuicConnection(QuicConnection):
-        #: Our streams by id (L{_Connection.streams}); others keep aioquic's rule.
-        windows: dict[int, QuicStream] = {}
-
-        def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-            ours = self.windows.get(stream.stream_id)
-            current = stream.max_stream_data_local
-            if ours is None or not current:
-                super()._write_stream_limits(builder, space, stream)
-                return
-            wanted = ours.consumed + RECEIVE_WINDOW
-            if wanted - current >= RECEIVE_STEP:
-                stream.max_stream_data_local = wanted
-            elif stream.max_stream_data_local_sent == current:
-                return
-            # Let aioquic send the frame, without its own doubling rule.
-            receiver = stream.receiver
-            seen = receiver.highest_offset
-            receiver.highest_offset = 0
-            try:
-                super()._write_stream_limits(builder, space, stream)
-            finally:
-                receiver.highest_offset = seen
-
-    return WindowedQuicConnection
-
-
 def _newConnection(
-    connection: Callable[[QuicConnection], _Connection], **kwargs: Any
+    connection: Callable[[QuicConnection], _Connection], log: Logger, **kwargs: Any
 ) -> _Connection:
     """
-    A L{_Connection} over a new windowed aioquic connection built with C{kwargs}.
+    A L{_Connection} over a new aioquic connection built with C{kwargs}: one
+    whose receive window follows what each stream's protocol consumed
+    (L{RECEIVE_WINDOW}, raised in steps of L{RECEIVE_STEP}; see
+    L{nodepass._compat.aioquic.connectionClass}), taking up to
+    L{MAX_INCOMING_STREAMS} streams from the peer.
     """
-    quic = _connectionClass()(**kwargs)
-    _tune(quic)
+    from nodepass._compat import aioquic as compat
+
+    quic = compat.connectionClass(RECEIVE_WINDOW, RECEIVE_STEP, log)(**kwargs)
+    compat.allowIncomingStreams(quic, MAX_INCOMING_STREAMS, log)
     result = connection(quic)
     quic.windows = result.streams  # type: ignore[attr-defined]
     return result
@@ -649,17 +608,6 @@ def _growBuffers(port: Any, log: Logger) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         except OSError as e:
             log.debug("Cannot size the QUIC socket buffer: {error}", error=str(e))
-
-
-def _tune(quic: QuicConnection) -> None:
-    """
-    Let the peer open L{MAX_INCOMING_STREAMS} streams at once (aioquic
-    starts at 128 and has no setting for it).  Done before the transport
-    parameters are first sent.
-    """
-    limit = getattr(quic, "_local_max_streams_bidi", None)
-    if limit is not None and hasattr(limit, "value") and hasattr(limit, "sent"):
-        limit.value = limit.sent = max(limit.value, MAX_INCOMING_STREAMS)
 
 
 def _baseConfiguration(isClient: bool, alpn: str) -> QuicConfiguration:
@@ -782,6 +730,7 @@ class _ServerEndpoint(DatagramProtocol):
     def _accept(self, configuration: QuicConfiguration, cid: bytes, addr: Any) -> _Connection:
         connection = _newConnection(
             lambda quic: _Connection(self.reactor, quic, self._send, self._getHost, addr, self.log),
+            self.log,
             configuration=configuration,
             original_destination_connection_id=cid,
         )
@@ -1036,6 +985,7 @@ class _Client:
             lambda quic: _Connection(
                 reactor, quic, self._send, self.port.getHost, self.server, log
             ),
+            log,
             configuration=_clientConfiguration(mode, address.serverName, alpn),
         )
         self.connection.onEstablished = self._established
