@@ -43,10 +43,12 @@ from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IPushProducer,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -63,6 +65,12 @@ __all__ = [
 
 #: The most plaintext one TLS record carries; each C{SSLObject.read} returns one record.
 _RECORD = 16384
+
+#: Writes smaller than this (in bytes) that follow one another within L{_BURST} seconds are
+#: coalesced until the end of the reactor turn: one record and one send for a burst of small
+#: writes (datagrams), while a lone small write (a request, an echo) still goes out at once.
+_SMALL = 16384
+_BURST = 0.0001
 
 
 @frozen
@@ -135,6 +143,11 @@ class FastTLSProtocol(ProtocolWrapper):
     _producer: _Membrane | None = None
     _peerCertificate: x509.Certificate | None = None
     _certificate: x509.Certificate | None = None
+    #: Small writes waiting for the end of this reactor turn (L{None}: no burst going on).
+    _batch: list[bytes] | None = None
+    _batchSize = 0
+    _endOfTurn: IDelayedCall | None = None
+    _lastSmall = float("-inf")
 
     def __init__(self, factory: FastTLSFactory, wrappedProtocol: IProtocol) -> None:
         super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
@@ -242,6 +255,7 @@ class FastTLSProtocol(ProtocolWrapper):
         tls = self._tls
         if tls is None:
             return
+        self._sendBatch()
         try:
             tls.unwrap()
         except ssl.SSLError:
@@ -263,6 +277,7 @@ class FastTLSProtocol(ProtocolWrapper):
         if self._reason is None:
             self._reason = reason
         self._lost = True
+        self._dropBatch()
         self._flush()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -280,6 +295,7 @@ class FastTLSProtocol(ProtocolWrapper):
         self._reason = None
         self.connected = False
         self._pending = []
+        self._dropBatch()
         super().connectionLost(reason)
 
     # -- the wrapped protocol's transport --------------------------------------------------
@@ -301,6 +317,27 @@ class FastTLSProtocol(ProtocolWrapper):
             if self._producer is not None:
                 self._producer.pauseProducing()
             return
+        clock = self.factory.clock
+        if clock is not None and len(data) < _SMALL:
+            now = clock.seconds()
+            burst = now - self._lastSmall < _BURST
+            self._lastSmall = now
+            if self._batch is not None:
+                self._batch.append(data)
+                self._batchSize += len(data)
+                if self._batchSize >= _SMALL:
+                    self._sendBatch()
+                return
+            if burst:
+                self._batch = [data]
+                self._batchSize = len(data)
+                self._endOfTurn = clock.callLater(0, self._turnOver)
+                return
+        elif self._batch:
+            self._sendBatch()
+        self._encrypt(data)
+
+    def _encrypt(self, data: bytes) -> None:
         assert self._tls is not None
         try:
             self._tls.write(data)
@@ -308,6 +345,27 @@ class FastTLSProtocol(ProtocolWrapper):
             self._failed(Failure())
             return
         self._flush()
+
+    def _sendBatch(self) -> None:
+        """
+        Send the small writes of this turn so far, as one string (the burst goes on).
+        """
+        batch = self._batch
+        if batch and not self._lost:
+            self._batch = []
+            self._batchSize = 0
+            self._encrypt(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    def _turnOver(self) -> None:
+        self._endOfTurn = None
+        self._sendBatch()
+        self._batch = None
+
+    def _dropBatch(self) -> None:
+        if self._endOfTurn is not None and self._endOfTurn.active():
+            self._endOfTurn.cancel()
+        self._endOfTurn = None
+        self._batch = None
 
     def _unbuffer(self) -> None:
         pending, self._pending = self._pending, []
@@ -399,6 +457,8 @@ class FastTLSFactory(WrappingFactory):  # type: ignore[type-arg]
     TLS as configured by C{source}.
 
     @param sender: how ciphertext is written to a TCP transport (by default its C{write}).
+    @param clock: the reactor's clock, for coalescing bursts of small writes; without one,
+        every write is sent on its own.
     """
 
     protocol = FastTLSProtocol
@@ -410,11 +470,13 @@ class FastTLSFactory(WrappingFactory):  # type: ignore[type-arg]
         isClient: bool,
         wrappedFactory: IProtocolFactory,
         sender: Callable[[Any], Callable[[bytes], object]] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(wrappedFactory)
         self.source = source
         self.isClient = isClient
         self.sender = sender if sender is not None else _plainSender
+        self.clock = clock
 
     def logPrefix(self) -> str:
         wrapped = self.wrappedFactory
@@ -439,12 +501,14 @@ class FastTLSClientEndpoint:
         source: IStdlibTLS,
         endpoint: IStreamClientEndpoint,
         sender: Callable[[Any], Callable[[bytes], object]] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._source = source
         self._endpoint = endpoint
         self._sender = sender
+        self._clock = clock
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        factory = FastTLSFactory(self._source, True, protocolFactory, self._sender)
+        factory = FastTLSFactory(self._source, True, protocolFactory, self._sender, self._clock)
         connecting: Deferred[Any] = self._endpoint.connect(factory)
         return connecting.addCallback(lambda wrapper: wrapper.wrappedProtocol)

@@ -96,10 +96,12 @@ class Producer:
         self.events.append("stop")
 
 
-def tlsFactory(kind: str, creator: Any, isClient: bool, protocol: Protocol, clock: Clock) -> Any:
+def tlsFactory(
+    kind: str, creator: Any, isClient: bool, protocol: Protocol, clock: Clock, coalesce: bool
+) -> Any:
     wrapped = Factory.forProtocol(lambda: protocol)
     if kind == "fast":
-        return FastTLSFactory(creator, isClient, wrapped)
+        return FastTLSFactory(creator, isClient, wrapped, clock=clock if coalesce else None)
     return TLSMemoryBIOFactory(creator, isClient, wrapped, clock=clock)
 
 
@@ -117,16 +119,17 @@ class Ends:
         clientProtocol: Recorder | None = None,
         clientCreator: Any = None,
         greet: bool = True,
+        coalesce: bool = False,
     ) -> None:
         self.clock = Clock()
         self.server = serverProtocol if serverProtocol is not None else Recorder(echo=True)
         self.client = clientProtocol if clientProtocol is not None else Recorder(b"ping")
         serverFactory = tlsFactory(
-            server, CREDENTIALS.contextFactory(), False, self.server, self.clock
+            server, CREDENTIALS.contextFactory(), False, self.server, self.clock, coalesce
         )
         if clientCreator is None:
             clientCreator = clientContextFactory(1, "none")
-        clientFactory = tlsFactory(client, clientCreator, True, self.client, self.clock)
+        clientFactory = tlsFactory(client, clientCreator, True, self.client, self.clock, coalesce)
         self.clientTLS: Any
         self.serverTLS: Any
         self.clientTLS, self.serverTLS, self.pump = iosim.connectedServerAndClient(
@@ -200,6 +203,84 @@ class ExchangeTests(SynchronousTestCase):
         ends = Ends()
         ends.clientTLS.write(b"")
         self.assertEqual(ends.pump.clientIO.stream, [])
+
+
+class CoalescingTests(SynchronousTestCase):
+    """
+    With a clock, small writes in a burst (no time between them) go out as one string at
+    the end of the reactor turn; a lone one goes out at once.
+    """
+
+    def setUp(self) -> None:
+        self.ends = Ends(coalesce=True)
+        self.ends.server.echo = False
+        self.out = self.ends.pump.clientIO.stream
+
+    def test_loneWriteAtOnce(self) -> None:
+        self.ends.clock.advance(1)
+        self.ends.clientTLS.write(b"a")
+        self.assertEqual(len(self.out), 1)
+
+    def test_burst(self) -> None:
+        """
+        The first write goes at once; the nine after it in the same instant wait for the end
+        of the turn and then go as one record, in order.
+        """
+        self.ends.clock.advance(1)
+        for i in range(10):
+            self.ends.clientTLS.write(b"%d" % i)
+        self.assertEqual(len(self.out), 1)
+        self.ends.clock.advance(0)
+        self.assertEqual(len(self.out), 2)
+        self.assertEqual(len(self.out[1]), 5 + 9 + 17)
+        self.ends.pump.flush()
+        self.assertEqual(self.ends.server.received, b"ping0123456789")
+
+    def test_spacedWritesAtOnce(self) -> None:
+        for i in range(3):
+            self.ends.clock.advance(1)
+            self.ends.clientTLS.write(b"%d" % i)
+        self.assertEqual(len(self.out), 3)
+
+    def test_bigWriteKeepsOrder(self) -> None:
+        """
+        A large write sends the small ones waiting before it first.
+        """
+        self.ends.clock.advance(1)
+        self.ends.clientTLS.write(b"a")
+        self.ends.clientTLS.write(b"b")
+        big = b"B" * 20000
+        self.ends.clientTLS.write(big)
+        self.ends.clientTLS.write(b"c")
+        self.ends.pump.flush()
+        self.assertEqual(self.ends.server.received, b"pingab" + big + b"c")
+
+    def test_fullBatchGoesEarly(self) -> None:
+        """
+        A burst is sent as soon as it holds a record's worth.
+        """
+        self.ends.clock.advance(1)
+        self.ends.clientTLS.write(b"x")
+        for _ in range(4):
+            self.ends.clientTLS.write(b"y" * 4096)
+        self.assertEqual(len(self.out), 2)
+
+    def test_closeSendsTheBurstFirst(self) -> None:
+        self.ends.clock.advance(1)
+        self.ends.clientTLS.write(b"a")
+        self.ends.clientTLS.write(b"b")
+        self.ends.clientTLS.loseConnection()
+        self.ends.pump.flush()
+        self.assertEqual(self.ends.server.received, b"pingab")
+        assert self.ends.server.lost is not None
+        self.assertTrue(self.ends.server.lost.check(ConnectionDone))
+
+    def test_lossDropsTheBurst(self) -> None:
+        self.ends.clock.advance(1)
+        self.ends.clientTLS.write(b"a")
+        self.ends.clientTLS.write(b"b")
+        self.ends.clientTLS.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.ends.clock.getDelayedCalls(), [])
 
 
 class CertificateTests(SynchronousTestCase):

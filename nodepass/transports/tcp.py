@@ -67,7 +67,7 @@ class TCPTransport:
             from nodepass._compat.fasttls import sender
             from nodepass.fasttls import FastTLSFactory
 
-            return FastTLSFactory(tls, False, poolFactory, sender)
+            return FastTLSFactory(tls, False, poolFactory, sender, reactor)
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         return TLSMemoryBIOFactory(tls, False, poolFactory, clock=reactor)
@@ -88,7 +88,7 @@ class TCPTransport:
                 from nodepass._compat.fasttls import sender
                 from nodepass.fasttls import FastTLSClientEndpoint
 
-                endpoint = FastTLSClientEndpoint(tls, endpoint, sender)
+                endpoint = FastTLSClientEndpoint(tls, endpoint, sender, reactor)
             else:
                 from twisted.protocols.tls import TLSMemoryBIOFactory
 
