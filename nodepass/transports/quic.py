@@ -18,8 +18,11 @@ C{reactor.callLater} calls at C{get_timer()}.  This module stays import-light
 opened or a connection is made.
 
 The server side is not a TCP factory: C{serverFactory} returns a factory
-that refuses every TCP pool connection, and the tunnel server calls the
-extra method L{QuicTransport.listenPool} to serve the pool on UDP.
+that refuses every TCP pool connection, and the tunnel server calls
+L{QuicTransport.listenPool} (the transport provides
+L{IListeningPoolTransport}) to serve the pool on UDP.  Each stream is a
+L{Substream <nodepass.transports.substream.Substream>}, and the aioquic
+internals used here are reached through L{nodepass._compat.aioquic}.
 """
 
 from __future__ import annotations
