@@ -70,6 +70,10 @@ NEVER = (
     "http.client",
     "twisted.internet.ssl",
     "twisted.protocols.tls",
+    # The other pool transports: a type=0 lookup imports only the TCP one.
+    "nodepass.transports.quic",
+    "nodepass.transports.websocket",
+    "nodepass.transports.http2",
 )
 
 #: Also never imported by a single-end forwarder: it has no handshake and no pool.
@@ -78,9 +82,8 @@ NEVER_SINGLE = (*NEVER, "twisted.web", "email", "nodepass.transports", "nodepass
 #: Imported today for reasons outside the instance's own modules: (role, module) -> why.
 #: Each is an expected failure until the module named is changed.
 KNOWN: dict[tuple[str, str], str] = {
-    ("server", "ssl"): "nodepass/transports/quic.py imports ssl at module scope (plugin scan)",
     ("client", "ssl"): "twisted.web.client (the handshake's Agent) loads http.cookiejar, "
-    "urllib.request and http.client; and nodepass/transports/quic.py imports ssl",
+    "urllib.request and http.client",
     ("client", "http.client"): "twisted.web.client loads http.cookiejar and urllib.request",
 }
 for _name in ("OpenSSL", "cryptography", "asyncio", "twisted.internet.ssl"):
@@ -466,3 +469,91 @@ def test_placeholder() -> None:
         assert sys.modules["colorsys"] is real
         """
     )
+
+
+# Built-in transports by reference: a lookup imports only the transport asked for.
+
+
+def test_lookup_imports_only_the_transport_asked_for() -> None:
+    """
+    C{forType("0")} imports the TCP transport's module and no other built-in's;
+    C{available()} loads them all, and both give the same objects.
+    """
+    _python(
+        """
+        import sys
+        import nodepass.cli
+        from nodepass.transports import available, forType
+        tcp = forType("0")
+        others = [m for m in sys.modules if m.startswith("nodepass.transports.")
+                  and m not in ("nodepass.transports.interface", "nodepass.transports.tcp")]
+        assert not others, others
+        assert "ssl" not in sys.modules
+        table = available()
+        assert table["0"] is tcp and sorted(table) == ["0", "1", "2", "3"]
+        assert forType("2") is table["2"] and table["2"].name == "ws"
+        """
+    )
+
+
+class TestTransportReference:
+    def test_loads_what_it_names(self) -> None:
+        from nodepass.transports import TransportReference, forType
+        from nodepass.transports.tcp import tcp
+
+        reference = TransportReference("tcp", "0", "nodepass.transports.tcp:tcp")
+        assert reference.load() is tcp
+        assert forType("0", [reference]) is tcp
+
+    def test_found_twice_is_no_conflict(self) -> None:
+        """
+        A reference and the object it names (or two equal references) are one transport.
+        """
+        from nodepass.transports import TransportReference, available
+        from nodepass.transports.tcp import tcp
+
+        one = TransportReference("tcp", "0", "nodepass.transports.tcp:tcp")
+        two = TransportReference("tcp", "0", "nodepass.transports.tcp:tcp")
+        assert available([one, tcp, two]) == {"0": tcp}
+
+    def test_conflict_names_both(self) -> None:
+        """
+        Another plugin claiming a built-in's type code fails loudly, naming both.
+        """
+        from twisted.plugin import IPlugin
+        from zope.interface import implementer
+
+        from nodepass.transports import (
+            INodePassTransport,
+            TransportError,
+            TransportReference,
+            forType,
+        )
+
+        @implementer(IPlugin, INodePassTransport)
+        class Impostor:  # type: ignore[misc]
+            # Only what the lookup reads.
+            name = "tcp"
+            typeCode = "0"
+
+        reference = TransportReference("tcp", "0", "nodepass.transports.tcp:tcp")
+        with pytest.raises(TransportError) as caught:
+            forType("0", [reference, Impostor()])
+        assert "'tcp' (nodepass.transports.tcp.tcp)" in str(caught.value)
+        assert "Impostor" in str(caught.value)
+
+    def test_wrong_or_missing_target(self) -> None:
+        """
+        A reference to something else than it declares, or to nothing, is a
+        L{TransportError} naming it, raised when it is looked up.
+        """
+        from nodepass.transports import TransportError, TransportReference, forType
+
+        lying = TransportReference("tcp", "0", "nodepass.transports.websocket:ws")
+        with pytest.raises(TransportError, match="is not pool transport 'tcp'"):
+            forType("0", [lying])
+        gone = TransportReference("gone", "gone", "no_such_package.transport:gone")
+        with pytest.raises(TransportError, match="cannot be loaded"):
+            forType("gone", [gone])
+        with pytest.raises(TransportError, match="type=9; available: gone"):
+            forType("9", [gone])

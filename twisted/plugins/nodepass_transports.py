@@ -1,8 +1,10 @@
-# The built-in NodePass pool transports, found by twisted.plugin.getPlugins.
-# Kept import-light: each transport imports its heavy libraries only when used.
-from nodepass.transports.http2 import h2transport
-from nodepass.transports.quic import quic
-from nodepass.transports.tcp import tcp
-from nodepass.transports.websocket import ws
+# The built-in NodePass pool transports, found by twisted.plugin.getPlugins.  Each is named
+# by reference, so the scan imports none of them, and a lookup only the one asked for.
+from nodepass.transports import TransportReference
+
+tcp = TransportReference("tcp", "0", "nodepass.transports.tcp:tcp")
+quic = TransportReference("quic", "1", "nodepass.transports.quic:quic")
+ws = TransportReference("ws", "2", "nodepass.transports.websocket:ws")
+h2transport = TransportReference("h2", "3", "nodepass.transports.http2:h2transport")
 
 __all__ = ["h2transport", "quic", "tcp", "ws"]
