@@ -606,3 +606,42 @@ class DirectWriterTests(SynchronousTestCase):
         relay.join(local, remote)
         local.dataReceived(b"relayed")
         self.assertEqual(w.received(), b"relayed")
+
+    def test_switchOffUsesWrite(self) -> None:
+        from nodepass._compat import directwrite
+
+        w = wire(self)
+        self.patch(directwrite, "enabled", True)
+        directwrite.configure({"NP_DIRECT_WRITE": "0"})
+        self.assertFalse(directwrite.enabled)
+        self.assertEqual(directWriter(w.connection), w.connection.write)
+        directwrite.configure({})
+        self.assertTrue(directwrite.enabled)
+
+    def test_untestedTwistedUsesWriteAndLogsOnce(self) -> None:
+        from twisted.logger import capturedLogs
+
+        from nodepass._compat import directwrite
+
+        w = wire(self)
+        self.patch(directwrite, "twistedVersion", "99.0.0")
+        self.patch(directwrite, "_warned", False)
+        with capturedLogs() as events:
+            self.assertEqual(directWriter(w.connection), w.connection.write)
+            self.assertEqual(directWriter(w.connection), w.connection.write)
+        self.assertEqual(len(events), 1)
+
+    def test_pinPrivateFields(self) -> None:
+        from twisted.copyright import version
+
+        from nodepass._compat import directwrite
+
+        self.assertIn(int(version.split(".")[0]), directwrite.TESTED_TWISTED)
+        w = wire(self)
+        for name in directwrite.PRIVATE_FIELDS:
+            self.assertTrue(hasattr(w.connection, name), name)
+        # write() queues in _tempDataBuffer; writeSomeData sends and returns a count.
+        w.connection.write(b"queued")
+        self.assertEqual(w.connection._tempDataLen, 6)
+        self.assertEqual(w.connection.writeSomeData(b"now"), 3)
+        self.assertEqual(w.received(), b"now")

@@ -253,8 +253,8 @@ class _End:
         self.splice._flush(self.inbound)
 
     def connectionLost(self, reason: Failure) -> None:
-        # The reactor saw an error or hang-up (or is shutting down) and dropped us.
-        self.reading = self.writing = False
+        # The reactor saw an error or hang-up (or is shutting down) and dropped us
+        # (removing us again in the hand-back is harmless).
         self.splice._handBack(self, "lost", reason)
 
     # What the transport's shadowed methods do while spliced.

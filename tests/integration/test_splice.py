@@ -11,6 +11,8 @@ Every test runs twice: with zero-copy splicing (checked to be in use) and on the
 from __future__ import annotations
 
 import os
+import select
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -419,3 +421,66 @@ def test_noDescriptorLeaks(setup: Setup) -> None:
         (user if n % 2 else target).transport.loseConnection()  # type: ignore[union-attr]
         ended(setup, user, target)
     assert openFDs() == before
+
+
+# -- pins of the kernel behaviour the splicer relies on (real TCP on 127.0.0.1) ----------
+
+
+@pytest.fixture
+def tcpPair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    if splice.unsupported() is not None:
+        pytest.skip(splice.unsupported() or "")
+    listener = socket.create_server((LOOPBACK, 0))
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    server, _ = listener.accept()
+    listener.close()
+    server.setblocking(False)
+    try:
+        yield client, server
+    finally:
+        client.close()
+        server.close()
+
+
+def readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], 5)[0], "not readable within 5 s"
+
+
+def test_pinKernelSpliceFromTCP(tcpPair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = tcpPair
+    system = splice.System()
+    r, w = system.pipe()
+    try:
+        # Nothing to read: EAGAIN, not 0.
+        with pytest.raises(BlockingIOError):
+            system.splice(server.fileno(), w, splice.CHUNK)
+        client.sendall(b"spliced")
+        readable(server)
+        assert system.splice(server.fileno(), w, splice.CHUNK) == 7
+        assert os.read(r, 100) == b"spliced"
+        # End of input: 0.
+        client.shutdown(socket.SHUT_WR)
+        readable(server)
+        assert system.splice(server.fileno(), w, splice.CHUNK) == 0
+    finally:
+        system.close(r)
+        system.close(w)
+
+
+def test_pinKernelSpliceErrors(tcpPair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = tcpPair
+    system = splice.System()
+    r, w = system.pipe()
+    try:
+        # An empty pipe: EAGAIN.
+        with pytest.raises(BlockingIOError):
+            system.splice(r, server.fileno(), 100)
+        # A reset peer: an OSError other than EAGAIN, on reading and on writing.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        readable(server)
+        with pytest.raises(ConnectionResetError):
+            system.splice(server.fileno(), w, splice.CHUNK)
+    finally:
+        system.close(r)
+        system.close(w)
