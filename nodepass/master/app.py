@@ -66,6 +66,7 @@ from nodepass.master.requests import decodeBody
 from nodepass.master.store import StoreError
 from nodepass.master.sysinfo import goArch, goOS
 from nodepass.master.tcping import ProbeResult
+from nodepass.master.webhooks import Webhooks
 
 __all__ = [
     "MAX_BODY",
@@ -270,6 +271,7 @@ class MasterAPI:
         health: HealthChecks | None = None,
         metricsPublic: bool = False,
         now: Callable[[], float] | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.registry = registry
         self.hub = hub
@@ -284,6 +286,7 @@ class MasterAPI:
         self.metrics = metrics
         self.health = health
         self.metricsPublic = metricsPublic
+        self.webhooks = webhooks
         self._now = now if now is not None else info.monotonic
         self._assets: dict[str, bytes] = {}
         #: Set once the registry is loaded; protected routes answer 503 until then.
@@ -296,6 +299,8 @@ class MasterAPI:
             "/info": self._infoRoute,
             "/tcping": self._tcpingRoute,
         }
+        if webhooks is not None:
+            self._protected["/webhooks"] = self._webhooksRoute
         self._public: dict[str, _Handler] = {
             "/openapi.json": self._openapiRoute,
             "/docs": self._docsRoute,
@@ -334,7 +339,7 @@ class MasterAPI:
             self._observe(request, "other")
             return _notFound(request)
         route = path[len(self.apiPrefix) :]
-        self._observe(request, routeOf(route) if route != "/ready" else "other")
+        self._observe(request, self._routeLabel(route))
         handler = self._public.get(route)
         if handler is None and route != "/ready":
             handler = self._operations.get(route)
@@ -344,6 +349,8 @@ class MasterAPI:
             handler = self._protected.get(route)
         if handler is None and route.startswith("/instances/"):
             handler, argument = self._instance, route[len("/instances/") :]
+        if handler is None and self.webhooks is not None and route.startswith("/webhooks/"):
+            handler, argument = self._webhookHandler(route)
         if handler is None and route.startswith("/docs/static/"):
             name = route[len("/docs/static/") :]
             if name in DOCS_STATIC_FILES and self.staticDirectory is not None:
@@ -360,6 +367,33 @@ class MasterAPI:
             if rejection is not None:
                 return _error(request, 401, rejection)
         return self._run(request, handler, argument)
+
+    def _webhookHandler(self, route: str) -> tuple[_Handler | None, str]:
+        """
+        C{/webhooks/{id}} and C{/webhooks/{id}/deliveries} (an empty id is an unknown one);
+        any other path below C{/webhooks/} is not a route.
+        """
+        id, slash, rest = route[len("/webhooks/") :].partition("/")
+        if not slash:
+            return self._webhookRoute, id
+        if rest == "deliveries" and id:
+            return self._deliveriesRoute, id
+        return None, ""
+
+    def _routeLabel(self, route: str) -> str:
+        """
+        The metrics label of a path below C{P/v1}: L{routeOf}'s, or the webhook templates.
+        """
+        if route == "/ready":
+            return "other"
+        if self.webhooks is not None and route.startswith("/webhooks/"):
+            handler, _ = self._webhookHandler(route)
+            if handler is None:
+                return "other"
+            return "/webhooks/{id}" if route.count("/") == 2 else "/webhooks/{id}/deliveries"
+        if self.webhooks is not None and route == "/webhooks":
+            return route
+        return routeOf(route)
 
     def _run(self, request: IRequest, handler: _Handler, argument: str) -> Any:
         try:
@@ -530,6 +564,38 @@ class MasterAPI:
             raise _Handled(400, TARGET_REQUIRED)
         probing: Deferred[ProbeResult] = self.tcping.probe(target)
         return probing.addCallback(lambda value: _json(request, 200, value))
+
+    async def _webhooksRoute(self, request: IRequest, _: str) -> Any:
+        assert self.webhooks is not None
+        method = _method(request)
+        if method == "GET":
+            return _json(request, 200, self.webhooks.hooks())
+        if method == "POST":
+            body = _body(request)
+            return _json(request, 201, await self.webhooks.create(body))
+        raise _Handled(405, METHOD_NOT_ALLOWED)
+
+    async def _webhookRoute(self, request: IRequest, id: str) -> Any:
+        # Unknown id 404, then the method (as for instances, §4.1).
+        assert self.webhooks is not None
+        current = self.webhooks.get(id)
+        method = _method(request)
+        if method == "GET":
+            return _json(request, 200, current)
+        if method == "PATCH":
+            body = _body(request)
+            return _json(request, 200, await self.webhooks.patch(id, body))
+        if method == "DELETE":
+            await self.webhooks.delete(id)
+            return _empty(request, 204)
+        raise _Handled(405, METHOD_NOT_ALLOWED)
+
+    def _deliveriesRoute(self, request: IRequest, id: str) -> Any:
+        assert self.webhooks is not None
+        deliveries = self.webhooks.deliveries(id)
+        if _method(request) != "GET":
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        return _json(request, 200, deliveries)
 
     # -- public routes -------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ __all__ = [
     "KEY_REQUIRED",
     "MASTER_ALIAS_TOO_LONG",
     "MAX_VALUE_BYTES",
+    "MAX_WEBHOOK_SECRET_BYTES",
+    "MAX_WEBHOOK_URL_BYTES",
     "META_TOO_LARGE",
     "METHOD_NOT_ALLOWED",
     "NOT_FOUND",
@@ -35,6 +37,16 @@ __all__ = [
     "TAG_VALUE_TOO_LONG",
     "TARGET_REQUIRED",
     "URL_CONFLICT",
+    "WEBHOOK_EVENTS",
+    "WEBHOOK_EVENTS_INVALID",
+    "WEBHOOK_LIMIT",
+    "WEBHOOK_LIMIT_REACHED",
+    "WEBHOOK_NOT_FOUND",
+    "WEBHOOK_SECRET_INVALID",
+    "WEBHOOK_SECRET_TOO_LONG",
+    "WEBHOOK_URL_INVALID",
+    "WEBHOOK_URL_REQUIRED",
+    "WEBHOOK_URL_TOO_LONG",
     "Conflict",
     "Forbidden",
     "InvalidRequest",
@@ -44,6 +56,7 @@ __all__ = [
     "duplicateTag",
     "invalidAction",
     "peerFieldTooLong",
+    "unknownWebhookEvent",
 ]
 
 #: Longest alias, peer field, tag key or tag value, in UTF-8 bytes (§6.3, Go's maxValueLen).
@@ -79,6 +92,34 @@ META_TOO_LARGE: Final = "Meta size exceeds limit"
 TAG_KEY_TOO_LONG: Final = f"Meta tag key exceeds maximum length {MAX_VALUE_BYTES}"
 TAG_VALUE_TOO_LONG: Final = f"Meta tag value exceeds maximum length {MAX_VALUE_BYTES}"
 SHUTTING_DOWN: Final = "Master is shutting down"
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+
+#: The event kinds a webhook can ask for, in their canonical order.
+WEBHOOK_EVENTS: Final = ("create", "update", "delete", "status", "master")
+
+#: Most webhooks a master keeps (each has its own queue of at most 1,000 events).
+WEBHOOK_LIMIT: Final = 32
+
+#: Longest webhook URL and secret, in UTF-8 bytes.
+MAX_WEBHOOK_URL_BYTES: Final = 2048
+MAX_WEBHOOK_SECRET_BYTES: Final = 1024
+
+WEBHOOK_NOT_FOUND: Final = "Webhook not found"
+WEBHOOK_URL_REQUIRED: Final = "Webhook URL required"
+WEBHOOK_URL_INVALID: Final = "Invalid webhook URL: expected http:// or https:// and a host"
+WEBHOOK_URL_TOO_LONG: Final = f"Webhook URL exceeds maximum length {MAX_WEBHOOK_URL_BYTES}"
+WEBHOOK_EVENTS_INVALID: Final = "Webhook events must be a non-empty list of: " + ", ".join(
+    WEBHOOK_EVENTS
+)
+WEBHOOK_SECRET_INVALID: Final = "Webhook secret must be a string"
+WEBHOOK_SECRET_TOO_LONG: Final = f"Webhook secret exceeds maximum length {MAX_WEBHOOK_SECRET_BYTES}"
+WEBHOOK_LIMIT_REACHED: Final = f"Webhook limit reached ({WEBHOOK_LIMIT})"
+
+
+def unknownWebhookEvent(name: str) -> str:
+    return f"Unknown webhook event: {name}"
 
 
 def invalidAction(action: str) -> str:

@@ -310,6 +310,9 @@ class Registry:
     @param newKey: generates API keys.
     @param output: receives every child output line as C{<line> [<id>]} (Go writes them to
         the master's stdout, §9.2); by default they are logged at info level.
+    @param masterChanged: told, once the change is saved, that the master alias changed
+        (C{"alias"}) or the API key was regenerated (C{"key"}; never the key itself); the
+        master sends these to its webhooks.
     """
 
     def __init__(
@@ -326,8 +329,10 @@ class Registry:
         bootStartDelay: float = BOOT_START_DELAY,
         putRestartDelay: float = PUT_RESTART_DELAY,
         output: Callable[[str], None] | None = None,
+        masterChanged: Callable[[str], None] | None = None,
     ) -> None:
         self._clock = clock
+        self._masterChanged = masterChanged
         self._store = store
         self._hub = hub
         self._settings = settings
@@ -396,7 +401,10 @@ class Registry:
             if tooLong(alias):
                 raise InvalidRequest(MASTER_ALIAS_TOO_LONG)
             async with self._locked(self._masterLock):
+                before = self._master.alias
                 self._master = await self._store.setMaster(alias=alias)
+                if self._master.alias != before:
+                    self._announceMaster("alias")
 
         return Deferred.fromCoroutine(run())
 
@@ -667,6 +675,7 @@ class Registry:
             log.info("API Key regenerated")
             self._hub.publish("update", self._pseudoObject())
             self._hub.shutdown()
+            self._announceMaster("key")
             return self._pseudoObject(key)
 
     # -- PUT -----------------------------------------------------------------------------------
@@ -922,6 +931,14 @@ class Registry:
     @staticmethod
     async def _async(function: Callable[[], _T]) -> _T:
         return function()
+
+    def _announceMaster(self, action: str) -> None:
+        if self._masterChanged is None:
+            return
+        try:
+            self._masterChanged(action)
+        except Exception:
+            log.failure("Announcing the master change {action} failed", action=action)
 
     def _background(self, d: Deferred[None], what: str, id: str) -> None:
         d.addErrback(lambda f: log.failure("Instance {what} failed [{id}]", f, what=what, id=id))

@@ -10,20 +10,32 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit
 
+import attrs
 from attrs import frozen
 
 from nodepass.master.messages import (
     ALIAS_TOO_LONG,
     INVALID_BODY,
     MAX_VALUE_BYTES,
+    MAX_WEBHOOK_SECRET_BYTES,
+    MAX_WEBHOOK_URL_BYTES,
     META_TOO_LARGE,
     TAG_KEY_TOO_LONG,
     TAG_VALUE_TOO_LONG,
+    WEBHOOK_EVENTS,
+    WEBHOOK_EVENTS_INVALID,
+    WEBHOOK_SECRET_INVALID,
+    WEBHOOK_SECRET_TOO_LONG,
+    WEBHOOK_URL_INVALID,
+    WEBHOOK_URL_REQUIRED,
+    WEBHOOK_URL_TOO_LONG,
     InvalidRequest,
     duplicateTag,
     invalidAction,
     peerFieldTooLong,
+    unknownWebhookEvent,
 )
 
 __all__ = [
@@ -31,6 +43,7 @@ __all__ = [
     "MAX_META_BYTES",
     "MAX_TAGS",
     "Patch",
+    "WebhookRequest",
     "bodyField",
     "decodeBody",
     "mergedMeta",
@@ -39,6 +52,8 @@ __all__ = [
     "urlOf",
     "validateMeta",
     "validatePatch",
+    "validateWebhook",
+    "webhookURLProblem",
 ]
 
 #: Most tags one instance may carry (§6.3 SHOULD; keeps every SSE event below 64 KiB).
@@ -210,3 +225,100 @@ def mergedMeta(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
     peer = patch["peer"] if patch["peer"] is not None else dict(current["peer"])
     tags = patch["tags"] if patch["tags"] is not None else dict(current["tags"])
     return {"peer": peer, "tags": tags}
+
+
+# -- webhooks (P/webhooks) ---------------------------------------------------------------------
+
+
+@frozen
+class WebhookRequest:
+    """
+    A validated webhook body (C{POST} or C{PATCH P/webhooks...}); C{None} means "not given".
+
+    @ivar events: the kinds asked for, without repeats, in the canonical order of
+        L{nodepass.master.messages.WEBHOOK_EVENTS}.
+    @ivar secret: the HMAC key as given; C{""} asks for unsigned deliveries.
+    """
+
+    url: str | None
+    events: tuple[str, ...] | None
+    secret: str | None = attrs.field(repr=False)
+
+
+def webhookURLProblem(url: str) -> str | None:
+    """
+    Why C{url} cannot receive webhooks (one of the exact texts), or C{None} if it can: an
+    C{http} or C{https} URL with a host, a valid port if any, and no spaces or control
+    characters.
+    """
+    try:
+        size = len(url.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate
+        return WEBHOOK_URL_INVALID
+    if size > MAX_WEBHOOK_URL_BYTES:
+        return WEBHOOK_URL_TOO_LONG
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return WEBHOOK_URL_INVALID
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        return WEBHOOK_URL_INVALID
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return WEBHOOK_URL_INVALID
+    return None
+
+
+def _webhookEvents(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(WEBHOOK_EVENTS_INVALID)
+    for item in value:
+        if not isinstance(item, str):
+            raise InvalidRequest(WEBHOOK_EVENTS_INVALID)
+        if item not in WEBHOOK_EVENTS:
+            raise InvalidRequest(unknownWebhookEvent(item[:64]))
+    return tuple(kind for kind in WEBHOOK_EVENTS if kind in value)
+
+
+def validateWebhook(body: object, creating: bool) -> WebhookRequest:
+    """
+    Check a webhook body without changing anything.  Fields are matched ignoring case (as
+    everywhere in this API); other fields are ignored.
+
+    @param creating: C{POST}: C{url} and C{events} are required.  Otherwise (C{PATCH}) every
+        field is optional and a null one is "not given".
+    @raise InvalidRequest: the body is not an object, or a field is wrong (the first
+        problem, in the order url, events, secret).
+    """
+    body = requireObject(body)
+    _, url = bodyField(body, "url")
+    _, events = bodyField(body, "events")
+    _, secret = bodyField(body, "secret")
+    if url is None or url == "":
+        if creating:
+            raise InvalidRequest(WEBHOOK_URL_REQUIRED)
+        url = None
+    elif not isinstance(url, str):
+        raise InvalidRequest(WEBHOOK_URL_INVALID)
+    else:
+        problem = webhookURLProblem(url)
+        if problem is not None:
+            raise InvalidRequest(problem)
+    if events is None:
+        if creating:
+            raise InvalidRequest(WEBHOOK_EVENTS_INVALID)
+        kinds = None
+    else:
+        kinds = _webhookEvents(events)
+    if secret is not None:
+        if not isinstance(secret, str):
+            raise InvalidRequest(WEBHOOK_SECRET_INVALID)
+        try:
+            size = len(secret.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: no bytes to sign with
+            raise InvalidRequest(WEBHOOK_SECRET_INVALID) from None
+        if size > MAX_WEBHOOK_SECRET_BYTES:
+            raise InvalidRequest(WEBHOOK_SECRET_TOO_LONG)
+    elif creating:
+        secret = ""
+    return WebhookRequest(url=url, events=kinds, secret=secret)

@@ -2,6 +2,8 @@
 
 An instance object has exactly the fields of §6.1, in that order, and never a null; the
 C{********} pseudo-instance is one of them with empty C{type} and C{status}.
+
+A webhook object never carries its secret (only whether there is one, C{signed}).
 """
 
 from __future__ import annotations
@@ -9,9 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nodepass.master.store import PSEUDO_ID, defaultMeta
+from nodepass.master.events import formatTime
+from nodepass.master.store import PSEUDO_ID, StoredWebhook, defaultMeta
 
-__all__ = ["InstanceObject", "instanceObject", "pseudoObject"]
+__all__ = [
+    "InstanceObject",
+    "deliveryObject",
+    "instanceObject",
+    "pseudoObject",
+    "webhookEvent",
+    "webhookObject",
+]
 
 #: An instance object as the API shows it (§6.1).
 InstanceObject = dict[str, Any]
@@ -72,3 +82,61 @@ def pseudoObject(alias: str, masterID: str, key: str = "") -> dict[str, Any]:
     or C{""}).
     """
     return instanceObject(PSEUDO_ID, alias, "", "", key, masterID, False, None)
+
+
+def webhookObject(hook: StoredWebhook, queued: int = 0, dropped: int = 0) -> dict[str, Any]:
+    """
+    A webhook as the API shows it: C{id}, C{url}, C{events}, C{created} (RFC 3339),
+    C{signed} (whether deliveries carry a signature), C{queued} (events waiting) and
+    C{dropped} (events lost to a full queue since the master started).  Never the secret.
+    """
+    return {
+        "id": hook.id,
+        "url": hook.url,
+        "events": list(hook.events),
+        "created": formatTime(hook.created),
+        "signed": bool(hook.secret),
+        "queued": queued,
+        "dropped": dropped,
+    }
+
+
+def deliveryObject(
+    event: str,
+    time: float,
+    attempt: int,
+    status: int | None,
+    error: str | None,
+    duration: float,
+) -> dict[str, Any]:
+    """
+    One delivery attempt: the event kind, when the attempt began (RFC 3339), its number
+    (1 for the first try), the receiver's HTTP status (null when none came back), why it
+    failed (null on success) and how long it took, in seconds.
+    """
+    return {
+        "event": event,
+        "time": formatTime(time),
+        "attempt": attempt,
+        "status": status,
+        "error": error,
+        "duration": round(duration, 6),
+    }
+
+
+def webhookEvent(
+    event: str,
+    time: float,
+    instance: Mapping[str, Any] | None = None,
+    master: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    The JSON a webhook receives: C{event} and C{time}, then C{instance} (an instance object,
+    never the pseudo-instance) or C{master} (C{id}, C{alias}, C{action}).
+    """
+    value: dict[str, Any] = {"event": event, "time": formatTime(time)}
+    if instance is not None:
+        value["instance"] = dict(instance)
+    if master is not None:
+        value["master"] = dict(master)
+    return value
