@@ -45,6 +45,7 @@ from nodepass.master.store import Store, StoreError
 from nodepass.master.supervisor import IInstanceRunner, ProcessRunner, Supervisor
 from nodepass.master.sysinfo import CpuSampler, collect
 from nodepass.master.tcping import TCPing
+from nodepass.master.webhooks import HubTee, Webhooks, treqPoster
 from nodepass.settings import Settings
 from nodepass.url import Config
 
@@ -81,6 +82,9 @@ HOSTS_VARIABLE: Final = "NP_INSTANCE_HOSTS"
 
 #: Idle time after which an API connection is closed (SSE streams excepted, §17 a6).
 CONNECTION_TIMEOUT: Final = 60.0
+
+#: Most seconds of the shutdown spent delivering the last webhook events.
+WEBHOOK_DRAIN: Final = 2.0
 
 
 def _read(path: str) -> bytes:
@@ -280,6 +284,9 @@ class MasterService(MultiService):
         self.masterSettings = _masterSettings(config)
         self.store = Store(self.directory, reactor)
         self.hub = EventHub(reactor, lambda: self.registry.snapshot())
+        from nodepass import __version__
+
+        self.webhooks = Webhooks(reactor, self.store, treqPoster(reactor), __version__)
         #: A setting that makes the start fail (reported by L{privilegedStartService}).
         self._settingError: str | None = None
         self.hosts: Any = None
@@ -289,9 +296,11 @@ class MasterService(MultiService):
             reactor,
             self.store,
             lambda observer: Supervisor(reactor, observer, self.environ, settings, runner=runner),
-            self.hub,
+            # The SSE hub gets what it always got; the webhooks get the same events.
+            HubTee(self.hub, self.webhooks),
             self.masterSettings,
             output=self._writeLine,
+            masterChanged=self._masterChanged,
         )
         sampler = CpuSampler()
         try:
@@ -299,8 +308,6 @@ class MasterService(MultiService):
         except ValueError as e:
             self._settingError = str(e)
             cors = CorsPolicy(())
-        from nodepass import __version__
-
         hosts = self.hosts
         self.api = MasterAPI(
             self.registry,
@@ -326,6 +333,7 @@ class MasterService(MultiService):
                 lambda: self.registry.closing or self._stopping is not None,
             ),
             metricsPublic=metricsPublic(environ),
+            webhooks=self.webhooks,
         )
         _StoreService(self.store).setServiceParent(self)
         if self.hosts is not None:
@@ -362,6 +370,12 @@ class MasterService(MultiService):
         self.hosts = HostPool(self.reactor, self.environ, self.settings, count)
         runner: IInstanceRunner = self.hosts.runner
         return runner
+
+    def _masterChanged(self, action: str) -> None:
+        """
+        Tell the webhooks about the master: C{start}, C{shutdown}, C{alias}, C{key}.
+        """
+        self.webhooks.masterEvent(action, self.registry.masterID, self.registry.masterAlias)
 
     def _writeLine(self, line: str) -> None:
         out = self.out if self.out is not None else sys.stdout
@@ -439,7 +453,11 @@ class MasterService(MultiService):
                 count=result.instances,
                 path=self.store.path,
             )
+            hooks = await self.webhooks.load()
+            if hooks:
+                log.info("Loaded {count} webhooks", count=hooks)
             self.api.ready = True
+            self._masterChanged("start")
             self._startPeriodic()
             starting = self.registry.autoStart()
             starting.addErrback(lambda f: log.failure("Auto-start failed", f))
@@ -499,6 +517,8 @@ class MasterService(MultiService):
         started = self.reactor.seconds()
         self.timers.stopService()
         self.api.ready = False
+        if self.ready.called:
+            self._masterChanged("shutdown")
         # The streams hear about it first, and get a reactor turn to send it, before a
         # hundred instances start exiting at once.
         self.hub.shutdown()
@@ -509,6 +529,11 @@ class MasterService(MultiService):
             # database close.
             remaining = budget - (self.reactor.seconds() - started) - SHUTDOWN_RESERVE
             await self.registry.shutdown(timeout=max(0.5, remaining))
+            # The last events (the instances' stops, the shutdown) get what is left of the
+            # reserve, at most WEBHOOK_DRAIN seconds; the rest are cancelled.
+            remaining = budget - (self.reactor.seconds() - started) - SHUTDOWN_RESERVE / 2
+            await self.webhooks.whenIdle(max(0.0, min(WEBHOOK_DRAIN, remaining)))
+        self.webhooks.stop()
         if self.hosts is not None:
             await self.hosts.stopService()
         await self.getServiceNamed("store").stopService()
