@@ -11,12 +11,16 @@ behind the TCP transport's buffer, whose size pauses and resumes the relay's pro
 chunk.  Here a write is one C{SSLObject.write} call, whatever its size, and one read of the
 outgoing BIO; a received chunk becomes one delivered string however many records it holds;
 ciphertext goes straight to the socket when nothing is queued ahead of it
-(L{nodepass._compat.fasttls.sender}).  The wire is the same TLS 1.3 (same certificates, same
-checks), so either end may run either implementation, and the Go reference is a peer as before.
+(L{nodepass._compat.fasttls.sender}).  A lone small write (a request, an echo) goes out at
+once, where Twisted's layer waits for the next reactor turn; small writes that follow one
+another within L{_BURST} (datagrams read in one turn) are sent together at the end of the
+turn, as one record.  The wire is the same TLS 1.3 (same certificates, same checks), so either
+end may run either implementation, and the Go reference is a peer as before.
 
 What stays as in Twisted's layer, on purpose:
   - the transport's interfaces are copied onto the protocol and unknown attributes pass down to
-    the TCP transport (so C{loseWriteConnection} shuts the socket under TLS, as before);
+    the TCP transport (so C{loseWriteConnection} shuts the socket under TLS, as before, once
+    any coalesced small writes are out);
   - writes made before the handshake completes are kept and sent after it, pausing a registered
     producer meanwhile;
   - C{loseConnection} sends a close_notify once buffered writes are out and no producer is
@@ -386,6 +390,14 @@ class FastTLSProtocol(ProtocolWrapper):
         self.disconnecting = True
         if not self._pending and self._producer is None:
             self._shutdownTLS()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Shut the TCP connection's sending side (under TLS, as Twisted's layer does), after
+        any small writes still waiting for the end of the turn.
+        """
+        self._sendBatch()
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
 
     def abortConnection(self) -> None:
         self._aborted = True

@@ -275,6 +275,19 @@ class CoalescingTests(SynchronousTestCase):
         assert self.ends.server.lost is not None
         self.assertTrue(self.ends.server.lost.check(ConnectionDone))
 
+    def test_halfCloseSendsTheBurstFirst(self) -> None:
+        """
+        C{loseWriteConnection} shuts the TCP connection under TLS, after the waiting writes.
+        """
+        self.ends.clock.advance(1)
+        self.ends.clientTLS.write(b"a")
+        self.ends.clientTLS.write(b"b")
+        closed: list[int] = []
+        io = self.ends.pump.clientIO
+        io.loseWriteConnection = lambda: closed.append(len(io.stream))
+        self.ends.clientTLS.loseWriteConnection()
+        self.assertEqual(closed, [2])
+
     def test_lossDropsTheBurst(self) -> None:
         self.ends.clock.advance(1)
         self.ends.clientTLS.write(b"a")
