@@ -16,6 +16,11 @@ Modes (the C{tls} URL parameter):
 Every endpoint requires TLS 1.3.  No work here happens per connection beyond creating the
 OpenSSL connection object: keys are generated at start-up, each certificate/key pair gets its
 OpenSSL context once, and the reload check is a clock comparison until the interval is over.
+
+Creators without ALPN (and in mode 2 with the platform's trust or one CA certificate) also
+provide L{IStdlibTLS <nodepass.fasttls.IStdlibTLS>}: the same certificate, key, chain and
+checks as a context of the standard library's C{ssl} module, made once on first use, which
+the TCP pool transport runs its connections over (L{nodepass.fasttls}).
 """
 
 from __future__ import annotations
