@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
-from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
@@ -58,6 +57,9 @@ from twisted.internet.interfaces import (
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "FastTLSClientEndpoint",
@@ -440,7 +442,9 @@ class FastTLSProtocol(ProtocolWrapper):
             except ValueError:
                 return None
             if der:
-                self._peerCertificate = x509.load_der_x509_certificate(der)
+                from cryptography.x509 import load_der_x509_certificate
+
+                self._peerCertificate = load_der_x509_certificate(der)
         return self._peerCertificate
 
     def getHostCertificate(self) -> x509.Certificate | None:
