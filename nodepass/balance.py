@@ -131,7 +131,8 @@ class _Handoff(Protocol):
             transport.protocol = wrapped  # type: ignore[attr-defined]
         self.transport = transport
         wrapped.makeConnection(transport)
-        self._onConnected()
+        onConnected, self._onConnected = self._onConnected, _nothing
+        onConnected()
 
     def dataReceived(self, data: bytes) -> None:
         self._wrapped.dataReceived(data)
@@ -146,11 +147,19 @@ class _Handoff(Protocol):
         self._wrapped.connectionLost(reason)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _OneShotFactory(ClientFactory):
     """
     The factory of one connection attempt.  Unlike C{connectProtocol} with
     an endpoint, it defines no class per call, logs no "Starting factory"
     events, and adds no wrapping protocol to the data path.
+
+    The connector keeps its factory for as long as the connection lives, so once the
+    attempt is decided (the connection made, or failed) the factory lets go of the
+    protocol and the callbacks, and with them the dial's state.
     """
 
     noisy = False
@@ -161,15 +170,25 @@ class _OneShotFactory(ClientFactory):
         onConnected: Callable[[], None],
         onFailed: Callable[[Failure], None],
     ) -> None:
-        self._protocol = protocol
-        self._onConnected = onConnected
-        self._onFailed = onFailed
+        self._protocol: IProtocol | None = protocol
+        self._onConnected: Callable[[], None] | None = onConnected
+        self._onFailed: Callable[[Failure], None] | None = onFailed
 
-    def buildProtocol(self, addr: object) -> _Handoff:
-        return _Handoff(self._protocol, self._onConnected)
+    def _release(self) -> None:
+        self._protocol = self._onConnected = self._onFailed = None
+
+    def buildProtocol(self, addr: object) -> _Handoff | None:
+        protocol, onConnected = self._protocol, self._onConnected
+        self._release()
+        if protocol is None or onConnected is None:
+            return None  # a second connection from one attempt: refused
+        return _Handoff(protocol, onConnected)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        self._onFailed(reason)
+        onFailed = self._onFailed
+        self._release()
+        if onFailed is not None:
+            onFailed(reason)
 
 
 def connectTCP(

@@ -258,3 +258,40 @@ def test_standaloneReadsSettingsFromTheEnvironment() -> None:
         io.StringIO(),
     )
     assert root.settings.reportInterval == 2.0
+
+
+def test_liveTargetConnectionKeepsNoDialState() -> None:
+    """
+    The connector keeps its factory for the whole life of a target connection: once the
+    dial has connected, that factory no longer holds the dial (its Deferred, its target
+    order), only what Twisted needs.  What a thousand idle connections cost depends on it.
+    """
+    import gc
+    import weakref
+
+    from twisted.internet.defer import succeed
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from nodepass.balance import ROUND_ROBIN, TargetDialer, Targets
+    from nodepass.resolve import Resolver
+    from nodepass.url import parseHostPort
+
+    reactor = MemoryReactorClock()
+    resolver = Resolver(reactor, 0, lambda host: succeed("127.0.0.1"))
+    targets = Targets([parseHostPort("127.0.0.1:9")], ROUND_ROBIN, reactor)
+    dialer = TargetDialer(reactor, targets, resolver, 5.0)
+    protocol = Protocol()
+    dialing = dialer.connectDeferred(protocol)
+    results: list[Any] = []
+    dialing.addCallback(results.append)
+    factory = reactor.tcpClients[0][2]
+    handoff = factory.buildProtocol(None)
+    assert handoff is not None
+    handoff.makeConnection(StringTransport())
+    assert results == [(protocol, 0)] and protocol.transport is not None
+    gone = weakref.ref(dialing)
+    del dialing, handoff
+    gc.collect()
+    assert gone() is None
+    assert factory.buildProtocol(None) is None
