@@ -866,3 +866,25 @@ class VerifyLateMismatchTests(SynchronousTestCase):
         h.add("aaaaaaaa")
         self.assertEqual(len(failures), 1)
         self.assertIn("fingerprint mismatch", failures[0].getErrorMessage())
+
+
+class EntryUserTuningTests(SynchronousTestCase):
+    def test_userConnectionGetsNagleOff(self) -> None:
+        """
+        The entry side's user connections are relayed without delaying small segments, as
+        single-end's are (Go sets TCP_NODELAY on every TCP connection).
+        """
+
+        class NoDelay(StringTransportWithDisconnection):
+            noDelay = False
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.noDelay = enabled
+
+        h = Harness(ids=("1a2b3c4d",), entry=True)
+        h.start()
+        protocol = _UserFactory(h.session).buildProtocol(None)
+        transport = NoDelay(peerAddress=IPv4Address("TCP", "127.0.0.1", 54321))
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.noDelay)

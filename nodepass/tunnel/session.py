@@ -31,7 +31,7 @@ from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
 from nodepass.tunnel.admit import AdmittedUser, hostPort
 from nodepass.tunnel.control import ControlChannel, Signal
-from nodepass.tunnel.exchange import ExchangeError, Exchanges
+from nodepass.tunnel.exchange import ExchangeError, Exchanges, tune
 from nodepass.tunnel.pool import Pool, PoolConnection
 from nodepass.tunnel.udp import (
     DatagramCodec,
@@ -121,6 +121,7 @@ class _User(AdmittedUser):
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.admit():
+            tune(self.transport)
             self.screen()
 
     def proceed(self) -> None:
@@ -136,12 +137,16 @@ class _User(AdmittedUser):
         if self.closed or session.stopped:
             conn.close()
             return
-        session.control.send(Signal("tcp", remote=self.peerText, id=conn.ident))
-        session.log.debug(
-            "TCP launch signal: cid {id} -> {peer}", id=conn.ident, peer=self.peerText
-        )
-        poolPeer: Any = conn.transport.getPeer()  # type: ignore[union-attr]
-        session.log.info("Starting exchange: {a} <-> {b}", a=self.peerText, b=hostPort(poolPeer))
+        peerText = self.peerText
+        session.control.send(Signal("tcp", remote=peerText, id=conn.ident))
+        exchanges = session.exchanges
+        if exchanges.logDebug:
+            session.log.debug("TCP launch signal: cid {id} -> {peer}", id=conn.ident, peer=peerText)
+        if exchanges.logInfo:
+            poolPeer: Any = conn.transport.getPeer()  # type: ignore[union-attr]
+            session.log.info(
+                "Starting exchange: {peer} <-> {target}", peer=peerText, target=hostPort(poolPeer)
+            )
         session.relay(self, conn)
         self.gate.resume("connect")
 
