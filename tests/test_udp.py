@@ -58,6 +58,33 @@ class Replies:
         return self.delay
 
 
+class CodecTests(SynchronousTestCase):
+    """
+    More of the codec is tested (with hypothesis) in tests/test_session.py.
+    """
+
+    def test_framedByteByByte(self) -> None:
+        encoder, decoder = DatagramCodec(True), DatagramCodec(True)
+        stream = b"".join(encoder.encode(d) for d in (b"", b"a", b"x" * 300))
+        out: list[bytes] = []
+        for offset in range(len(stream)):
+            out.extend(decoder.decode(stream[offset : offset + 1]))
+        self.assertEqual(out, [b"", b"a", b"x" * 300])
+
+    def test_largestDatagram(self) -> None:
+        codec = DatagramCodec(True)
+        datagram = b"y" * 65535
+        encoded = codec.encode(datagram)
+        self.assertEqual(encoded[:2], b"\xff\xff")
+        self.assertEqual(codec.decode(encoded[:40000]), [])
+        self.assertEqual(codec.decode(encoded[40000:]), [datagram])
+
+    def test_unframedIsOneDatagramPerRead(self) -> None:
+        codec = DatagramCodec(False)
+        self.assertEqual(codec.encode(b"abc"), b"abc")
+        self.assertEqual(codec.decode(b"\x00\x03abc"), [b"\x00\x03abc"])
+
+
 class FlowsTests(SynchronousTestCase):
     def test_admitTakesASlotUntilTheFlowEnds(self) -> None:
         table = flows(limit=1)
