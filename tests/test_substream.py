@@ -112,7 +112,7 @@ class Buffered(Substream):
 
     def sent(self, count: int) -> None:
         del self.buffer[:count]
-        self.checkWatermarks()
+        self.drained()
 
 
 class TransportTests(SynchronousTestCase):
@@ -271,9 +271,11 @@ class PullProducerTests(SynchronousTestCase):
         self.assertEqual(stream.pending(), LOW_WATER + len(chunk))
         self.assertEqual(len(producer.calls), stream.pending() // len(chunk))
         self.assertEqual(stream.clock.getDelayedCalls(), [])
+        # The last write left it above LOW_WATER: held until the stream drains.
+        self.assertTrue(stream.producerPaused)
         asked = len(producer.calls)
         stream.sent(stream.pending())
-        self.assertEqual(len(producer.calls), asked)
+        self.assertEqual(len(producer.calls), asked + 1)
         stream.clock.advance(0)
         self.assertEqual(len(producer.calls), 2 * asked)
 
@@ -289,6 +291,23 @@ class PullProducerTests(SynchronousTestCase):
         self.assertTrue(stream.producerPaused)
         stream.sent(stream.pending() - LOW_WATER)
         self.assertEqual(producer.calls, ["resume", "resume"])
+
+    def test_heldAboveLow(self) -> None:
+        """
+        A pull producer whose write leaves more than L{LOW_WATER} pending is held (the
+        carrier hears of it) until the stream drains back to L{LOW_WATER}.
+        """
+        stream = Buffered()
+        producer = Producer(stream, b"x" * (LOW_WATER + 1))
+        stream.registerProducer(producer, False)
+        stream.clock.advance(0)
+        self.assertEqual(producer.calls, ["resume"])
+        self.assertTrue(stream.producerPaused)
+        self.assertEqual(stream.blocked, [True])
+        stream.sent(1)
+        self.assertEqual(producer.calls, ["resume", "resume"])
+        # Asked again, it wrote as much again: held again.
+        self.assertEqual(stream.blocked, [True, False, True])
 
     def test_unregisterCancelsTheAsk(self) -> None:
         stream = Buffered()

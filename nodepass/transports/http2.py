@@ -187,12 +187,6 @@ class StreamTransport(Substream):
         self.outgoing.clear()
         self.connection.forget(self)
 
-    def drained(self) -> None:
-        """
-        Some of C{outgoing} was sent: let the producer go on if it is low.
-        """
-        self.checkWatermarks()
-
     # -- IPushProducer: hold received data, unacknowledged ------------------
 
     def pauseProducing(self) -> None:

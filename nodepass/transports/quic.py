@@ -448,7 +448,7 @@ class _Connection:
             return
         self._armTimer()
         for stream in list(self.blocked):
-            stream.checkWatermarks()
+            stream.drained()
 
     def _armTimer(self) -> None:
         when = self.quic.get_timer()

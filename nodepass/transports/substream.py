@@ -15,8 +15,8 @@ What the base decides, once for all three:
   L{HIGH_WATER} bytes written to it are still pending (L{Substream.pending}:
   waiting for the peer's window on HTTP/2, unacknowledged on QUIC) and
   resumed once they fall to L{LOW_WATER} or less.  A pull producer
-  (C{streaming=False}) is asked for more at registration, then on the next
-  reactor turn after the stream is at or below L{LOW_WATER} (never from
+  (C{streaming=False}) is asked for more at registration, then on a later
+  reactor turn whenever the stream is at or below L{LOW_WATER} (never from
   inside C{write}, so it cannot recurse).
 * B{No half-close.}  C{loseWriteConnection} closes the whole stream (none
   of the three carriers ends one direction of a pool stream alone).
@@ -157,7 +157,8 @@ class Substream:
         if not data or self.disconnecting:
             return
         self.send(data)
-        self.checkWatermarks()
+        if self.producer is not None:
+            self._grew()
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
@@ -224,24 +225,54 @@ class Substream:
     def checkWatermarks(self) -> None:
         """
         Pause the producer above L{HIGH_WATER}, resume it at L{LOW_WATER} or
-        below; call whenever L{pending} may have changed.
+        below: for when L{pending} may have gone either way.
+        """
+        if self.producer is None or self.closed:
+            return
+        if self._producerPaused:
+            self.drained()
+        else:
+            self._grew()
+
+    def drained(self) -> None:
+        """
+        Some of what was pending went out: resume the producer once it is at
+        L{LOW_WATER} or below (a pull producer: ask it for more soon).
         """
         producer = self.producer
         if producer is None or self.closed:
             return
+        if self._producerPaused:
+            if self.pending() <= LOW_WATER:
+                self._producerPaused = False
+                self.writeBlocked(False)
+                producer.resumeProducing()
+        elif not self._streaming and self.pending() <= LOW_WATER:
+            self._askSoon()
+
+    def _grew(self) -> None:
+        """
+        More is pending: pause a streaming producer above L{HIGH_WATER}; ask
+        a pull producer for more soon while at L{LOW_WATER} or below, else
+        hold it until L{drained}.
+        """
+        if self._producerPaused:
+            return
         pending = self.pending()
-        if not self._producerPaused and pending > HIGH_WATER:
+        if self._streaming:
+            if pending > HIGH_WATER:
+                self._producerPaused = True
+                self.writeBlocked(True)
+                self.producer.pauseProducing()
+        elif pending <= LOW_WATER:
+            self._askSoon()
+        else:
             self._producerPaused = True
             self.writeBlocked(True)
-            if self._streaming:
-                producer.pauseProducing()
-        elif self._producerPaused and pending <= LOW_WATER:
-            self._producerPaused = False
-            self.writeBlocked(False)
-            producer.resumeProducing()
-        elif not self._streaming and not self._producerPaused and pending <= LOW_WATER:
-            if self._askCall is None:
-                self._askCall = self.clock.callLater(0, self._ask)
+
+    def _askSoon(self) -> None:
+        if self._askCall is None:
+            self._askCall = self.clock.callLater(0, self._ask)
 
     def _ask(self) -> None:
         """
@@ -263,8 +294,9 @@ class Substream:
     @property
     def producerPaused(self) -> bool:
         """
-        Whether the watermarks hold the producer (above L{HIGH_WATER}, not yet
-        back to L{LOW_WATER}).
+        Whether the watermarks hold the producer until the stream is back to
+        L{LOW_WATER}: a streaming one went above L{HIGH_WATER}, a pull one
+        above L{LOW_WATER}.
         """
         return self._producerPaused
 
