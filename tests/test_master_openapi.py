@@ -34,6 +34,9 @@ ROUTES = {
     "/metrics": {"get"},
     "/health": {"get"},
     "/ready": {"get"},
+    "/webhooks": {"get", "post"},
+    "/webhooks/{id}": {"get", "patch", "delete"},
+    "/webhooks/{id}/deliveries": {"get"},
 }
 PUBLIC = {"/openapi.json", "/docs", "/health", "/ready"}
 #: Public in dispatch, but checking the key (or a bearer token) itself.
@@ -97,6 +100,12 @@ STATUSES = {
     ("/metrics", "get"): {"200", "401", "408"},
     ("/health", "get"): {"200", "408", "503"},
     ("/ready", "get"): {"200", "408", "503"},
+    ("/webhooks", "get"): {"200", "401"} | _PROTECTED,
+    ("/webhooks", "post"): {"201", "400", "401", "409", "413"} | _PROTECTED,
+    ("/webhooks/{id}", "get"): {"200", "401", "404"} | _PROTECTED,
+    ("/webhooks/{id}", "patch"): {"200", "400", "401", "404", "413"} | _PROTECTED,
+    ("/webhooks/{id}", "delete"): {"204", "401", "404"} | _PROTECTED,
+    ("/webhooks/{id}/deliveries", "get"): {"200", "401", "404"} | _PROTECTED,
 }
 
 # Error messages of spec §5 and §8 that must be documented, by operation and status.
@@ -134,6 +143,25 @@ MESSAGES = {
         "Master alias exceeds maximum length 256",
     ],
     ("/tcping", "get", "400"): ["Target address required"],
+    ("/webhooks", "post", "400"): [
+        "Invalid request body",
+        "Webhook URL required",
+        "Invalid webhook URL: expected http:// or https:// and a host",
+        "Webhook URL exceeds maximum length 2048",
+        "Webhook events must be a non-empty list of: create, update, delete, status, master",
+        "Unknown webhook event: log",
+        "Webhook secret must be a string",
+        "Webhook secret exceeds maximum length 1024",
+    ],
+    ("/webhooks", "post", "409"): ["Webhook limit reached (32)"],
+    ("/webhooks/{id}", "patch", "400"): [
+        "Invalid webhook URL: expected http:// or https:// and a host",
+        "Unknown webhook event: log",
+    ],
+    ("/webhooks/{id}", "get", "404"): ["Webhook not found"],
+    ("/webhooks/{id}", "patch", "404"): ["Webhook not found"],
+    ("/webhooks/{id}", "delete", "404"): ["Webhook not found"],
+    ("/webhooks/{id}/deliveries", "get", "404"): ["Webhook not found"],
     ("/info", "get", "401"): [
         "Unauthorized: API key required",
         "Unauthorized: Invalid API key",
@@ -340,6 +368,8 @@ class TestRoutes:
             ("/instances/{id}", "patch"): "UpdateInstanceRequest",
             ("/instances/{id}", "put"): "PutInstanceRequest",
             ("/info", "post"): "UpdateMasterAliasRequest",
+            ("/webhooks", "post"): "CreateWebhookRequest",
+            ("/webhooks/{id}", "patch"): "UpdateWebhookRequest",
         }
         for path, method, op in operations(doc):
             name = expected.get((path, method))
@@ -610,3 +640,52 @@ class TestStaticDirectory:
         assert staticDirectory() == (str(bundle) if usable else None)
         (bundle / DOCS_STATIC_FILES[0]).unlink()
         assert staticDirectory() is None
+
+
+class TestWebhooks:
+    def test_secretNeverShown(self, doc: dict[str, Any]) -> None:
+        assert "secret" not in schema(doc, "Webhook")["properties"]
+        for name in ("CreateWebhookRequest", "UpdateWebhookRequest"):
+            assert schema(doc, name)["properties"]["secret"]["writeOnly"] is True
+        assert schema(doc, "CreateWebhookRequest")["required"] == ["url", "events"]
+
+    def test_eventKinds(self, doc: dict[str, Any]) -> None:
+        kinds = schema(doc, "Webhook")["properties"]["events"]["items"]["enum"]
+        assert kinds == ["create", "update", "delete", "status", "master"]
+
+    def test_outgoing(self, doc: dict[str, Any]) -> None:
+        post = doc["webhooks"]["nodepassEvent"]["post"]
+        media = post["requestBody"]["content"]["application/json"]
+        assert media["schema"] == {"$ref": "#/components/schemas/WebhookEvent"}
+        headers = {p["name"] for p in post["parameters"] if p["in"] == "header"}
+        assert headers == {"X-NodePass-Signature", "X-NodePass-Event"}
+
+    def test_shapesValidate(self, doc: dict[str, Any]) -> None:
+        """
+        What the code answers and sends validates against the documented schemas.
+        """
+        jsonschema = pytest.importorskip("jsonschema")
+        from nodepass.master.store import StoredWebhook
+        from nodepass.master.views import (
+            deliveryObject,
+            instanceObject,
+            webhookEvent,
+            webhookObject,
+        )
+
+        def check(value: Any, name: str) -> None:
+            jsonschema.validate(value, {**schema(doc, name), "components": doc["components"]})
+
+        hook = StoredWebhook("0badc0de", "https://h.example/x", ("status",), "s", 1765000000.5)
+        check(webhookObject(hook, 2, 1), "Webhook")
+        check(
+            deliveryObject("status", 1765000000.5, 1, None, "no answer within 10 s", 10),
+            "WebhookDelivery",
+        )
+        check(deliveryObject("master", 1765000000.5, 2, 204, None, 0.01), "WebhookDelivery")
+        item = instanceObject(
+            "1a2b3c4d", "", "client", "running", "client://h:1/t:2", "", True, None
+        )
+        check(webhookEvent("status", 1765000000.5, instance=item), "WebhookEvent")
+        master = {"id": "0011223344556677", "alias": "", "action": "key"}
+        check(webhookEvent("master", 1765000000.5, master=master), "WebhookEvent")

@@ -53,9 +53,20 @@ from nodepass.master.messages import (
     TAG_VALUE_TOO_LONG,
     TARGET_REQUIRED,
     URL_CONFLICT,
+    WEBHOOK_EVENTS,
+    WEBHOOK_EVENTS_INVALID,
+    WEBHOOK_LIMIT,
+    WEBHOOK_LIMIT_REACHED,
+    WEBHOOK_NOT_FOUND,
+    WEBHOOK_SECRET_INVALID,
+    WEBHOOK_SECRET_TOO_LONG,
+    WEBHOOK_URL_INVALID,
+    WEBHOOK_URL_REQUIRED,
+    WEBHOOK_URL_TOO_LONG,
     duplicateTag,
     invalidAction,
     peerFieldTooLong,
+    unknownWebhookEvent,
 )
 
 __all__ = [
@@ -360,10 +371,130 @@ def _schemas() -> dict[str, Any]:
         "TCPingResult": tcping,
         "InstanceEvent": event,
         "Health": _healthSchema(),
+        **_webhookSchemas(),
         "Ready": _object(
             {"status": _string("Readiness.", enum=["ready", "starting", "stopping"])},
             "The answer of `/ready`.",
         ),
+    }
+
+
+_EVENT_KINDS = {
+    "type": "array",
+    "description": "The event kinds delivered: `create`, `update`, `delete` (the instance "
+    "events of `/events`), `status` (an instance's status changed; not on every "
+    "checkpoint), `master` (the master started, is shutting down, its alias changed or "
+    "its API key was regenerated).",
+    "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+    "minItems": 1,
+    "uniqueItems": True,
+}
+
+
+def _webhookSchemas() -> dict[str, Any]:
+    url = _string(
+        "Where events are posted: `http://` or `https://` with a host. At most 2048 bytes.",
+        format="uri",
+        examples=["https://hooks.example/nodepass"],
+    )
+    secret = _string(
+        "The HMAC-SHA256 key of the `X-NodePass-Signature` header, stored as given and "
+        "never returned. Empty or absent: deliveries are not signed. At most 1024 bytes.",
+        writeOnly=True,
+    )
+    webhook = _object(
+        {
+            "id": _string("Eight lowercase hex characters.", examples=["0badc0de"]),
+            "url": url,
+            "events": _EVENT_KINDS,
+            "created": _string("When it was created (RFC 3339).", format="date-time"),
+            "signed": {
+                "type": "boolean",
+                "description": "Whether deliveries carry a signature (a secret is set). "
+                "The secret itself is never shown.",
+            },
+            "queued": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Events waiting, the one being delivered included (at most "
+                "1,000 wait).",
+            },
+            "dropped": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Events dropped since the master started because the queue "
+                "was full (the oldest go first).",
+            },
+        },
+        "A webhook subscription.",
+    )
+    create = _object(
+        {"url": url, "events": _EVENT_KINDS, "secret": secret},
+        "Body of `POST /webhooks`: `url` and `events` are required. Field names match "
+        "ignoring case; other fields are ignored.",
+        required=False,
+        closed=False,
+    )
+    create["required"] = ["url", "events"]
+    update = _object(
+        {"url": url, "events": _EVENT_KINDS, "secret": secret},
+        "Body of `PATCH /webhooks/{id}`: any of the fields; absent or null leaves one "
+        "unchanged, an empty `secret` stops signing.",
+        required=False,
+        closed=False,
+    )
+    nullableStatus = {
+        "type": ["integer", "null"],
+        "description": "The receiver's HTTP status; null when no answer came.",
+    }
+    delivery = _object(
+        {
+            "event": _string("The event kind.", enum=list(WEBHOOK_EVENTS)),
+            "time": _string("When the attempt began (RFC 3339).", format="date-time"),
+            "attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "1 for the first try of an event, up to 5.",
+            },
+            "status": nullableStatus,
+            "error": {
+                "type": ["string", "null"],
+                "description": "Null on success (a 2xx answer); otherwise `HTTP <status>`, "
+                "`no answer within 10 s`, or why the connection failed.",
+            },
+            "duration": {
+                "type": "number",
+                "minimum": 0,
+                "description": "Seconds from the start of the attempt to its outcome.",
+            },
+        },
+        "One delivery attempt.",
+    )
+    payload = _object(
+        {
+            "event": _string("The event kind.", enum=list(WEBHOOK_EVENTS)),
+            "time": _string("When the event happened (RFC 3339).", format="date-time"),
+            "instance": _ref("Instance"),
+            "master": _object(
+                {
+                    "id": _string("The master ID (`/info.mid`)."),
+                    "alias": _string("The master alias."),
+                    "action": _string("What happened.", enum=["start", "shutdown", "alias", "key"]),
+                },
+                "The master, for `master` events. Never the API key.",
+            ),
+        },
+        "What a receiver gets: `instance` for instance events (never the `********` "
+        "record), `master` for `master` events.",
+        required=False,
+    )
+    payload["required"] = ["event", "time"]
+    return {
+        "Webhook": webhook,
+        "CreateWebhookRequest": create,
+        "UpdateWebhookRequest": update,
+        "WebhookDelivery": delivery,
+        "WebhookEvent": payload,
     }
 
 
@@ -726,6 +857,7 @@ def _paths() -> dict[str, Any]:
                 ]
             },
         },
+        **_webhookPaths(),
         "/openapi.json": {
             "description": "Public. Answers every method except `OPTIONS` (preflight) with "
             "the document.",
@@ -816,6 +948,178 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_WEBHOOK_NOT_FOUND = _errorResponse("No webhook has this id.", WEBHOOK_NOT_FOUND)
+_WEBHOOK_BODY_ERRORS = (
+    INVALID_BODY,
+    WEBHOOK_URL_INVALID,
+    WEBHOOK_URL_TOO_LONG,
+    WEBHOOK_EVENTS_INVALID,
+    unknownWebhookEvent("log"),
+    WEBHOOK_SECRET_INVALID,
+    WEBHOOK_SECRET_TOO_LONG,
+)
+
+
+def _webhookPaths() -> dict[str, Any]:
+    webhook = _jsonResponse("The webhook (never its secret).", _ref("Webhook"))
+    idParameter = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "Webhook id.",
+        "schema": {"type": "string"},
+    }
+    return {
+        "/webhooks": {
+            "description": _methodsNote("`GET` and `POST`"),
+            "get": _operation(
+                "listWebhooks",
+                "List webhooks",
+                "Every webhook, in creation order.",
+                "webhooks",
+                {
+                    "200": _jsonResponse(
+                        "All webhooks.", {"type": "array", "items": _ref("Webhook")}
+                    )
+                },
+            ),
+            "post": _operation(
+                "createWebhook",
+                "Create a webhook",
+                "Stores a webhook; from the next event on, each event of a kind it asks for "
+                "is POSTed to its URL as a `WebhookEvent`, with `Content-Type: "
+                "application/json`, `User-Agent: NodePass/<version>`, `X-NodePass-Event: "
+                "<kind>` and, with a secret, `X-NodePass-Signature: sha256=<hex "
+                "HMAC-SHA256(secret, body)>`. A 2xx answer within 10 s is a success; "
+                "anything else is retried after 1, 2, 4 and 8 s (5 attempts, none later "
+                "than 60 s after the first). One delivery at a time per webhook, in order; "
+                f"at most 1,000 events wait (the oldest are dropped). At most {WEBHOOK_LIMIT} "
+                "webhooks.",
+                "webhooks",
+                {
+                    "201": _jsonResponse("The new webhook.", _ref("Webhook")),
+                    "400": _errorResponse(
+                        "The request is invalid.", WEBHOOK_URL_REQUIRED, *_WEBHOOK_BODY_ERRORS
+                    ),
+                    "409": _errorResponse(
+                        "There are already as many webhooks as allowed.", WEBHOOK_LIMIT_REACHED
+                    ),
+                    "413": _TOO_LARGE,
+                },
+                _body(
+                    "CreateWebhookRequest",
+                    "The URL, the event kinds and an optional secret.",
+                    status={
+                        "url": "https://hooks.example/nodepass",
+                        "events": ["status", "master"],
+                        "secret": "a long random string",
+                    },
+                ),
+            ),
+        },
+        "/webhooks/{id}": {
+            "description": _methodsNote("`GET`, `PATCH` and `DELETE`")
+            + " An unknown id answers 404 before the method is checked.",
+            "parameters": [idParameter],
+            "get": _operation(
+                "getWebhook",
+                "Get a webhook",
+                "One webhook.",
+                "webhooks",
+                {"200": webhook, "404": _WEBHOOK_NOT_FOUND},
+            ),
+            "patch": _operation(
+                "updateWebhook",
+                "Change a webhook",
+                "Changes any of `url`, `events` and `secret`, all or nothing. Events "
+                "already waiting go to the new URL, signed with the new secret.",
+                "webhooks",
+                {
+                    "200": webhook,
+                    "400": _errorResponse("The request is invalid.", *_WEBHOOK_BODY_ERRORS),
+                    "404": _WEBHOOK_NOT_FOUND,
+                    "413": _TOO_LARGE,
+                },
+                _body(
+                    "UpdateWebhookRequest",
+                    "What to change.",
+                    events={"events": ["create", "delete"]},
+                    secret={"secret": "a new random string"},
+                ),
+            ),
+            "delete": _operation(
+                "deleteWebhook",
+                "Delete a webhook",
+                "Removes it; the events still waiting for it are dropped.",
+                "webhooks",
+                {"204": {"description": "Deleted. No body."}, "404": _WEBHOOK_NOT_FOUND},
+            ),
+        },
+        "/webhooks/{id}/deliveries": {
+            "description": _methodsNote("`GET`"),
+            "parameters": [idParameter],
+            "get": _operation(
+                "listWebhookDeliveries",
+                "Recent delivery attempts",
+                "The last 100 attempts of this webhook, newest first (kept in memory, so "
+                "empty after a master restart).",
+                "webhooks",
+                {
+                    "200": _jsonResponse(
+                        "The attempts.", {"type": "array", "items": _ref("WebhookDelivery")}
+                    ),
+                    "404": _WEBHOOK_NOT_FOUND,
+                },
+            ),
+        },
+    }
+
+
+def _outgoingWebhooks() -> dict[str, Any]:
+    """
+    What the master sends to a webhook's URL (OpenAPI 3.1 C{webhooks}).
+    """
+    header = {"schema": {"type": "string"}}
+    return {
+        "nodepassEvent": {
+            "post": {
+                "operationId": "receiveNodePassEvent",
+                "summary": "An event, as a webhook receives it",
+                "description": "POSTed to the webhook's URL. Check `X-NodePass-Signature` "
+                "against `sha256=` and the hex HMAC-SHA256 of the raw body under the "
+                "secret, with a constant-time comparison.",
+                "tags": ["webhooks"],
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "X-NodePass-Signature",
+                        "in": "header",
+                        "required": False,
+                        "description": "`sha256=<hex HMAC-SHA256(secret, body)>`; absent "
+                        "for a webhook without a secret.",
+                        **header,
+                    },
+                    {
+                        "name": "X-NodePass-Event",
+                        "in": "header",
+                        "required": True,
+                        "description": "The event kind.",
+                        **header,
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("WebhookEvent")}},
+                },
+                "responses": {
+                    "2XX": {"description": "Delivered."},
+                    "default": {"description": "Not delivered: the attempt is retried."},
+                },
+            }
+        }
+    }
+
+
 def _serverURL(prefix: str, serverURL: str | None) -> str:
     path = _encodedPrefix(prefix)
     if not serverURL:
@@ -868,8 +1172,10 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
             {"name": "master", "description": "The master itself."},
             {"name": "documentation", "description": "This description."},
             {"name": "operations", "description": "Metrics, health and readiness."},
+            {"name": "webhooks", "description": "Signed HTTP callbacks on events."},
         ],
         "paths": _paths(),
+        "webhooks": _outgoingWebhooks(),
         "components": {
             "securitySchemes": {
                 _KEY_SCHEME: {
