@@ -484,3 +484,23 @@ def test_pinKernelSpliceErrors(tcpPair: tuple[socket.socket, socket.socket]) -> 
     finally:
         system.close(r)
         system.close(w)
+
+
+def test_onlyTheFirstPipesAreLarge(monkeypatch: pytest.MonkeyPatch) -> None:
+    if splice.unsupported() is not None:
+        pytest.skip(splice.unsupported() or "")
+    import fcntl
+
+    monkeypatch.setattr(splice, "LARGE_PIPES", 2)
+    monkeypatch.setattr(splice, "_large", set())
+    system = splice.System()
+    pipes = [system.pipe() for _ in range(3)]
+    try:
+        sizes = [fcntl.fcntl(w, 1032) for _, w in pipes]  # F_GETPIPE_SZ
+        assert sizes[:2] == [splice.PIPE_SIZE] * 2
+        assert sizes[2] < splice.PIPE_SIZE
+    finally:
+        for r, w in pipes:
+            system.close(r)
+            system.close(w)
+    assert splice._large == set()
