@@ -28,6 +28,7 @@ from twisted.web.resource import Resource
 
 from nodepass.master.app import MasterAPI, MasterInfo
 from nodepass.master.events import EventHub, formatTime
+from nodepass.master.metrics import MasterMetrics
 from nodepass.master.registry import MasterSettings, Registry
 from nodepass.master.store import MasterValues, State, StoredInstance, StoredWebhook, SyncStore
 from nodepass.master.store import Traffic as StoredTraffic
@@ -919,6 +920,38 @@ class APITests(DispatcherCase):
         )
         self.assertEqual(answer.code, 503)
         self.assertEqual(self.call("GET", "/webhooks").json(), [])
+
+    def test_metricsRoutes(self) -> None:
+        """
+        Requests are counted under the route templates, never the ids.
+        """
+        metrics = MasterMetrics(list, lambda id: 0, lambda: 0, VERSION)
+        api = MasterAPI(
+            self.registry,
+            EventHub(self.clock, self.registry.snapshot),
+            None,
+            lambda: succeed({}),
+            MasterInfo(MasterSettings(), "127.0.0.1", self.clock),
+            "/api",
+            metrics=metrics,
+            webhooks=self.webhooks,
+        )
+        api.ready = True
+        self.stub = StubTreq(api.resource())
+        id = self.call("POST", "/webhooks", {"url": HOOK_URL, "events": ["create"]}).json()["id"]
+        self.call("GET", f"/webhooks/{id}")
+        self.call("GET", f"/webhooks/{id}/deliveries")
+        self.call("GET", f"/webhooks/{id}/nope")
+        text = metrics.render().decode()
+        for route, method, code in [
+            ("/webhooks", "POST", 201),
+            ("/webhooks/{id}", "GET", 200),
+            ("/webhooks/{id}/deliveries", "GET", 200),
+            ("other", "GET", 404),
+        ]:
+            line = f'nodepass_api_requests_total{{code="{code}",method="{method}",route="{route}"}} 1.0'
+            self.assertIn(line, text)
+        self.assertNotIn(id, text)
 
     def test_withoutWebhooks(self) -> None:
         """

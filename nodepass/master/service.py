@@ -9,13 +9,14 @@ L{MasterService} owns the pieces and their order:
      stops here, §11.6) and bind the API port (a port in use stops here, §17 a25); either
      failure exits with status 1 and one line on stderr;
   2. once the reactor runs: restore the state (API key and master ID first: the key is
-     printed once, when it is created), open the API, then start the C{restart=true}
-     instances in the background;
+     printed once, when it is created) and the webhooks, open the API, tell the webhooks
+     the master started, then start the C{restart=true} instances in the background;
   3. every C{NP_RELOAD_INTERVAL}: the online backup and the error retry (§11.5); every 60 s:
      the traffic counters that changed (§11.6);
-  4. on SIGTERM/SIGINT, within C{NP_SHUTDOWN_TIMEOUT} (§14): stop accepting connections,
-     end the SSE streams, save the traffic, stop the children (SIGKILL for the ones still
-     running when the time is up), save again, close the database.
+  4. on SIGTERM/SIGINT, within C{NP_SHUTDOWN_TIMEOUT} (§14): tell the webhooks, stop
+     accepting connections, end the SSE streams, save the traffic, stop the children
+     (SIGKILL for the ones still running when the time is up), save again, give the last
+     webhook events a bounded time, close the database.
 """
 
 from __future__ import annotations

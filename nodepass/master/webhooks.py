@@ -37,6 +37,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import attrs
 from attrs import frozen
@@ -149,8 +150,6 @@ def _where(url: str) -> str:
     """
     C{host[:port]} of C{url}, for log lines (never the path, query or credentials).
     """
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         host = parts.hostname or "?"
