@@ -443,6 +443,30 @@ class QueueTests(DispatcherCase):
         self.assertEqual(self.webhooks.get(id)["queued"], 0)
 
 
+class ImmediateAnswerTests(DispatcherCase):
+    def test_noRecursion(self) -> None:
+        """
+        A poster that answers at once drains a full queue in a loop, not by recursion.
+        """
+        first: Deferred[int] = Deferred()
+        bodies: list[bytes] = []
+
+        def poster(url: str, body: bytes, headers: Headers) -> Deferred[int]:
+            bodies.append(body)
+            return first if len(bodies) == 1 else succeed(204)
+
+        webhooks = Webhooks(self.clock, self.store, poster, VERSION)
+        id = self.successResultOf(webhooks.create({"url": HOOK_URL, "events": ["update"]}))["id"]
+        for n in range(QUEUE_LIMIT + 1):
+            webhooks.instanceEvent("update", instance(ping=n))
+        first.callback(204)
+        self.assertEqual(len(bodies), QUEUE_LIMIT + 1)
+        self.assertEqual([json.loads(b)["instance"]["ping"] for b in bodies[-2:]], [999, 1000])
+        self.assertEqual(webhooks.get(id)["queued"], 0)
+        webhooks.instanceEvent("update", instance(ping=-1))
+        self.assertEqual(len(bodies), QUEUE_LIMIT + 2)
+
+
 class DefaultQueueTests(DispatcherCase):
     def test_thousandEvents(self) -> None:
         id = self.hook(["update"])

@@ -245,7 +245,6 @@ class _Courier:
         self.queue: deque[_Event] = deque()
         self.deliveries: deque[Delivery] = deque(maxlen=DELIVERIES_KEPT)
         self.dropped = 0
-        self._droppedLogged = 0
         self._lastDropLog: float | None = None
         self._current: _Event | None = None
         self._attempt = 0
@@ -253,6 +252,10 @@ class _Courier:
         self._inflight: Deferred[Any] | None = None
         self._retry: IDelayedCall | None = None
         self._closed = False
+        #: Set while L{_next} runs; a delivery that ends at once then asks for another
+        #: round of its loop instead of recursing (a thousand queued events, say).
+        self._pumping = False
+        self._again = False
 
     @property
     def idle(self) -> bool:
@@ -296,15 +299,26 @@ class _Courier:
     # -- the delivery loop ---------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._closed or self._current is not None:
+        if self._pumping:
+            self._again = True
             return
-        if not self.queue:
-            self._idle()
-            return
-        self._current = self.queue.popleft()
-        self._attempt = 1
-        self._first = self._clock.seconds()
-        self._send()
+        self._pumping = True
+        try:
+            while True:
+                self._again = False
+                if self._closed or self._current is not None:
+                    return
+                if not self.queue:
+                    self._idle()
+                    return
+                self._current = self.queue.popleft()
+                self._attempt = 1
+                self._first = self._clock.seconds()
+                self._send()
+                if not self._again:
+                    return
+        finally:
+            self._pumping = False
 
     def _headers(self, event: _Event) -> Headers:
         headers = Headers(
