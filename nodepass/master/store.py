@@ -38,7 +38,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -219,6 +219,10 @@ class MasterValues:
         return f"MasterValues(keyDigest=<{len(self.keyDigest)} chars>, masterID={self.masterID!r}, alias={self.alias!r})"
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @frozen
 class StoredWebhook:
     """
@@ -234,7 +238,7 @@ class StoredWebhook:
 
     id: str
     url: str
-    events: tuple[str, ...] = field(converter=tuple)
+    events: tuple[str, ...] = field(converter=_strings)
     secret: str = field(default="", repr=False)
     created: float = 0.0
 
