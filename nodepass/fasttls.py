@@ -165,16 +165,24 @@ class FastTLSProtocol(ProtocolWrapper):
     # -- the connection --------------------------------------------------------------------
 
     def makeConnection(self, transport: Any) -> None:
-        settings = self.factory.source.stdlibTLS()
-        self._certificate = settings.certificate
-        self._tls = settings.context.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_side=not self.factory.isClient,
-            server_hostname=settings.serverHostname if self.factory.isClient else None,
-        )
         self._send = self.factory.sender(transport)
+        refused: Failure | None = None
+        try:
+            settings = self.factory.source.stdlibTLS()
+            self._certificate = settings.certificate
+            self._tls = settings.context.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=not self.factory.isClient,
+                server_hostname=settings.serverHostname if self.factory.isClient else None,
+            )
+        except (ValueError, ssl.SSLError):
+            # A server name the ssl module refuses, say: this connection cannot start.
+            refused = Failure()
         super().makeConnection(transport)
+        if refused is not None:
+            self._closedTLS(refused)
+            return
         self._handshake()
 
     def _queue(self, data: bytes) -> None:

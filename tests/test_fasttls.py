@@ -429,6 +429,32 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(ends.server.received, b"pingfinal")
 
 
+class RefusedSettingsTests(SynchronousTestCase):
+    def test_badServerName(self) -> None:
+        """
+        A server name the ssl module refuses ends that connection (with the error as the
+        reason), not the process.
+        """
+
+        @implementer(IStdlibTLS)
+        class Source:
+            def stdlibTLS(self) -> StdlibTLS:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                return StdlibTLS(context, "")
+
+        application = Recorder(b"early")
+        protocol = FastTLSFactory(
+            Source(), True, Factory.forProtocol(lambda: application)
+        ).buildProtocol(ADDRESS)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        assert application.lost is not None
+        self.assertTrue(application.lost.check(ValueError))
+
+
 class ProducerTests(SynchronousTestCase):
     def test_pendingWritesPause(self) -> None:
         """
