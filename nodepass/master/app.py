@@ -9,7 +9,8 @@ that a rule table cannot express.  For a protected route the order is
   2. C{OPTIONS} answers 200 with an empty body, before any authentication;
   3. C{X-API-Key} (§5), so an unauthenticated C{DELETE P/info} is 401, not 405;
   4. the handler: for C{P/instances/{id}} an empty id is 400, then an unknown id 404, then
-     an unsupported method 405.
+     an unsupported method 405 (C{P/webhooks/{id}} and its C{/deliveries}: an unknown or
+     empty id 404, then 405).
 
 A path outside the table gets Go's mux answer (404 C{404 page not found}, text/plain, no
 CORS).  Every JSON answer is one value and a newline with C{Content-Type: application/json}
