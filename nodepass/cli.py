@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         raise SystemExit(0)
     if args[0] == "reset-key":
         _resetKey(args[1:])
+    if args[0] == "doctor":
+        from nodepass.doctor import main as doctor
+
+        raise SystemExit(doctor(args[1:]))
     if len(args) != 1:
         _fail(f"expected exactly one URL argument, got {len(args)}")
     options = Options()

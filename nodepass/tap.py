@@ -56,6 +56,8 @@ Usage: nodepass URL
   master://HOST:PORT/PREFIX?PARAMS                   REST API + SSE control plane
   master                                             the same on 127.0.0.1:9090/api
   reset-key [STATE_DIR]                              replace a master's lost API key
+  doctor [--json] [--key KEY] [--passive] URL        check a URL step by step and
+                                                     say what is wrong (docs/doctor.md)
 
 Example: nodepass "client://127.0.0.1:8080/127.0.0.1:80"
 Parameters are described in docs/url.md."""

@@ -283,6 +283,14 @@ def test_reset_key_replaces_the_stored_key(tmp_path: Path) -> None:
     assert master.masterID == "0123456789abcdef"
 
 
+def test_doctor_subcommand() -> None:
+    """C{nodepass doctor} runs the doctor: exit 1 and the failing step for a bad URL."""
+    result = run("doctor", "--json", "client://k@127.0.0.1:99999/x")
+    assert result.returncode == 1, result.stderr
+    assert '"step": "url"' in result.stdout and '"healthy": false' in result.stdout
+    assert "doctor" in run("--help").stdout
+
+
 def test_reset_key_without_state_fails_clearly(tmp_path: Path) -> None:
     result = run("reset-key", str(tmp_path))
     assert result.returncode == 1
