@@ -4,6 +4,12 @@ An instance counts the bytes it relays in one L{Counters} and reports them, with
 in a CHECK_POINT log line every report interval (dataplane spec §11.3).  The master reads that
 line back with L{parseCheckpoint} (master spec §9.2).  The writer and the reader live here
 together so that the format cannot drift between them.
+
+The instance also counts the user connections (and UDP datagrams) it refused, by reason: the
+slot limit, the C{allow}/C{deny} lists, C{block}.  Once any of them is not zero the line
+carries them in a suffix, L{REFUSED}: C{|REFUSED_SLOT=n|REFUSED_DENY=n|REFUSED_BLOCK=n}.  A Go
+master's expression is not anchored at the end, so it reads the line as before and ignores
+the suffix; L{parseCheckpoint} reads both (no suffix: all zero).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from nodepass.log import logEvent
 __all__ = [
     "CHECKPOINT",
     "INT32_MAX",
+    "REFUSED",
     "UINT64_MAX",
     "Checkpoint",
     "Counters",
@@ -37,18 +44,27 @@ CHECKPOINT: Final = re.compile(
     r"\|TCPRX=(\d+)\|TCPTX=(\d+)\|UDPRX=(\d+)\|UDPTX=(\d+)"
 )
 
+#: The refusal counts right after the figures of L{CHECKPOINT} (only when one is not zero).
+REFUSED: Final = re.compile(r"\|REFUSED_SLOT=(\d+)\|REFUSED_DENY=(\d+)\|REFUSED_BLOCK=(\d+)")
+
 
 @define
 class Counters:
     """
     Cumulative byte counters of one instance (never reset while it runs, except when its
-    master asks an instance host to zero them).
+    master asks an instance host to zero them), and its refusal counts (never reset): user
+    connections or UDP datagrams refused for the slot limit (C{refusedSlot}: entry and exit
+    side, TCP and UDP), by the C{allow}/C{deny} lists (C{refusedDeny}) and by C{block}
+    sniffing (C{refusedBlock}).
     """
 
     tcprx: int = 0
     tcptx: int = 0
     udprx: int = 0
     udptx: int = 0
+    refusedSlot: int = 0
+    refusedDeny: int = 0
+    refusedBlock: int = 0
 
 
 def checkpointLine(
@@ -61,14 +77,24 @@ def checkpointLine(
     tcptx: int,
     udprx: int,
     udptx: int,
+    *,
+    refusedSlot: int = 0,
+    refusedDeny: int = 0,
+    refusedBlock: int = 0,
 ) -> str:
     """
-    The CHECK_POINT message that a master parses (dataplane spec §11.3).
+    The CHECK_POINT message that a master parses (dataplane spec §11.3), with the L{REFUSED}
+    suffix when a refusal count is not zero.
     """
-    return (
+    line = (
         f"CHECK_POINT|MODE={mode}|PING={ping}ms|POOL={pool}|TCPS={tcps}|UDPS={udps}"
         f"|TCPRX={tcprx}|TCPTX={tcptx}|UDPRX={udprx}|UDPTX={udptx}"
     )
+    if refusedSlot or refusedDeny or refusedBlock:
+        line += (
+            f"|REFUSED_SLOT={refusedSlot}|REFUSED_DENY={refusedDeny}|REFUSED_BLOCK={refusedBlock}"
+        )
+    return line
 
 
 def logCheckpoint(
@@ -89,6 +115,9 @@ def logCheckpoint(
             counters.tcptx,
             counters.udprx,
             counters.udptx,
+            refusedSlot=counters.refusedSlot,
+            refusedDeny=counters.refusedDeny,
+            refusedBlock=counters.refusedBlock,
         ),
     )
 
@@ -97,7 +126,10 @@ def logCheckpoint(
 class Checkpoint:
     """
     The values of one CHECK_POINT line.  A value that does not fit its Go type (int32 for the
-    gauges, uint64 for the traffic counters) is L{None}: "leave the field unchanged".
+    gauges, uint64 for the traffic counters and the refusal counts) is L{None}: "leave the
+    field unchanged".  The refusal counts are cumulative for the instance's life: C{refusedSlot}
+    (the slot limit), C{refusedDeny} (the C{allow}/C{deny} lists), C{refusedBlock} (C{block});
+    0 when the line has no L{REFUSED} suffix (nothing refused yet, or a Go instance).
     """
 
     mode: int | None
@@ -109,6 +141,9 @@ class Checkpoint:
     tcptx: int | None
     udprx: int | None
     udptx: int | None
+    refusedSlot: int | None = 0
+    refusedDeny: int | None = 0
+    refusedBlock: int | None = 0
 
 
 def _bounded(text: str, maximum: int) -> int | None:
@@ -126,4 +161,6 @@ def parseCheckpoint(line: str) -> Checkpoint | None:
     groups = match.groups()
     gauges = [_bounded(text, INT32_MAX) for text in groups[:5]]
     traffic = [_bounded(text, UINT64_MAX) for text in groups[5:]]
-    return Checkpoint(*gauges, *traffic)
+    suffix = REFUSED.match(line, match.end())
+    refused = [0, 0, 0] if suffix is None else [_bounded(t, UINT64_MAX) for t in suffix.groups()]
+    return Checkpoint(*gauges, *traffic, *refused)
