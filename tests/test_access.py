@@ -5,13 +5,13 @@ L{nodepass.access}: the allow/deny lists, their parser, and how refusals are log
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, Logger
+from twisted.logger import ILogObserver, LogEvent, Logger
 
 from nodepass.access import AccessList, RefusalLog, Screen, parseNetworks, peerIP
 from nodepass.stats import Counters
@@ -192,7 +192,7 @@ def test_screenCountsAndLogs() -> None:
         lists(deny="192.0.2.0/24,2001:db8::/32"),
         clock,
         counters,
-        Logger(namespace="nodepass", observer=events.append),
+        Logger(namespace="nodepass", observer=cast(ILogObserver, events.append)),
     )
     assert screen.active
     assert screen.allows("127.0.0.1", 5000, "singleTCPLoop")

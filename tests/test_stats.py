@@ -4,7 +4,9 @@ L{nodepass.stats}: what an instance writes in its CHECK_POINT line is what a mas
 
 from __future__ import annotations
 
-from twisted.logger import LogEvent, Logger
+from typing import cast
+
+from twisted.logger import ILogObserver, LogEvent, Logger
 
 from nodepass.stats import (
     CHECKPOINT,
@@ -20,7 +22,7 @@ from nodepass.stats import (
 
 def test_logCheckpointRoundTrip() -> None:
     events: list[LogEvent] = []
-    log = Logger(namespace="nodepass", observer=events.append)
+    log = Logger(namespace="nodepass", observer=cast(ILogObserver, events.append))
     counters = Counters(tcprx=UINT64_MAX, tcptx=2, udprx=3, udptx=4)
     logCheckpoint(log, 2, 17, 64, 5, 6, counters)
     (event,) = events
@@ -38,7 +40,7 @@ def test_outOfRangeFiguresAreLeftUnchanged() -> None:
 
 def test_refusalsRideInASuffixTheGoExpressionIgnores() -> None:
     events: list[LogEvent] = []
-    log = Logger(namespace="nodepass", observer=events.append)
+    log = Logger(namespace="nodepass", observer=cast(ILogObserver, events.append))
     counters = Counters(tcprx=1, refusedSlot=3, refusedDeny=2, refusedBlock=1)
     logCheckpoint(log, 1, 0, 0, 0, 0, counters)
     (event,) = events
