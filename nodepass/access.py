@@ -21,13 +21,16 @@ import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
-from nodepass.stats import Counters
+if TYPE_CHECKING:
+    # Types only: the URL parser imports this module, and stays free of Twisted.
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.logger import Logger
+
+    from nodepass.stats import Counters
 
 __all__ = ["AccessList", "Network", "RefusalLog", "Screen", "parseNetworks", "peerIP"]
 

@@ -56,7 +56,7 @@ MASKED_KEY = "********"
 
 SCHEMES = ("server", "client", "master")
 
-#: Parameters read by the server and client cores (plus our C{lbs}).
+#: Parameters read by the server and client cores (plus our C{lbs}, C{allow}, C{deny}, C{pin}).
 KNOWN_PARAMS: tuple[str, ...] = (
     "log",
     "tls",
@@ -77,6 +77,9 @@ KNOWN_PARAMS: tuple[str, ...] = (
     "notcp",
     "noudp",
     "lbs",
+    "allow",
+    "deny",
+    "pin",
 )
 
 #: Parameters read by the master.
@@ -718,6 +721,11 @@ class Config:
     lbs: int
     raw: str = field(repr=False)
     query: tuple[tuple[str, str], ...] = field(repr=False)
+    #: Where users connect (single-end listener, entry side): who may, who may not.
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Client only: the server certificate's fingerprint, C{sha256:AA:BB:...}, or C{""}.
+    pin: str = ""
 
     @property
     def serverName(self) -> str:
@@ -1037,7 +1045,61 @@ def parse(text: str) -> Config:
         lbs=int(params.enum("lbs", ("0", "1", "2"), "0")),
         raw=text,
         query=query,
+        allow=_parseNetworks(params, "allow"),
+        deny=_parseNetworks(params, "deny"),
+        pin=_parsePin(params, parts.scheme, tls),
     )
+
+
+_NETWORKS_ALLOWED = (
+    "a comma-separated list of IPv4/IPv6 addresses or CIDR blocks, e.g. 10.0.0.0/8,::1"
+)
+
+
+def _parseNetworks(
+    params: _Params, name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    from nodepass.access import parseNetworks
+
+    value = params.get(name)
+    try:
+        return parseNetworks(value)
+    except ValueError as error:
+        raise URLError(
+            name,
+            value,
+            _NETWORKS_ALLOWED,
+            f"invalid value {value!r} for parameter {name!r}: {error}; expected {_NETWORKS_ALLOWED}",
+        ) from None
+
+
+_PIN_RE = re.compile(r"sha256:(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})")
+_PIN_ALLOWED = "sha256: and the certificate's SHA-256 in hex (64 digits, ':' between pairs or not)"
+
+
+def _parsePin(params: _Params, scheme: str, tls: int) -> str:
+    value = params.get("pin")
+    if not value:
+        return ""
+    if scheme != "client":
+        raise URLError(
+            "pin",
+            value,
+            "a client URL",
+            "parameter 'pin' belongs on a client URL (the client checks the server's certificate)",
+        )
+    if not (value.isascii() and _PIN_RE.fullmatch(value)):
+        raise URLError("pin", value, _PIN_ALLOWED)
+    if tls == 0:
+        raise URLError(
+            "pin",
+            value,
+            "tls=1 or tls=2",
+            "parameter 'pin' needs tls=1 or tls=2 on the client URL (it is checked against "
+            "the server's TLS certificate)",
+        )
+    digits = value[len("sha256:") :].replace(":", "").upper()
+    return "sha256:" + ":".join(digits[i : i + 2] for i in range(0, 64, 2))
 
 
 def _parseSNI(params: _Params) -> str:
@@ -1215,5 +1277,10 @@ def describe(config: Config) -> str:
     ]
     if config.lbs:
         fields.append(("lbs", str(config.lbs)))
+    for name, networks in (("allow", config.allow), ("deny", config.deny)):
+        if networks:
+            fields.append((name, ",".join(str(network) for network in networks)))
+    if config.pin:
+        fields.append(("pin", config.pin))
     query = "&".join(f"{name}={value}" for name, value in fields)
     return f"{config.scheme}://{MASKED_KEY}@{config.tunnel}/{targets}?{query}"

@@ -1200,3 +1200,91 @@ def test_parseDurationArbitrary(text: str) -> None:
         assert parseDuration(text) >= 0
     except URLError:
         pass
+
+
+# ---------------------------------------------------------------------------
+# allow / deny / pin (our extensions)
+
+PIN = "sha256:" + ":".join(["AB"] * 32)
+
+
+def test_allowDenyParsed() -> None:
+    config = client("allow=127.0.0.1,10.0.0.0/8&deny=10.9.0.0/16,2001:db8::/32")
+    assert [str(n) for n in config.allow] == ["127.0.0.1/32", "10.0.0.0/8"]
+    assert [str(n) for n in config.deny] == ["10.9.0.0/16", "2001:db8::/32"]
+    assert server("allow=::1").allow == client("allow=::1").allow
+    assert client("").allow == () and client("allow=").deny == ()
+
+
+@pytest.mark.parametrize("name", ["allow", "deny"])
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "example.com", "10.0.0.1,,x", "[::1]"])
+def test_badNetworks(name: str, value: str) -> None:
+    error = assertRejected(f"{name}={quote(value)}", name, value, "CIDR")
+    assert "is not an IP address or CIDR block" in str(error)
+
+
+def test_networksInDescribeAndRender() -> None:
+    config = client("deny=192.0.2.7/24&allow=::1,127.0.0.1")
+    assert describe(config).endswith("&noudp=0&allow=::1/128,127.0.0.1/32&deny=192.0.2.0/24")
+    rendered = render(config)
+    assert "allow=%3A%3A1%2C127.0.0.1" in rendered and "deny=192.0.2.7%2F24" in rendered
+
+
+def test_masterIgnoresAccessParams() -> None:
+    config = parse("master://:9090/api?allow=junk&pin=junk")
+    assert config.allow == () and config.pin == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        PIN,
+        PIN.lower().replace("sha256:", "sha256:"),
+        "sha256:" + "ab" * 32,
+    ],
+)
+def test_pinNormalised(value: str) -> None:
+    assert client(f"tls=1&pin={value}").pin == PIN
+    assert client(f"tls=2&pin={value}").pin == PIN
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["AB:" * 31 + "AB", "sha256:" + "AB" * 31, "sha256:" + ":".join(["AB"] * 33), "sha1:AB", "x"],
+)
+def test_badPin(value: str) -> None:
+    assertRejected(f"tls=1&pin={value}", "pin", value, "sha256:")
+
+
+def test_pinNeedsTLS() -> None:
+    with pytest.raises(URLError) as info:
+        client(f"pin={PIN}")
+    assert info.value.param == "pin"
+    assert "needs tls=1 or tls=2" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_pinIsForClients() -> None:
+    with pytest.raises(URLError) as info:
+        server(f"tls=1&pin={PIN}")
+    assert info.value.param == "pin"
+    assert "client URL" in str(info.value)
+
+
+def test_pinInDescribe() -> None:
+    assert describe(client(f"tls=1&pin={PIN.lower()}")).endswith(f"&noudp=0&pin={PIN}")
+
+
+def test_accessParamsAreKnown() -> None:
+    assert unknownParams(client(f"allow=::1&deny=::2&tls=1&pin={PIN}")) == ()
+
+
+@given(st.text(max_size=60), st.sampled_from(["allow", "deny", "pin"]))
+def test_accessParamsValueOrURLError(value: str, name: str) -> None:
+    try:
+        config = client(f"tls=1&{name}={quote(value, safe='')}")
+    except URLError as error:
+        assert error.param == name
+        assert "\n" not in str(error)
+    else:
+        assert isinstance(getattr(config, name), (tuple, str))
