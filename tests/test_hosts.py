@@ -472,3 +472,64 @@ def test_supervisorStopsAHostedInstance() -> None:
     assert stopped == [None]
     assert supervisor.status("a") is Status.STOPPED
     assert observer.statuses[-1] == ("a", Status.STOPPED, Event.EXITED_CLEAN)
+
+
+class ListedRoot:
+    """
+    An instance root with open connections (what NodePassService offers the host).
+    """
+
+    def __init__(self, count: int) -> None:
+        self.entries = [
+            {
+                "id": f"{n:x}",
+                "proto": "tcp",
+                "remote": f"127.0.0.1:{40000 + n}",
+                "target": "127.0.0.1:18081",
+                "rx": n,
+                "tx": 2 * n,
+                "since": 1765152000.5,
+            }
+            for n in range(count)
+        ]
+        self.closed: list[str] = []
+
+    def connections(self) -> list[dict[str, Any]]:
+        return list(self.entries)
+
+    def closeConnection(self, connection: str) -> bool:
+        found = [e for e in self.entries if e["id"] == connection]
+        self.entries = [e for e in self.entries if e["id"] != connection]
+        self.closed.append(connection)
+        return bool(found)
+
+
+def test_connectionsTravelInPages() -> None:
+    """
+    ListConnections answers pages that stay under AMP's value limit; the master's side
+    joins them into the whole list, in order.
+    """
+    from nodepass.master.hostproto import MAX_VALUE, ListConnections
+
+    master = FakeMaster()
+    start(master)
+    root = ListedRoot(2000)
+    master.host.slots["a1"].root = root
+    first = master.call(ListConnections, id="a1", start=0)
+    assert len(first["page"]) <= MAX_VALUE and 0 < first["next"] < 2000
+    assert master.call(ListConnections, id="nobody", start=0) == {"page": "[]", "next": -1}
+    reactor, hosts = pool(1)
+    supervisor = Supervisor(reactor, Observer(), {}, Settings(), runner=hosts)  # type: ignore[arg-type]
+    supervisor.start("a", FORWARD)
+    reactor.pump.flush()
+    reactor.spawned[0].host.slots["a"].root = root
+    found: list[Any] = []
+    supervisor.connections("a").addBoth(found.append)
+    reactor.pump.flush()
+    assert found == [root.entries]
+    closed: list[Any] = []
+    supervisor.closeConnection("a", "7").addBoth(closed.append)
+    supervisor.closeConnection("a", "7").addBoth(closed.append)
+    reactor.pump.flush()
+    assert closed == [True, False] and root.closed == ["7", "7"]
+    assert supervisor.connections("nobody").result == []  # type: ignore[attr-defined]

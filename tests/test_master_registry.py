@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -26,7 +26,13 @@ from nodepass.master.store import (
     Traffic,
     keyDigest,
 )
-from nodepass.master.supervisor import Event, ISupervisorObserver, Status
+from nodepass.master.supervisor import (
+    UNAVAILABLE_ISOLATED,
+    ConnectionsUnavailable,
+    Event,
+    ISupervisorObserver,
+    Status,
+)
 from nodepass.stats import Checkpoint
 
 FIELDS = [
@@ -124,6 +130,9 @@ class FakeSupervisor:
         self.removing: Deferred[None] | None = None
         #: What resetCounters answers (an instance host's raw counters when zeroed).
         self.zeroedRaw: Mapping[str, int] | None = None
+        #: Open connections by instance; C{isolated} makes the listing unavailable.
+        self.open: dict[str, list[dict[str, Any]]] = {}
+        self.isolated = False
 
     def status(self, instanceId: str) -> Status:
         return self.statuses.get(instanceId, Status.STOPPED)
@@ -173,6 +182,19 @@ class FakeSupervisor:
     def resetCounters(self, instanceId: str) -> Deferred[Mapping[str, int] | None]:
         self.calls.append(("resetCounters", instanceId))
         return succeed(self.zeroedRaw)
+
+    def connections(self, instanceId: str) -> Deferred[list[dict[str, Any]]]:
+        if self.isolated:
+            return fail(ConnectionsUnavailable(UNAVAILABLE_ISOLATED))
+        return succeed(list(self.open.get(instanceId, [])))
+
+    def closeConnection(self, instanceId: str, connection: str) -> Deferred[bool]:
+        if self.isolated:
+            return fail(ConnectionsUnavailable(UNAVAILABLE_ISOLATED))
+        entries = self.open.get(instanceId, [])
+        kept = [e for e in entries if e["id"] != connection]
+        self.open[instanceId] = kept
+        return succeed(len(kept) != len(entries))
 
     def stopAll(self) -> Deferred[None]:
         self.calls.append(("stopAll",))

@@ -32,8 +32,10 @@ from nodepass.errors import StartupError, URLError
 from nodepass.log import NodePassLogObserver
 from nodepass.master.hostproto import (
     MAX_VALUE,
+    CloseConnection,
     InstanceExited,
     InstanceLines,
+    ListConnections,
     Ping,
     ResetCounters,
     StartInstance,
@@ -191,6 +193,33 @@ class HostProtocol(amp.AMP):
                 raw[name] = getattr(counters, name)
                 setattr(counters, name, 0)
         return raw
+
+    @ListConnections.responder
+    def listConnections(self, id: str, start: int) -> dict[str, Any]:
+        slot = self.slots.get(id)
+        entries: list[Any] = []
+        if slot is not None and slot.root is not None:
+            entries = list(slot.root.connections())
+        page: list[str] = []
+        size, index = 2, max(0, start)
+        while index < len(entries):
+            text = json.dumps(entries[index], separators=(",", ":"))
+            if page and size + len(text) + 1 > MAX_VALUE:
+                break
+            page.append(text)
+            size += len(text) + 1
+            index += 1
+        return {
+            "page": "[" + ",".join(page) + "]",
+            "next": index if index < len(entries) else -1,
+        }
+
+    @CloseConnection.responder
+    def closeConnection(self, id: str, connection: str) -> dict[str, bool]:
+        slot = self.slots.get(id)
+        if slot is None or slot.root is None:
+            return {"closed": False}
+        return {"closed": bool(slot.root.closeConnection(connection))}
 
     @Ping.responder
     def ping(self) -> dict[str, int]:

@@ -11,6 +11,8 @@ Master to host:
     (or failed), after the lines it printed on the way;
   - L{StopInstance}: stop it gracefully (or, with C{force}, at once);
   - L{ResetCounters}: zero its traffic counters;
+  - L{ListConnections}: its open TCP relays and UDP flows, one page of JSON at a time;
+  - L{CloseConnection}: close one of them;
   - L{Ping}: the heartbeat; a host that does not answer in time is replaced.
 
 Host to master (no answers: the stream is ordered, and a lost host is noticed anyway):
@@ -27,8 +29,10 @@ from __future__ import annotations
 from twisted.protocols import amp
 
 __all__ = [
+    "CloseConnection",
     "InstanceExited",
     "InstanceLines",
+    "ListConnections",
     "Ping",
     "ResetCounters",
     "StartInstance",
@@ -64,6 +68,22 @@ class ResetCounters(amp.Command):
         (b"udprx", amp.Integer()),
         (b"udptx", amp.Integer()),
     ]
+
+
+class ListConnections(amp.Command):
+    """
+    One page of the instance's open connections: a JSON list of objects, at most about
+    L{MAX_VALUE} bytes, starting at entry C{start}; C{next} is where the next page starts, or
+    -1 after the last one.  An unknown instance has none.
+    """
+
+    arguments = [(b"id", amp.Unicode()), (b"start", amp.Integer())]
+    response = [(b"page", amp.Unicode()), (b"next", amp.Integer())]
+
+
+class CloseConnection(amp.Command):
+    arguments = [(b"id", amp.Unicode()), (b"connection", amp.Unicode())]
+    response = [(b"closed", amp.Boolean())]
 
 
 class Ping(amp.Command):

@@ -22,6 +22,7 @@ Faults:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -42,8 +43,10 @@ from zope.interface import implementer
 
 from nodepass.master.host import COMMAND_FD, REPORT_FD, settingsToJSON
 from nodepass.master.hostproto import (
+    CloseConnection,
     InstanceExited,
     InstanceLines,
+    ListConnections,
     Ping,
     ResetCounters,
     StartInstance,
@@ -171,6 +174,30 @@ class HostedInstance:
 
     def kill(self) -> None:
         self._stop(force=True)
+
+    def connections(self) -> Deferred[list[dict[str, Any]]]:
+        """
+        The instance's open connections, every page of them (see L{ListConnections}).
+        """
+
+        async def pages() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            start = 0
+            while start >= 0 and self.host is not None and not self.ended:
+                answer = await self.host.call(ListConnections, id=self.instanceId, start=start)
+                if answer is None:
+                    break  # the host went away: its instances have no connections left
+                found.extend(json.loads(answer["page"]))
+                start = answer["next"]
+            return found
+
+        return Deferred.fromCoroutine(pages())
+
+    def closeConnection(self, connection: str) -> Deferred[bool]:
+        if self.host is None or self.ended:
+            return succeed(False)
+        d = self.host.call(CloseConnection, id=self.instanceId, connection=connection)
+        return d.addCallback(lambda answer: bool(answer and answer["closed"]))
 
     def resetCounters(self) -> Deferred[Mapping[str, int] | None]:
         if self.host is None or self.ended:

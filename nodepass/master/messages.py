@@ -14,6 +14,7 @@ from nodepass.errors import NodePassError
 __all__ = [
     "ALIAS_TOO_LONG",
     "BODY_TOO_LARGE",
+    "CONNECTION_NOT_FOUND",
     "FORBIDDEN_KEY",
     "ID_EXISTS",
     "ID_REQUIRED",
@@ -53,6 +54,7 @@ __all__ = [
     "NotFound",
     "RegistryError",
     "Unavailable",
+    "Unsupported",
     "duplicateTag",
     "invalidAction",
     "peerFieldTooLong",
@@ -92,6 +94,7 @@ META_TOO_LARGE: Final = "Meta size exceeds limit"
 TAG_KEY_TOO_LONG: Final = f"Meta tag key exceeds maximum length {MAX_VALUE_BYTES}"
 TAG_VALUE_TOO_LONG: Final = f"Meta tag value exceeds maximum length {MAX_VALUE_BYTES}"
 SHUTTING_DOWN: Final = "Master is shutting down"
+CONNECTION_NOT_FOUND: Final = "Connection not found"
 
 
 # -- webhooks ----------------------------------------------------------------------------------
@@ -182,4 +185,11 @@ class Conflict(RegistryError):
 class Unavailable(RegistryError):
     """
     The master cannot take changes now (it is shutting down).
+    """
+
+
+class Unsupported(RegistryError):
+    """
+    The request is valid but cannot be served for this instance (it runs where the master
+    cannot reach inside it).
     """

@@ -34,6 +34,7 @@ from urllib.parse import quote
 from nodepass.master.messages import (
     ALIAS_TOO_LONG,
     BODY_TOO_LARGE,
+    CONNECTION_NOT_FOUND,
     FORBIDDEN_KEY,
     ID_EXISTS,
     ID_REQUIRED,
@@ -68,6 +69,7 @@ from nodepass.master.messages import (
     peerFieldTooLong,
     unknownWebhookEvent,
 )
+from nodepass.master.supervisor import UNAVAILABLE_ISOLATED
 
 __all__ = [
     "DOCS_STATIC_FILES",
@@ -858,6 +860,7 @@ def _paths() -> dict[str, Any]:
             },
         },
         **_webhookPaths(),
+        **_connectionPaths(),
         "/openapi.json": {
             "description": "Public. Answers every method except `OPTIONS` (preflight) with "
             "the document.",
@@ -958,6 +961,82 @@ _WEBHOOK_BODY_ERRORS = (
     WEBHOOK_SECRET_INVALID,
     WEBHOOK_SECRET_TOO_LONG,
 )
+
+
+def _connectionPaths() -> dict[str, Any]:
+    parameters = [
+        {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": "Instance id.",
+            "schema": {"type": "string"},
+        }
+    ]
+    connection = _object(
+        {
+            "id": _string("The connection's id within its instance."),
+            "proto": _string("`tcp` (a relay) or `udp` (a flow).", enum=["tcp", "udp"]),
+            "remote": _string("The user's address, `host:port`."),
+            "target": _string("The target address, `host:port`."),
+            "rx": {"type": "integer", "minimum": 0, "description": "Bytes from the user side."},
+            "tx": {"type": "integer", "minimum": 0, "description": "Bytes to the user side."},
+            "since": {"type": "number", "description": "When it opened (Unix time, seconds)."},
+        },
+        "One open connection of an instance.",
+    )
+    unsupported = _errorResponse(
+        "The instance runs in a process of its own (`NP_ISOLATE`, `NP_CORE_BIN`); only "
+        "instances in instance hosts can list their connections.",
+        UNAVAILABLE_ISOLATED,
+    )
+    return {
+        "/instances/{id}/connections": {
+            "description": _methodsNote("`GET`"),
+            "parameters": parameters,
+            "get": _operation(
+                "listConnections",
+                "Open connections of an instance",
+                "Every open TCP relay and UDP flow of the instance, as it reports them now.",
+                "instances",
+                {
+                    "200": _jsonResponse(
+                        "The connections.", {"type": "array", "items": connection}
+                    ),
+                    "404": _NOT_FOUND,
+                    "501": unsupported,
+                },
+            ),
+        },
+        "/instances/{id}/connections/{cid}": {
+            "description": _methodsNote("`DELETE`"),
+            "parameters": [
+                *parameters,
+                {
+                    "name": "cid",
+                    "in": "path",
+                    "required": True,
+                    "description": "Connection id, from the list.",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "delete": _operation(
+                "closeConnection",
+                "Close one connection",
+                "Closes it as a normal close: its user sees the connection end.",
+                "instances",
+                {
+                    "204": {"description": "Closed."},
+                    "404": _errorResponse(
+                        "No such instance, or the connection is not open (any more).",
+                        NOT_FOUND,
+                        CONNECTION_NOT_FOUND,
+                    ),
+                    "501": unsupported,
+                },
+            ),
+        },
+    }
 
 
 def _webhookPaths() -> dict[str, Any]:

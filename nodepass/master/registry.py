@@ -64,6 +64,7 @@ from nodepass.master.auth import KeyChecker, generateKey
 from nodepass.master.events import truncateLogLine
 from nodepass.master.messages import (
     ALIAS_TOO_LONG,
+    CONNECTION_NOT_FOUND,
     FORBIDDEN_KEY,
     ID_EXISTS,
     ID_REQUIRED,
@@ -79,6 +80,7 @@ from nodepass.master.messages import (
     InvalidRequest,
     NotFound,
     Unavailable,
+    Unsupported,
 )
 from nodepass.master.requests import (
     bodyField,
@@ -98,6 +100,7 @@ from nodepass.master.store import (
 from nodepass.master.store import Traffic as StoredTraffic
 from nodepass.master.supervisor import (
     TRAFFIC_FIELDS,
+    ConnectionsUnavailable,
     Event,
     ISupervisorObserver,
     Status,
@@ -181,6 +184,10 @@ class SupervisorLike(Protocol):
     def remove(self, instanceId: str) -> Deferred[None]: ...
 
     def resetCounters(self, instanceId: str) -> Deferred[Mapping[str, int] | None]: ...
+
+    def connections(self, instanceId: str) -> Deferred[list[dict[str, Any]]]: ...
+
+    def closeConnection(self, instanceId: str, connection: str) -> Deferred[bool]: ...
 
     def stopAll(self) -> Deferred[None]: ...
 
@@ -701,6 +708,49 @@ class Registry:
             return await self._put(id, urlOf(body))
 
         return Deferred.fromCoroutine(run())
+
+    def connections(self, id: str) -> Deferred[_Objects]:
+        """
+        C{GET P/instances/{id}/connections}: the instance's open TCP relays and UDP flows.
+
+        @raise RegistryError: 400 C{Instance ID is required}, 404 C{Instance not found} (and
+            for C{********}), 501 when the instance runs in a process of its own.
+        """
+
+        async def run() -> _Objects:
+            self._findReal(id)
+            try:
+                return await self.supervisor.connections(id)
+            except ConnectionsUnavailable as e:
+                raise Unsupported(str(e)) from None
+
+        return Deferred.fromCoroutine(run())
+
+    def closeConnection(self, id: str, connection: str) -> Deferred[None]:
+        """
+        C{DELETE P/instances/{id}/connections/{cid}}: close one (its user sees the close).
+
+        @raise RegistryError: as L{connections}, and 404 C{Connection not found}.
+        """
+
+        async def run() -> None:
+            self._findReal(id)
+            try:
+                closed = await self.supervisor.closeConnection(id, connection)
+            except ConnectionsUnavailable as e:
+                raise Unsupported(str(e)) from None
+            if not closed:
+                raise NotFound(CONNECTION_NOT_FOUND)
+            log.info("Connection {cid} closed through the API [{id}]", cid=connection, id=id)
+
+        return Deferred.fromCoroutine(run())
+
+    def _findReal(self, id: str) -> _Instance:
+        if not id:
+            raise InvalidRequest(ID_REQUIRED)
+        if id == PSEUDO_ID:
+            raise NotFound(NOT_FOUND)
+        return self._find(id)
 
     def checkReplaceable(self, id: str) -> None:
         """

@@ -29,7 +29,7 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, gatherResults, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -402,6 +402,19 @@ class Traffic:
 # -- the supervisor ----------------------------------------------------------------------------
 
 
+#: Why an instance in a process of its own cannot list its connections.
+UNAVAILABLE_ISOLATED = (
+    "Connections are listed only for instances in instance hosts (not with NP_ISOLATE or "
+    "NP_CORE_BIN)"
+)
+
+
+class ConnectionsUnavailable(Exception):
+    """
+    The instance runs where the master cannot ask for its connections.
+    """
+
+
 class ISupervisorObserver(Interface):
     """
     What the registry hears from the L{Supervisor}.  Nothing is reported for an instance after
@@ -460,6 +473,22 @@ class IInstanceHandle(Interface):
         @raise ProcessExitedAlready: the instance has already ended.
         """
 
+    def connections() -> Deferred[list[dict[str, Any]]]:
+        """
+        The instance's open TCP relays and UDP flows (C{id}, C{proto}, C{remote},
+        C{target}, C{rx}, C{tx}, C{since}).
+
+        @raise ConnectionsUnavailable: (as the Deferred's failure) the instance runs where
+            the master cannot ask (a process of its own).
+        """
+
+    def closeConnection(connection: str) -> Deferred[bool]:
+        """
+        Close one of its connections; C{False} when it is not open (any more).
+
+        @raise ConnectionsUnavailable: as for L{connections}.
+        """
+
     def resetCounters() -> Deferred[Mapping[str, int] | None]:
         """
         Zero the instance's own traffic counters, where it can be told to.
@@ -508,6 +537,12 @@ class _ChildHandle:
 
     def resetCounters(self) -> Deferred[Mapping[str, int] | None]:
         return succeed(None)
+
+    def connections(self) -> Deferred[list[dict[str, Any]]]:
+        return fail(ConnectionsUnavailable(UNAVAILABLE_ISOLATED))
+
+    def closeConnection(self, connection: str) -> Deferred[bool]:
+        return fail(ConnectionsUnavailable(UNAVAILABLE_ISOLATED))
 
     def _signal(self, name: str) -> None:
         """
@@ -720,6 +755,26 @@ class Supervisor:
                 del self._instances[instanceId]
 
         return self._serialised(instance, removeIt)
+
+    def connections(self, instanceId: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        The open connections of a running instance; none when it has no process.
+        """
+        instance = self._instances.get(instanceId)
+        handle = instance.handle if instance is not None else None
+        if handle is None:
+            return succeed([])
+        return handle.connections()
+
+    def closeConnection(self, instanceId: str, connection: str) -> Deferred[bool]:
+        """
+        Close one connection of a running instance; C{False} when it is not open.
+        """
+        instance = self._instances.get(instanceId)
+        handle = instance.handle if instance is not None else None
+        if handle is None:
+            return succeed(False)
+        return handle.closeConnection(connection)
 
     def resetCounters(self, instanceId: str) -> Deferred[Mapping[str, int] | None]:
         """
