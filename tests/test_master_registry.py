@@ -571,6 +571,22 @@ class PatchTests(RegistryTestCase):
         self.assertEqual(self.successResultOf(self.registry.get(self.iid))["tcprx"], 50)
         self.assertEqual(self.supervisor.calls[-1], ("resetCounters", self.iid))
 
+    def test_refusalsAcrossRestarts(self) -> None:
+        """
+        Refusal counts come from the CHECK_POINT suffix and add up across the instance's
+        processes (a new process counts from zero again).
+        """
+        self.assertEqual(self.registry.refusals(self.iid), {"slot": 0, "deny": 0, "block": 0})
+        self.registry.checkpointReceived(
+            self.iid, Checkpoint(1, 2, 3, 4, 5, 0, 0, 0, 0, refusedSlot=1, refusedDeny=7)
+        )
+        self.registry.spawning(self.iid)
+        self.registry.checkpointReceived(
+            self.iid, Checkpoint(1, 2, 3, 4, 5, 0, 0, 0, 0, refusedDeny=2, refusedBlock=4)
+        )
+        self.assertEqual(self.registry.refusals(self.iid), {"slot": 1, "deny": 9, "block": 4})
+        self.assertEqual(self.registry.refusals("ffffffff"), {"slot": 0, "deny": 0, "block": 0})
+
     def test_resetZeroesHostedCounters(self) -> None:
         """
         A hosted instance zeroes its own counters on C{reset}; the bytes between the last

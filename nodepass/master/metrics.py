@@ -70,9 +70,11 @@ class _InstanceCollector(Collector):
         restarts: Callable[[str], int],
         subscribers: Callable[[], int],
         version: str,
+        refusals: Callable[[str], Mapping[str, int]] | None = None,
     ) -> None:
         self._instances = instances
         self._restarts = restarts
+        self._refusals = refusals
         self._subscribers = subscribers
         self._version = version
 
@@ -115,6 +117,12 @@ class _InstanceCollector(Collector):
             "Times the instance was started again after it had run.",
             labels=["id"],
         )
+        refused = CounterMetricFamily(
+            "nodepass_refused_connections",
+            "User connections (and UDP datagrams) the instance refused, by reason: the slot "
+            "limit, the allow/deny lists, block.",
+            labels=["id", "reason"],
+        )
         for item in self._instances():
             id = str(item["id"])
             current = str(item["status"])
@@ -128,7 +136,12 @@ class _InstanceCollector(Collector):
             pool.add_metric([id], item["pool"])
             ping.add_metric([id], item["ping"] / 1000.0)
             restarts.add_metric([id], self._restarts(id))
+            if self._refusals is not None:
+                for reason, count in self._refusals(id).items():
+                    refused.add_metric([id, reason], count)
         yield from (up, status, traffic, connections, pool, ping, restarts)
+        if self._refusals is not None:
+            yield refused
         subscribers = GaugeMetricFamily(
             "nodepass_sse_subscribers", "Open event streams (P/v1/events)."
         )
@@ -146,6 +159,8 @@ class MasterMetrics:
     @param restarts: how often an instance was started again after it had run.
     @param subscribers: how many event streams are open.
     @param version: the NodePass release for C{nodepass_build_info}.
+    @param refusals: an instance's refused users by reason, for
+        C{nodepass_refused_connections_total}.
     """
 
     def __init__(
@@ -154,9 +169,12 @@ class MasterMetrics:
         restarts: Callable[[str], int],
         subscribers: Callable[[], int],
         version: str,
+        refusals: Callable[[str], Mapping[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_InstanceCollector(instances, restarts, subscribers, version))
+        self.registry.register(
+            _InstanceCollector(instances, restarts, subscribers, version, refusals)
+        )
         self.requests = Counter(
             "nodepass_api_requests",
             "API requests answered, by method, route template and status code.",

@@ -133,6 +133,9 @@ SHUTDOWN_TIMEOUT: Final = 5.0
 
 _T = TypeVar("_T")
 
+#: Why an instance refuses a user (the C{reason} label of the refusal metric).
+REFUSAL_REASONS: Final = ("slot", "deny", "block")
+
 # A URL scheme followed by its colon (RFC 3986).
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 
@@ -265,6 +268,10 @@ class _Instance:
         self.trafficDirty = False
         #: Processes started for it since the master started (restarts are the rest).
         self.spawns = 0
+        #: Refused user connections by reason: the totals of earlier processes, and the
+        #: current process's own figures (from its CHECK_POINT lines).
+        self.refusedBase = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.refusedNow = dict.fromkeys(REFUSAL_REASONS, 0)
 
     def zeroGauges(self) -> None:
         self.ping = self.pool = self.tcps = self.udps = 0
@@ -386,6 +393,16 @@ class Registry:
         """
         instance = self._instances.get(id)
         return max(0, instance.spawns - 1) if instance is not None else 0
+
+    def refusals(self, id: str) -> dict[str, int]:
+        """
+        User connections (and UDP datagrams) C{id} refused since the master started, by
+        reason (C{slot}, C{deny}, C{block}), across its restarts.
+        """
+        instance = self._instances.get(id)
+        if instance is None:
+            return dict.fromkeys(REFUSAL_REASONS, 0)
+        return {r: instance.refusedBase[r] + instance.refusedNow[r] for r in REFUSAL_REASONS}
 
     def instanceObjects(self) -> _Objects:
         """
@@ -908,6 +925,9 @@ class Registry:
         if instance is not None:
             instance.traffic.spawned()
             instance.spawns += 1
+            for reason in REFUSAL_REASONS:
+                instance.refusedBase[reason] += instance.refusedNow[reason]
+                instance.refusedNow[reason] = 0
 
     def statusChanged(self, instanceId: str, status: Status, cause: Event) -> None:
         instance = self._instances.get(instanceId)
@@ -925,6 +945,10 @@ class Registry:
             value = getattr(checkpoint, name)
             if value is not None:
                 setattr(instance, name, value)
+        for reason in REFUSAL_REASONS:
+            value = getattr(checkpoint, "refused" + reason.capitalize())
+            if value is not None:
+                instance.refusedNow[reason] = value
         before = instance.traffic.totals()
         instance.traffic.checkpoint(checkpoint)
         if instance.traffic.totals() != before:

@@ -325,6 +325,7 @@ class MasterService(MultiService):
                 self.registry.restartCount,
                 lambda: self.hub.subscriberCount,
                 __version__,
+                self.registry.refusals,
             ),
             health=HealthChecks(
                 self.store.probe,
