@@ -95,7 +95,7 @@ class FakeSystem:
             room = target.capacity - len(target.buffer)
             if room <= 0:
                 raise BlockingIOError(errno.EAGAIN, "full pipe")
-            n = min(count, room, len(source.readable))
+            n: int = min(count, room, len(source.readable))
             target.buffer += source.readable[:n]
             del source.readable[:n]
             return n
