@@ -14,18 +14,18 @@ defers them, so that an idle forwarder does not carry them (figures: Twisted 26.
   when a URL needs TLS), so these are hidden while the reactor's modules are imported.
 * C{http.cookiejar} and C{urllib.request}: C{twisted.python.compat} binds the first (as a
   deprecated alias) at import, C{xml.sax.saxutils} (under C{twisted.web.server}) the
-  second, and they pull in C{http.client}, C{email}, C{ssl} and C{hashlib} (about 5 MiB,
+  second, and they pull in C{http.client}, C{email}, C{ssl} and C{hashlib} (about 7 MiB,
   OpenSSL's shared libraries included).  Each is replaced by a L{Placeholder} that imports
   the real module on first attribute access (C{twisted.web.client} does, when loaded).
 * C{asyncio}: C{twisted.internet.defer} imports C{AbstractEventLoop}, C{Future} and
-  C{iscoroutine} from it, the first two for annotations only (about 3 MiB with
-  C{concurrent.futures}).  While C{twisted.internet.defer} is imported, C{asyncio} is a
+  C{iscoroutine} from it, the first two for annotations only (asyncio and
+  C{concurrent.futures}: about 3 MiB, 8 MiB with the C{ssl} it imports).  While C{twisted.internet.defer} is imported, C{asyncio} is a
   stand-in with those three names: C{iscoroutine} answers as asyncio's does for what
   C{Deferred} asks it (a coroutine, or a L{collections.abc.Coroutine}; C{Deferred} tests
   for generators itself).  The stand-in is gone once C{defer} is imported: a later
   C{import asyncio} gets the real module.
 * C{ctypes} while C{twisted.python.win32} is imported: it probes C{ctypes.WinError}, which
-  exists on Windows only (about 0.5 MiB).
+  exists on Windows only (about 0.3 MiB).
 
 And, while the tunnel's modules are imported (L{tunnelImports}, for C{server://} and
 C{client://} only):
