@@ -556,15 +556,64 @@ class FlushCloseTests(SynchronousTestCase):
         b.connectionLost(Failure(ConnectionDone()))
         self.assertNotIn(b, pool.active)
 
-    def test_parkedHalfClosedStaysParked(self) -> None:
+    def test_parkedClosedByItsPeerLeavesAtOnce(self) -> None:
         """
-        §4.5: idle connections are not probed: a FIN on a parked connection is remembered
-        (and acted upon when the connection is used), it does not unpark it.
+        A FIN on an idle parked connection (nothing received) closes it and takes it out of
+        the pool at once, so the pool count stays true and nothing lingers in CLOSE_WAIT.
+        (Go only notices when the connection is used, §4.5.)
         """
         _, pool, (_, a) = parked("aaaaaaaa")
         a.readConnectionLost()
+        self.assertTrue(a.closed)
+        self.assertEqual(list(pool.idle), [CONTROL_ID])
+        self.assertEqual(pool.idleCount, 0)
+
+    def test_parkedWithOwedBytesAndEOFWaitsToBeTaken(self) -> None:
+        """
+        Bytes then a FIN, before this side read the signal naming the connection: both are
+        kept for whoever takes it, as the peer's user sent them.
+        """
+        clock, pool, (_, a) = parked("aaaaaaaa")
+        a.dataReceived(b"hello")
+        a.readConnectionLost()
         self.assertIn("aaaaaaaa", pool.idle)
-        self.assertTrue(a.pendingEOF)
+        clock.advance(pool.getTimeout - 0.1)
+        self.assertFalse(a.closed)
+        recorder = Recorder()
+        self.successResultOf(pool.outgoingGet("aaaaaaaa")).attach(recorder)
+        self.assertEqual(recorder.data, [b"hello"])
+        self.assertEqual(clock.getDelayedCalls(), [])  # no claim deadline left behind
+
+    def test_unclaimedBytesCloseTheConnection(self) -> None:
+        """
+        Bytes on a parked connection that nothing takes within the get timeout were not owed
+        to anyone: the connection is closed and leaves the pool.
+        """
+        clock, pool, (_, a) = parked("aaaaaaaa")
+        a.dataReceived(b"\x00" * 100)
+        clock.advance(pool.getTimeout - 0.1)
+        self.assertFalse(a.closed)
+        clock.advance(0.1)
+        self.assertTrue(a.closed)
+        self.assertEqual(a.pending, [])
+        self.assertEqual(list(pool.idle), [CONTROL_ID])
+
+    def test_parkedReadsAreBounded(self) -> None:
+        """
+        Past PARKED_READ_LIMIT bytes a parked connection stops reading (the peer's window
+        fills instead of our memory); taking it resumes reading.
+        """
+        from nodepass.tunnel.pool import PARKED_READ_LIMIT
+
+        _, pool, (_, a) = parked("aaaaaaaa")
+        transport: Any = a.transport
+        for _ in range(PARKED_READ_LIMIT // 65536 + 1):
+            self.assertEqual(transport.producerState, "producing")
+            a.dataReceived(b"\x00" * 65536)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLessEqual(sum(map(len, a.pending)), PARKED_READ_LIMIT + 65536)
+        self.successResultOf(pool.incomingGet())
+        self.assertEqual(transport.producerState, "producing")
 
     def test_consumerConnectionLost(self) -> None:
         _, pool, (control,) = parked()

@@ -38,6 +38,10 @@ ID_TIMEOUT = 60.0
 #: How many recently closed parked connections a pool remembers.
 GONE_MEMORY = 256
 
+#: Bytes a parked connection keeps for the side that will take it (a peer may start sending
+#: before this side has read the signal naming the connection); past this, it stops reading.
+PARKED_READ_LIMIT = 256 * 1024
+
 
 class PoolTimeout(NodePassError):
     """
@@ -77,6 +81,9 @@ class PoolConnection(RelayProtocol):
         self.consumer: Consumer | None = None
         self._idBuffer = b""
         self._idTimer: IDelayedCall | None = None
+        #: Bytes received while parked, and the deadline for someone to take them.
+        self._parkedBytes = 0
+        self._claimTimer: IDelayedCall | None = None
 
     # -- connection events -------------------------------------------------
 
@@ -106,18 +113,59 @@ class PoolConnection(RelayProtocol):
             return
         if self.consumer is not None:
             self.consumer.dataReceived(data)
-        else:
-            super().dataReceived(data)
+            return
+        if self.state == "parked":
+            self._keepWhileParked(data)
+        super().dataReceived(data)
+
+    def _keepWhileParked(self, data: bytes) -> None:
+        """
+        Bytes for a parked connection: owed to whoever takes it next (its peer named it in
+        a signal that is still on its way), so they are kept, but only so many, and only for
+        as long as a signal can take: a connection nobody takes is closed.
+        """
+        self._parkedBytes += len(data)
+        if self._claimTimer is None:
+            self._claimTimer = self.pool.clock.callLater(self.pool.getTimeout, self._unclaimed)
+        if self._parkedBytes > PARKED_READ_LIMIT:
+            self.gate.pause("parked")
+
+    def _unclaimed(self) -> None:
+        self._claimTimer = None
+        if self.state == "parked":
+            self.pool.log.debug(
+                "Pool connection {id} closed: {n} bytes arrived and nothing took it",
+                id=self.ident,
+                n=self._parkedBytes,
+            )
+            self.pending = []
+            self.close()
+
+    def taken(self) -> None:
+        """
+        Someone took this connection out of the pool: what it kept is theirs now.
+        """
+        if self._claimTimer is not None and self._claimTimer.active():
+            self._claimTimer.cancel()
+        self._claimTimer = None
+        self.gate.resume("parked")
 
     def readConnectionLost(self) -> None:
         if self.consumer is not None:
             self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self.state == "parked" and not self.pending:
+            # The peer closed an idle pool connection: it leaves the pool now, so the pool
+            # count stays true and no socket lingers half closed.
+            self.close()
         else:
             super().readConnectionLost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         if self._idTimer is not None and self._idTimer.active():
             self._idTimer.cancel()
+        if self._claimTimer is not None and self._claimTimer.active():
+            self._claimTimer.cancel()
+        self._claimTimer = None
         self.lostReason = reason
         self.pool.lost(self)
         consumer, self.consumer = self.consumer, None
@@ -258,6 +306,7 @@ class Pool:
 
     def _mark(self, conn: PoolConnection) -> None:
         conn.state = "taken"
+        conn.taken()
         self.active.add(conn)
 
     def _takeNow(self, conn: PoolConnection) -> Deferred[PoolConnection]:
