@@ -87,6 +87,37 @@ class NodePassService(MultiService):
         for callback in self.fatal:
             callback(message)
 
+    def connections(self) -> list[dict[str, Any]]:
+        """
+        Every open TCP relay and UDP flow of this instance, one dict each:
+        C{{"id", "proto", "remote", "target", "rx", "tx", "since"}} (see
+        L{nodepass.tunnel.exchange.Connections}); JSON-ready.  A master has none.
+        """
+        return [entry for registry in self._registries() for entry in registry.list()]
+
+    def closeConnection(self, ident: str) -> bool:
+        """
+        Close the connection listed under C{ident} as a normal close would (a
+        TCP user sees the end of its connection; a UDP flow is forgotten);
+        C{False} when there is none (any more).
+        """
+        return any(registry.close(ident) for registry in self._registries())
+
+    def _registries(self) -> list[Any]:
+        from nodepass.tunnel.exchange import ILiveConnections
+
+        found: list[Any] = []
+        services: list[Any] = list(self)
+        while services:
+            service = services.pop(0)
+            if ILiveConnections.providedBy(service):
+                registry = service.connections
+                if all(registry is not seen for seen in found):
+                    found.append(registry)
+            if isinstance(service, MultiService):
+                services.extend(service)
+        return found
+
 
 def _resolver(config: Config, reactor: Any, log: Logger) -> Resolver:
     lookup = serverLookup(config.dnsServers) if config.dnsServers else systemLookup(reactor)

@@ -297,3 +297,92 @@ class LiveRelayTests(SynchronousTestCase):
         )
         h.exchanges.abort()
         self.assertEqual(h.exchanges.live, set())
+
+
+class ConnectionsTests(SynchronousTestCase):
+    """
+    L{Connections}: every relay listed under its own id while it runs, with its own byte
+    counts (the instance counters still get everything), and closed by id.
+    """
+
+    def test_relaysAreListedWithTheirOwnCounts(self) -> None:
+        h = Harness()
+        h.clock.advance(1700000000.5)
+        user, userTransport = connected()
+        self.successResultOf(h.toTarget(user))
+        user.dataReceived(b"abc")
+        h.target().protocol.dataReceived(b"defgh")
+        other, _ = connected(IPv6Address("TCP", "2001:db8::1", 5))
+        self.successResultOf(h.toTarget(other))
+        other.dataReceived(b"x")
+        self.assertEqual(
+            h.exchanges.connections.list(),
+            [
+                {
+                    "id": "1",
+                    "proto": "tcp",
+                    "remote": "198.51.100.9:40001",
+                    "target": "10.0.0.5:8080",
+                    "rx": 3,
+                    "tx": 5,
+                    "since": 1700000000.5,
+                },
+                {
+                    "id": "2",
+                    "proto": "tcp",
+                    "remote": "[2001:db8::1]:5",
+                    "target": "10.0.0.5:8080",
+                    "rx": 1,
+                    "tx": 0,
+                    "since": 1700000000.5,
+                },
+            ],
+        )
+        self.assertEqual((h.counters.tcprx, h.counters.tcptx), (4, 5))
+        # It leaves the list when it ends.
+        userTransport.loseConnection()
+        self.assertEqual([c["id"] for c in h.exchanges.connections.list()], ["2"])
+
+    def test_exitSideNamesTheUserItWasTold(self) -> None:
+        h = Harness()
+        conn, _ = connected(IPv4Address("TCP", "192.0.2.50", 10101))
+        self.successResultOf(h.toTarget(conn, targetCounted=True))
+        conn.dataReceived(b"request")
+        h.target().protocol.dataReceived(b"answer!!")
+        [entry] = h.exchanges.connections.list()
+        self.assertEqual(
+            (entry["remote"], entry["target"], entry["rx"], entry["tx"]),
+            ("198.51.100.9:40001", "10.0.0.5:8080", 8, 7),
+        )
+
+    def test_closeIsANormalClose(self) -> None:
+        h = Harness()
+        user, userTransport = connected()
+        self.successResultOf(h.toTarget(user))
+        targetTransport = h.target()
+        self.assertTrue(h.exchanges.connections.close("1"))
+        self.assertFalse(userTransport.connected)
+        self.assertFalse(targetTransport.connected)
+        self.assertEqual(h.exchanges.connections.list(), [])
+        self.assertEqual(h.slots.tcp, 0)
+        self.assertFalse(h.exchanges.connections.close("1"))
+        self.assertFalse(h.exchanges.connections.close("nope"))
+
+    def test_oneRegistryForSeveralExchanges(self) -> None:
+        h = Harness()
+        second = Exchanges(
+            h.clock,
+            h.config,
+            h.dialer,  # type: ignore[arg-type]
+            h.counters,
+            None,
+            h.slots,
+            defaultLogger(),
+            connections=h.exchanges.connections,
+        )
+        a, _ = connected()
+        b, _ = connected()
+        h.exchanges.join(a, connected()[0])
+        second.join(b, connected()[0])
+        self.assertEqual([c["id"] for c in h.exchanges.connections.list()], ["1", "2"])
+        self.assertEqual(len(h.exchanges.connections), 2)

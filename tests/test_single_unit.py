@@ -288,7 +288,9 @@ class SingleEndTests(SynchronousTestCase):
                 "Target 127.0.0.1:80 failed: Connection was refused by other side.",
                 "singleTCPLoop: dialWithRotation failed: "
                 "dial 127.0.0.1:80 failed: Connection was refused by other side.",
-                "CHECK_POINT|MODE=1|PING=0ms|POOL=0|TCPS=0|UDPS=0|TCPRX=0|TCPTX=0|UDPRX=0|UDPTX=0",
+                # The refused second connection is counted in the line's suffix.
+                "CHECK_POINT|MODE=1|PING=0ms|POOL=0|TCPS=0|UDPS=0|TCPRX=0|TCPTX=0|UDPRX=0|UDPTX=0"
+                "|REFUSED_SLOT=1|REFUSED_DENY=0|REFUSED_BLOCK=0",
                 "Client shutdown complete",
             ],
         )
@@ -570,3 +572,130 @@ def test_plainStringTransportAlsoWorksForTheSlotLimit() -> None:
         factory.buildProtocol(USER).makeConnection(transport)
         transports.append(transport)
     assert [t.disconnecting for t in transports] == [False, True]
+
+
+class SingleEndAccessTests(SynchronousTestCase):
+    """
+    C{allow}/C{deny} on the single-end listeners, refusal counts, and the list of live
+    connections (L{SingleEnd.connections}).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = Reactor()
+
+    def single(self, url: str) -> SingleEnd:
+        config = parse(url)
+        resolver = Resolver(self.reactor, config.dnsTTL, CountingLookup())
+        return SingleEnd(config, self.reactor, Settings(), resolver)
+
+    def connected(self, protocol: Any, peer: IPv4Address) -> StringTransportWithDisconnection:
+        transport = StringTransportWithDisconnection(peerAddress=peer)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return transport
+
+    def accept(self, service: SingleEnd) -> StringTransportWithDisconnection:
+        return self.connected(self.reactor.tcpServers[0][1].buildProtocol(USER), USER)
+
+    def completeTarget(self, index: int) -> StringTransportWithDisconnection:
+        protocol = self.reactor.tcpClients[index][2].buildProtocol(None)
+        return self.connected(protocol, IPv4Address("TCP", self.reactor.tcpClients[index][0], 80))
+
+    def test_deniedTCPPeerGetsNoProtocol(self) -> None:
+        service = self.single(URL + "&deny=198.51.100.0/24&slot=5")
+        service.bind()
+        factory = self.reactor.tcpServers[0][1]
+        with capturedLogs() as events:
+            self.assertIsNone(factory.buildProtocol(USER))
+            self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "198.51.100.9", 40002)))
+        self.assertEqual(service.slots.tcp, 0)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(service.counters.refusedDeny, 2)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["singleTCPLoop: refused 198.51.100.9:40001: in deny 198.51.100.0/24"],
+        )
+        # Others are relayed as before.
+        other = IPv4Address("TCP", "203.0.113.5", 40003)
+        self.assertIsNotNone(factory.buildProtocol(other))
+
+    def test_allowListAdmitsOnlyItsPeers(self) -> None:
+        service = self.single(URL + "&allow=203.0.113.0/24")
+        service.bind()
+        factory = self.reactor.tcpServers[0][1]
+        self.assertIsNone(factory.buildProtocol(USER))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "203.0.113.5", 1)))
+        self.assertEqual(service.counters.refusedDeny, 1)
+
+    def test_deniedUDPSourceIsDroppedBeforeAFlow(self) -> None:
+        service = self.single(URL + "&deny=198.51.100.9")
+        service.bind()
+        listener = self.reactor.udpPorts[0][1]
+        listener.datagramReceived(b"query", ("198.51.100.9", 5353))
+        listener.datagramReceived(b"query", ("::ffff:198.51.100.9", 5354))
+        self.assertEqual(len(self.reactor.udpPorts), 1)
+        self.assertEqual(service.udpSessions, {})
+        self.assertEqual((service.slots.udp, service.counters.udprx), (0, 0))
+        self.assertEqual(service.counters.refusedDeny, 2)
+        listener.datagramReceived(b"query", ("203.0.113.5", 5353))
+        self.assertEqual(len(self.reactor.udpPorts), 2)
+
+    def test_slotAndBlockRefusalsAreCounted(self) -> None:
+        service = self.single(URL + "&slot=1&block=2")
+        service.bind()
+        first = self.accept(service)
+        self.accept(service)
+        self.assertEqual(service.counters.refusedSlot, 1)
+        listener = self.reactor.udpPorts[0][1]
+        listener.datagramReceived(b"q", ("203.0.113.5", 1))
+        self.assertEqual(service.counters.refusedSlot, 2)
+        first.protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertFalse(first.connected)
+        self.assertEqual(service.counters.refusedBlock, 1)
+        self.assertEqual(service.counters.refusedDeny, 0)
+
+    def test_liveConnectionsAreListedAndClosed(self) -> None:
+        service = self.single(URL + "&slot=5")
+        service.bind()
+        self.reactor.advance(1000)
+        user = self.accept(service)
+        target = self.completeTarget(0)
+        user.protocol.dataReceived(b"hello")
+        target.protocol.dataReceived(b"hi")
+        listener = self.reactor.udpPorts[0][1]
+        listener.datagramReceived(b"query", ("2001:db8::9", 5353))
+        [(_, flow, _, _)] = self.reactor.udpPorts[1:]
+        flow.datagramReceived(b"answer", ("127.0.0.1", 80))
+        listed = service.connections.list()
+        self.assertEqual(
+            listed,
+            [
+                {
+                    "id": "1",
+                    "proto": "tcp",
+                    "remote": "198.51.100.9:40001",
+                    "target": "127.0.0.1:80",
+                    "rx": 5,
+                    "tx": 2,
+                    "since": 1000.0,
+                },
+                {
+                    "id": "2",
+                    "proto": "udp",
+                    "remote": "[2001:db8::9]:5353",
+                    "target": "127.0.0.1:80",
+                    "rx": 5,
+                    "tx": 6,
+                    "since": 1000.0,
+                },
+            ],
+        )
+        # Closing the relay closes the user's connection (a normal close).
+        self.assertTrue(service.connections.close("1"))
+        self.assertFalse(user.connected)
+        self.assertFalse(service.connections.close("1"))
+        self.assertTrue(service.connections.close("2"))
+        self.assertEqual(service.connections.list(), [])
+        self.assertEqual((service.slots.tcp, service.slots.udp), (0, 0))
+        # The instance counters still hold everything.
+        self.assertEqual((service.counters.tcprx, service.counters.tcptx), (5, 2))

@@ -5,7 +5,12 @@ first steps for an accepted user (dataplane spec §6.1, §10.3, §10.5): take a
 slot (or close the connection with one error line), then, when ``block`` is
 set, wait for the first 8 bytes and refuse SOCKS, HTTP or TLS as asked; the
 bytes read meanwhile are kept and relayed first.  What happens next, dialling
-a target or taking a pool connection, is the subclass's L{proceed}.
+a target or taking a pool connection, is the subclass's L{proceed}.  Each
+refusal is counted in the instance's L{Counters} (C{refusedSlot},
+C{refusedBlock}).
+
+The C{allow}/C{deny} lists come before all of this, in the listener's
+factory (L{screened}): a refused peer never gets a protocol.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nodepass import sniff
+from nodepass.access import Screen
 from nodepass.limits import Slots
 from nodepass.relay import RelayProtocol
+from nodepass.stats import Counters
 
 
 def hostPort(address: Any) -> str:
@@ -29,10 +36,20 @@ def hostPort(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def screened(screen: Screen, addr: Any, loop: str) -> bool:
+    """
+    C{True} when the peer at C{addr} (a Twisted address) may connect to a
+    listener screened by C{screen}; a refusal is counted and logged there.
+    """
+    if not screen.active:
+        return True
+    return screen.allows(getattr(addr, "host", ""), getattr(addr, "port", 0), loop)
+
+
 class AdmittedUser(RelayProtocol):
     """
     Subclasses set L{loop} (the log prefix) and implement L{log}, L{slots},
-    L{block} and L{proceed}.
+    L{counters}, L{block} and L{proceed}.
     """
 
     loop = "commonTCPLoop"
@@ -48,6 +65,13 @@ class AdmittedUser(RelayProtocol):
 
     @property
     def slots(self) -> Slots:
+        raise NotImplementedError
+
+    @property
+    def counters(self) -> Counters:
+        """
+        The instance's counters, where refusals are counted.
+        """
         raise NotImplementedError
 
     @property
@@ -70,6 +94,7 @@ class AdmittedUser(RelayProtocol):
         """
         slots = self.slots
         if not slots.tryAcquire("tcp"):
+            self.counters.refusedSlot += 1
             self.log.error(
                 "{loop}: TCP slot limit reached: {used}/{limit}",
                 loop=self.loop,
@@ -105,6 +130,7 @@ class AdmittedUser(RelayProtocol):
         self.sniffing = False
         blocked = sniff.detect(b"".join(self.pending)[: sniff.PEEK_SIZE], self.block)
         if blocked is not None:
+            self.counters.refusedBlock += 1
             self.log.warn(
                 "{loop}: blocked {proto} protocol from {peer}",
                 loop=self.loop,

@@ -18,10 +18,12 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nodepass.log import defaultLogger
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
+from nodepass.tunnel.exchange import Connections, ILiveConnections
 from nodepass.tunnel.pool import CONTROL_ID, Pool, PoolConnection
 from nodepass.tunnel.session import Session, Shared, _EntryUDP, _UserFactory
 from nodepass.url import Config, describe
@@ -30,6 +32,7 @@ from nodepass.url import Config, describe
 MAX_BACKOFF = 30.0
 
 
+@implementer(ILiveConnections)
 class TunnelPeer(Service):
     """
     Base class of L{nodepass.tunnel.server.TunnelServer} and
@@ -69,6 +72,13 @@ class TunnelPeer(Service):
         self.entryTCP: IListeningPort | None = None
         self.entryUDP: IListeningPort | None = None
         self._rng = random.Random()
+
+    @property
+    def connections(self) -> Connections:
+        """
+        The live relays and flows of every session (L{Shared.connections}).
+        """
+        return self.shared.connections
 
     # -- entry listeners (kept for the life of the process) --------------------
 
@@ -214,6 +224,7 @@ class TunnelPeer(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.stopping = True
+        self.shared.screen.stop()
         if self._loop is not None and not self._loop.called:
             self._loop.cancel()
         waits: list[Deferred[Any]] = []

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nodepass.access import AccessList, Screen
 from nodepass.balance import TargetDialer
 from nodepass.errors import NodePassError
 from nodepass.limits import RateLimiter, Slots
@@ -29,9 +30,9 @@ from nodepass.log import defaultLogger
 from nodepass.relay import RelayProtocol
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
-from nodepass.tunnel.admit import AdmittedUser, hostPort
+from nodepass.tunnel.admit import AdmittedUser, hostPort, screened
 from nodepass.tunnel.control import ControlChannel, Signal
-from nodepass.tunnel.exchange import ExchangeError, Exchanges, tune
+from nodepass.tunnel.exchange import Connections, ExchangeError, Exchanges, tune
 from nodepass.tunnel.pool import Pool, PoolConnection
 from nodepass.tunnel.udp import (
     DatagramCodec,
@@ -71,9 +72,11 @@ def splitRemote(remote: str) -> tuple[str, int]:
 class Shared:
     """
     What lives for the whole process, across restarts: counters, slots, the
-    rate limiter, the target dialer, and the instance's logger (C{log}; by
-    default, one publishing to the global log publisher), which every
-    session logs through.
+    rate limiter, the target dialer, the registry of live connections
+    (C{connections}), the C{allow}/C{deny} check of the entry listeners
+    (C{screen}), and the instance's logger (C{log}; by default, one
+    publishing to the global log publisher), which every session logs
+    through.
     """
 
     def __init__(
@@ -94,6 +97,8 @@ class Shared:
         self.counters = counters
         self.slots = Slots(config.slot)
         self.limiter = RateLimiter.fromMbps(config.rate, reactor) if config.rate else None
+        self.connections = Connections(reactor)
+        self.screen = Screen(AccessList(config.allow, config.deny), reactor, counters, self.log)
 
 
 # -- TCP ----------------------------------------------------------------------
@@ -113,6 +118,10 @@ class _User(AdmittedUser):
     @property
     def slots(self) -> Slots:
         return self.factory.session.shared.slots
+
+    @property
+    def counters(self) -> Counters:
+        return self.factory.session.shared.counters
 
     @property
     def block(self) -> str:
@@ -167,6 +176,9 @@ class _UserFactory(Factory):
     def buildProtocol(self, addr: Any) -> Any:
         if self.session is None or self.session.stopped:
             return None
+        # Refused peers are closed at once: no byte read, no slot or pool connection taken.
+        if not screened(self.session.shared.screen, addr, "commonTCPLoop"):
+            return None
         return super().buildProtocol(addr)
 
 
@@ -194,6 +206,7 @@ class _EntryUDP(EntryListener):
             self.counters = session.shared.counters
             self.limiter = session.shared.limiter
             self.flows = session.entryFlows
+            self.screen = session.shared.screen
 
     def accepting(self) -> bool:
         return self._session is not None and not self._session.stopped
@@ -266,13 +279,26 @@ class Session:
             shared.limiter,
             shared.slots,
             self.log,
+            connections=shared.connections,
         )
         #: The live relays (L{Exchanges.live}).
         self.relays = self.exchanges.live
         #: UDP flows towards the target (exit side), keyed by the signal's ``remote``.
-        self.exitFlows = Flows(shared.slots, self.log, "commonUDPOnce")
+        self.exitFlows = Flows(
+            shared.slots,
+            self.log,
+            "commonUDPOnce",
+            counters=shared.counters,
+            connections=shared.connections,
+        )
         #: UDP flows over the tunnel (entry side), keyed by the user's address.
-        self.entryFlows = Flows(shared.slots, self.log, "commonUDPLoop")
+        self.entryFlows = Flows(
+            shared.slots,
+            self.log,
+            "commonUDPLoop",
+            counters=shared.counters,
+            connections=shared.connections,
+        )
         self.tcpPort: IListeningPort | None = None
         self.udpPort: IListeningPort | None = None
         self.control = ControlChannel(
@@ -429,6 +455,7 @@ class Session:
             raise SessionError(f"pool connection {signal.id} was already closed")
         slots = self.shared.slots
         if not slots.tryAcquire(kind):
+            self.shared.counters.refusedSlot += 1
             self.log.error(
                 "common{kind}Once: {kind} slot limit reached: {used}/{limit}",
                 kind=kind.upper(),

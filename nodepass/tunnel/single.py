@@ -2,7 +2,9 @@
 
 The client listens on its tunnel address (TCP unless ``notcp=1``, UDP unless
 ``noudp=1``) and forwards every connection and every datagram flow straight
-to the targets (dataplane spec §2.2, §7.4, §10).
+to the targets (dataplane spec §2.2, §7.4, §10).  Peers that ``allow``/``deny``
+refuse are closed (TCP) or dropped (UDP) before anything else happens; every
+relay and flow is listed in L{SingleEnd.connections}.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nodepass import sniff
+from nodepass.access import AccessList, Screen
 from nodepass.balance import TargetDialer, Targets, connectTCP
 from nodepass.errors import StartupError
 from nodepass.limits import RateLimiter, Slots
@@ -27,8 +31,8 @@ from nodepass.relay import Relay
 from nodepass.resolve import Resolver
 from nodepass.settings import Settings
 from nodepass.stats import Counters, logCheckpoint
-from nodepass.tunnel.admit import AdmittedUser, hostPort
-from nodepass.tunnel.exchange import Exchanges, tune
+from nodepass.tunnel.admit import AdmittedUser, hostPort, screened
+from nodepass.tunnel.exchange import Connections, Exchanges, ILiveConnections, tune
 from nodepass.tunnel.udp import EntryListener, Flow, Flows, TargetFlow, connectTarget
 from nodepass.url import Config, HostPort
 
@@ -49,6 +53,10 @@ class _Inbound(AdmittedUser):
     @property
     def slots(self) -> Slots:
         return self.factory.forwarder.slots
+
+    @property
+    def counters(self) -> Counters:
+        return self.factory.forwarder.counters
 
     @property
     def block(self) -> str:
@@ -106,6 +114,12 @@ class _InboundFactory(Factory):
     def __init__(self, forwarder: SingleEnd) -> None:
         self.forwarder = forwarder
 
+    def buildProtocol(self, addr: Any) -> Any:
+        # Refused peers are closed at once: no byte read, no slot taken.
+        if not screened(self.forwarder.screen, addr, "singleTCPLoop"):
+            return None
+        return super().buildProtocol(addr)
+
 
 class _UDPListener(EntryListener):
     """
@@ -118,6 +132,8 @@ class _UDPListener(EntryListener):
         self.counters = forwarder.counters
         self.limiter = forwarder.limiter
         self.flows = forwarder.udpFlows
+        self.screen = forwarder.screen
+        self.loop = "singleUDPLoop"
 
     def accepting(self) -> bool:
         return self.forwarder.udpPort is not None
@@ -126,6 +142,7 @@ class _UDPListener(EntryListener):
         return self.forwarder.openUDPSession(self, source)
 
 
+@implementer(ILiveConnections)
 class SingleEnd(Service):
     """
     The single-end forwarder service.  Binding happens in C{startService};
@@ -133,6 +150,9 @@ class SingleEnd(Service):
 
     @param log: the instance's logger, which everything the forwarder makes
         logs through (by default, one publishing to the global log publisher).
+
+    @ivar connections: the live relays and flows (L{Connections}).
+    @ivar screen: the C{allow}/C{deny} check of both listeners.
     """
 
     name = "single-end"
@@ -158,6 +178,10 @@ class SingleEnd(Service):
         self.resolver = resolver
         self.counters = counters if counters is not None else Counters()
         self.slots = Slots(config.slot)
+        self.connections = Connections(reactor)
+        self.screen = Screen(
+            AccessList(config.allow, config.deny), reactor, self.counters, self.log
+        )
         # Per-connection log lines are only built when the log level keeps them.
         self.logDebug = wants(config.log, "debug")
         self.logInfo = wants(config.log, "info")
@@ -173,14 +197,27 @@ class SingleEnd(Service):
             log=self.log,
         )
         self.exchanges = Exchanges(
-            reactor, config, self.dialer, self.counters, self.limiter, self.slots, self.log
+            reactor,
+            config,
+            self.dialer,
+            self.counters,
+            self.limiter,
+            self.slots,
+            self.log,
+            connections=self.connections,
         )
         #: The live relays (L{Exchanges.live}).
         self.relays = self.exchanges.live
         self.tcpPort: IListeningPort | None = None
         self.udpPort: IListeningPort | None = None
         self.inbound: set[_Inbound] = set()
-        self.udpFlows = Flows(self.slots, self.log, "singleUDPLoop")
+        self.udpFlows = Flows(
+            self.slots,
+            self.log,
+            "singleUDPLoop",
+            counters=self.counters,
+            connections=self.connections,
+        )
         self.ping = 0
         self._health = LoopingCall(self.checkpoint)
         self._health.clock = reactor
@@ -232,6 +269,7 @@ class SingleEnd(Service):
         super().stopService()
         if self._health.running:
             self._health.stop()
+        self.screen.stop()
         waits: list[Deferred[Any]] = []
         for port in (self.tcpPort, self.udpPort):
             if port is not None:

@@ -3,7 +3,8 @@
 * L{DatagramCodec}: UDP datagrams on a pool connection (dataplane spec §7.1,
   §16.1).
 * L{Flows}: the live flows of a listener or a session, keyed by their source,
-  each holding a ``udp`` slot (§10.3) until it ends.
+  each holding a ``udp`` slot (§10.3) until it ends, and listed in the
+  instance's L{Connections <nodepass.tunnel.exchange.Connections>} meanwhile.
 * L{TargetFlow}: a connected UDP socket towards the target for one source
   (single-end §7.4, exit side §7.3), opened by L{connectTarget}; it ends after
   the read timeout without traffic either way.
@@ -13,7 +14,9 @@
   connection.
 * L{EntryListener}: the UDP socket users send to (single-end tunnel address,
   entry side's target address), which counts and rate-limits what it reads
-  and writes (§6.4, §10.2) and hands each datagram to its source's flow.
+  and writes (§6.4, §10.2) and hands each datagram to its source's flow.  A
+  source its L{Screen <nodepass.access.Screen>} refuses gets no flow: its
+  datagrams are dropped before anything is counted.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from nodepass.relay import IdleTimer, Throttle
 from nodepass.stats import Counters
 
 if TYPE_CHECKING:
+    from nodepass.access import Screen
     from nodepass.balance import TargetDialer
+    from nodepass.tunnel.exchange import Connections
     from nodepass.tunnel.pool import PoolConnection
     from nodepass.url import HostPort
 
@@ -79,12 +84,25 @@ class Flows:
 
     @param loop: the prefix of the slot-limit error line (``singleUDPLoop``,
         ``commonUDPLoop``).
+    @param counters: where a slot refusal is counted (C{refusedSlot}).
+    @param connections: the instance's registry, where each flow is listed
+        while it lives.
     """
 
-    def __init__(self, slots: Slots, log: Logger, loop: str) -> None:
+    def __init__(
+        self,
+        slots: Slots,
+        log: Logger,
+        loop: str,
+        *,
+        counters: Counters | None = None,
+        connections: Connections | None = None,
+    ) -> None:
         self.slots = slots
         self.log = log
         self.loop = loop
+        self.counters = counters
+        self.connections = connections
         self.live: dict[Any, Flow] = {}
 
     def __len__(self) -> int:
@@ -100,6 +118,8 @@ class Flows:
         slots = self.slots
         if slots.tryAcquire("udp"):
             return True
+        if self.counters is not None:
+            self.counters.refusedSlot += 1
         self.log.error(
             "{loop}: UDP slot limit reached: {udp}/{limit}",
             loop=self.loop,
@@ -113,6 +133,8 @@ class Flows:
         Keep C{flow} (which holds a slot already) under its key.
         """
         self.live[flow.key] = flow
+        if self.connections is not None:
+            self.connections.add(flow)
 
     def ended(self, flow: Flow) -> None:
         """
@@ -121,6 +143,8 @@ class Flows:
         if self.live.get(flow.key) is flow:
             del self.live[flow.key]
             self.slots.release("udp")
+            if self.connections is not None:
+                self.connections.discard(flow)
 
     def endAll(self) -> list[Deferred[None]]:
         """
@@ -137,9 +161,19 @@ class Flow:
 
     @param onEnd: called when the flow ends, after its slot is released
         (the exit side closes the flow's pool connection there).
+
+    @ivar rx: bytes read from the local, non-tunnel socket for this flow (the
+        source's datagrams on the entry side and single-end, the target's on
+        the exit side); C{tx} the bytes written to it.
+    @ivar target: the target's address, once known (L{Connections} lists it).
     """
 
     ended = False
+    ident = ""
+    since = 0.0
+    rx = 0
+    tx = 0
+    target = ""
 
     def __init__(
         self,
@@ -177,6 +211,26 @@ class Flow:
         Let go of the flow's own resources; fires once they are gone.
         """
         return succeed(None)
+
+    def describe(self) -> dict[str, Any]:
+        key = self.key
+        if isinstance(key, tuple):
+            host, port = key[0], key[1]
+            remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        else:
+            remote = str(key)
+        return {
+            "id": self.ident,
+            "proto": "udp",
+            "remote": remote,
+            "target": self.target,
+            "rx": self.rx,
+            "tx": self.tx,
+            "since": self.since,
+        }
+
+    def shut(self) -> None:
+        self.end()
 
 
 class TargetFlow(Flow, DatagramProtocol):
@@ -233,6 +287,7 @@ class TargetFlow(Flow, DatagramProtocol):
             return
         if self.counters is not None:
             self.counters.udptx += len(datagram)
+            self.tx += len(datagram)
             if self.limiter is not None:
                 self.limiter.write.take(len(datagram))
         self.transport.write(datagram)  # type: ignore[union-attr,call-arg]
@@ -242,6 +297,7 @@ class TargetFlow(Flow, DatagramProtocol):
         delay = 0.0
         if self.counters is not None:
             self.counters.udprx += len(data)
+            self.rx += len(data)
             if self.limiter is not None:
                 delay = self.limiter.read.take(len(data))
         held = self.reply(self.key, data)
@@ -291,6 +347,7 @@ async def connectTarget(
         interface = dial
     port = reactor.listenUDP(0, flow, interface=interface, maxPacketSize=packetSize)
     flow.transport.connect(ip, target.port)  # type: ignore[union-attr]
+    flow.target = target.text
     flow.opened(port)
     return target
 
@@ -329,6 +386,15 @@ class TunnelFlow(Flow):
 
     def attached(self, conn: PoolConnection) -> None:
         self.conn = conn
+        transport: Any = getattr(conn, "transport", None)
+        if transport is not None:
+            try:
+                peer = transport.getPeer()
+                host, port = peer.host, peer.port
+            except Exception:
+                pass
+            else:
+                self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         queued, self.queue = self.queue, []
         for datagram in queued:
             self.send(datagram)
@@ -373,9 +439,10 @@ class EntryListener(DatagramProtocol):
     holds reading while the rate limit asks (dataplane spec §6.4, §10.2),
     and hands each datagram to its source's flow in L{flows}.
 
-    Subclasses set L{counters}, L{limiter} and L{flows}, and say whether
-    datagrams are taken now (L{accepting}) and how a source's first
-    datagram opens its flow (L{newFlow}).
+    Subclasses set L{counters}, L{limiter}, L{flows} and L{screen} (with
+    L{loop}, the prefix of its refusal lines), and say whether datagrams are
+    taken now (L{accepting}) and how a source's first datagram opens its flow
+    (L{newFlow}).
     """
 
     # Twisted's "Starting protocol" lines would go to the global log, not the instance's.
@@ -384,6 +451,8 @@ class EntryListener(DatagramProtocol):
     counters: Counters
     limiter: RateLimiter | None = None
     flows: Flows
+    screen: Screen | None = None
+    loop = "commonUDPLoop"
 
     def __init__(self, clock: IReactorTime) -> None:
         self.throttle = Throttle(clock, self._pause, self._resume)
@@ -407,15 +476,26 @@ class EntryListener(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if not self.accepting():
             return
-        self.counters.udprx += len(data)
+        flow = self.flows.live.get(addr)
+        if flow is None:
+            # Refused before anything is counted or a flow (and its slot) exists.
+            screen = self.screen
+            if (
+                screen is not None
+                and screen.active
+                and not screen.allows(addr[0], addr[1], self.loop)
+            ):
+                return
+        size = len(data)
+        self.counters.udprx += size
         limiter = self.limiter
         if limiter is not None:
-            self.throttle.delay(limiter.read.take(len(data)))
-        flow = self.flows.live.get(addr)
+            self.throttle.delay(limiter.read.take(size))
         if flow is None:
             flow = self.newFlow(addr)
             if flow is None:
                 return
+        flow.rx += size
         flow.send(data)
 
     def reply(self, source: Any, datagram: bytes) -> float:
@@ -423,6 +503,9 @@ class EntryListener(DatagramProtocol):
         Send C{datagram} back to C{source}; returns the delay the rate limit asks for.
         """
         self.counters.udptx += len(datagram)
+        flow = self.flows.live.get(source)
+        if flow is not None:
+            flow.tx += len(datagram)
         limiter = self.limiter
         self.transport.write(datagram, source)  # type: ignore[union-attr]
         return limiter.write.take(len(datagram)) if limiter is not None else 0.0
