@@ -358,6 +358,11 @@ class Relay:
         return throttle
 
     def endOfInput(self, source: RelayProtocol) -> None:
+        if source.readDone:
+            # Twisted says it again when a side whose input ended before the join is
+            # resumed; half-closing the peer a second time would make Twisted write to
+            # a shut socket and drop the connection.
+            return
         source.readDone = True
         peer = source.peer
         assert peer is not None

@@ -206,6 +206,21 @@ def test_pendingEOFIsDeliveredAfterThePendingData() -> None:
     assert not p.lt.disconnecting and not p.rt.disconnecting
 
 
+def test_endOfInputSaidAgainIsIgnored() -> None:
+    # A side whose input ended before the join reads its end of input once more when the
+    # relay resumes it: the peer is half-closed once, and the other way still works.
+    p = pair(join=False)
+    p.local.readConnectionLost()
+    p.relay.join(p.local, p.remote)
+    halfCloses = []
+    p.rt.loseWriteConnection = lambda: halfCloses.append(True)  # type: ignore[method-assign]
+    p.local.readConnectionLost()
+    assert halfCloses == []
+    p.remote.dataReceived(b"answer")
+    assert p.lt.value() == b"answer"
+    assert not p.lt.disconnecting and not p.rt.disconnecting
+
+
 def test_pendingEOFOnBothSidesClosesBoth() -> None:
     p = pair(join=False)
     p.local.readConnectionLost()

@@ -119,7 +119,7 @@ class User(RelayProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if not self.factory.waitFor:
+        if not (self.factory.waitFor or self.factory.waitForEOF):
             self.dial()
 
     def dataReceived(self, data: bytes) -> None:
@@ -127,6 +127,11 @@ class User(RelayProtocol):
         waiting = self.factory.waitFor
         if self.relay is None and waiting and sum(map(len, self.pending)) >= waiting:
             self.factory.waitFor = 0
+            self.dial()
+
+    def readConnectionLost(self) -> None:
+        super().readConnectionLost()
+        if self.relay is None and self.factory.waitForEOF:
             self.dial()
 
     def dial(self) -> None:
@@ -164,6 +169,8 @@ class Forwarder(Factory):
         self.prefix = b""
         #: Read this many bytes from the user before dialling (they are then pending).
         self.waitFor = 0
+        #: Read until the user's end of input before dialling.
+        self.waitForEOF = False
         self.relays: list[Relay] = []
         self.endedRelays: list[Relay] = []
 
@@ -515,3 +522,34 @@ def test_onlyTheFirstPipesAreLarge(monkeypatch: pytest.MonkeyPatch) -> None:
             system.close(r)
             system.close(w)
     assert splice._large == set()
+
+
+def test_endOfInputBeforeTheJoinHalfClosesAfterThePendingBytes(setup: Setup) -> None:
+    setup.forwarder.waitForEOF = True
+    user = Peer()
+    user.closeOnEOF = False
+    loop = setup.loop
+
+    class UserFactory(ClientFactory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            return user
+
+    loop.reactor.connectTCP(LOOPBACK, setup.port.getHost().port, UserFactory())
+    loop.until(lambda: user.connected)
+    user.transport.write(b"whole request")  # type: ignore[union-attr]
+    user.transport.loseWriteConnection()  # type: ignore[union-attr]
+    loop.until(lambda: bool(setup.forwarder.relays) and bool(setup.targets))
+    relay, target = setup.forwarder.relays[-1], setup.targets[-1]
+    target.closeOnEOF = False
+    assert (relay.spliced is not None) == setup.spliced
+    loop.until(lambda: target.eof)
+    assert bytes(target.received) == b"whole request"
+    answer = pattern(MiB, 9)
+    target.transport.write(answer)  # type: ignore[union-attr]
+    target.transport.loseWriteConnection()  # type: ignore[union-attr]
+    loop.until(lambda: user.eof)
+    assert bytes(user.received) == answer
+    loop.until(lambda: relay.ended)
+    user.transport.loseConnection()  # type: ignore[union-attr]
+    target.transport.loseConnection()  # type: ignore[union-attr]
+    ended(setup, user, target)
