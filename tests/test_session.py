@@ -888,3 +888,147 @@ class EntryUserTuningTests(SynchronousTestCase):
         transport.protocol = protocol
         protocol.makeConnection(transport)
         self.assertTrue(transport.noDelay)
+
+
+# -- allow/deny, refusal counts, live connections, pin ------------------------------------
+
+CLIENT_URL = "client://secret@server.test:10101/127.0.0.1:8080?tls=1"
+
+
+class EntryAccessTests(SynchronousTestCase):
+    def test_deniedUserGetsNoProtocolAndNoPoolConnection(self) -> None:
+        h = Harness(URL + "?deny=198.51.100.0/24", ids=("1a2b3c4d",), entry=True)
+        h.start()
+        factory = _UserFactory(h.session)
+        with messages() as texts:
+            self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "198.51.100.9", 1)))
+        self.assertIn("commonTCPLoop: refused 198.51.100.9:1: in deny 198.51.100.0/24", texts)
+        self.assertEqual(h.counters.refusedDeny, 1)
+        self.assertIn("1a2b3c4d", h.pool.idle)
+        self.assertEqual(h.shared.slots.tcp, 0)
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "203.0.113.1", 1)))
+
+    def test_deniedUDPSourceTakesNoPoolConnection(self) -> None:
+        h = Harness(URL + "?allow=192.168.1.0/24", ids=("deadbeef",), entry=True)
+        h.start()
+        h.udpListener.datagramReceived(b"one", ("10.1.1.1", 5353))
+        self.assertIn("deadbeef", h.pool.idle)
+        self.assertEqual((h.counters.udprx, h.counters.refusedDeny), (0, 1))
+        self.assertEqual(h.session.entryFlows.live, {})
+        h.udpListener.datagramReceived(b"one", ("192.168.1.10", 5353))
+        self.assertEqual(h.sent()[-1], Signal("udp", remote="192.168.1.10:5353", id="deadbeef"))
+
+    def test_exitSlotRefusalsAreCounted(self) -> None:
+        h = Harness(URL + "?slot=1", ids=("aaaaaaaa", "bbbbbbbb", "cccccccc"))
+        h.start()
+        h.feed(Signal("tcp", remote="203.0.113.7:1", id="aaaaaaaa"))
+        with messages():
+            h.feed(Signal("tcp", remote="203.0.113.7:2", id="bbbbbbbb"))
+            h.feed(Signal("udp", remote="203.0.113.7:3", id="cccccccc"))
+        self.assertEqual(h.counters.refusedSlot, 2)
+
+    def test_entryUDPRefusedForSlotsIsCounted(self) -> None:
+        h = Harness(URL + "?slot=1", ids=("deadbeef",), entry=True)
+        h.start()
+        h.udpListener.datagramReceived(b"one", ("192.168.1.10", 1))
+        with messages():
+            h.udpListener.datagramReceived(b"one", ("192.168.1.10", 2))
+        self.assertEqual(h.counters.refusedSlot, 1)
+
+
+class LiveConnectionTests(SynchronousTestCase):
+    def test_exitRelayAndFlowAreListed(self) -> None:
+        h = Harness(ids=("aaaaaaaa", "bbbbbbbb"))
+        h.start()
+        h.feed(Signal("tcp", remote="203.0.113.7:1000", id="aaaaaaaa"))
+        h.conns["aaaaaaaa"][0].dataReceived(b"request")
+        h.feed(Signal("udp", remote="[2001:db8::7]:53", id="bbbbbbbb"))
+        h.conns["bbbbbbbb"][0].dataReceived(b"query")
+        (flow, _, _) = h.reactor.udp[0]
+        flow.datagramReceived(b"answer!", ("127.0.0.1", 8080))
+        listed = h.shared.connections.list()
+        self.assertEqual(
+            [(c["proto"], c["remote"], c["target"], c["rx"], c["tx"]) for c in listed],
+            [
+                ("tcp", "203.0.113.7:1000", "10.0.0.5:8080", 0, 7),
+                ("udp", "[2001:db8::7]:53", "127.0.0.1:8080", 7, 5),
+            ],
+        )
+        # Closing the flow ends it and closes its pool connection.
+        self.assertTrue(h.shared.connections.close(listed[1]["id"]))
+        self.assertTrue(h.conns["bbbbbbbb"][0].closed)
+        self.assertEqual(len(h.shared.connections), 1)
+
+    def test_entryRelayNamesTheUserAndThePoolPeer(self) -> None:
+        h = Harness(ids=("1a2b3c4d", "deadbeef"), entry=True)
+        h.start()
+        user, userTransport = EntryTCPTests().user(h, "198.51.100.9", 40001)
+        user.dataReceived(b"hello")
+        h.udpListener.datagramReceived(b"one", ("192.168.1.10", 5353))
+        listed = h.shared.connections.list()
+        self.assertEqual(
+            [(c["proto"], c["remote"], c["target"], c["rx"]) for c in listed],
+            [
+                ("tcp", "198.51.100.9:40001", "198.51.100.20:40000", 5),
+                ("udp", "192.168.1.10:5353", "198.51.100.20:40001", 3),
+            ],
+        )
+        self.assertTrue(h.shared.connections.close(listed[0]["id"]))
+        self.assertFalse(userTransport.connected)
+
+
+class PinTests(SynchronousTestCase):
+    def test_pinnedClientSendsVerifyWhenTheCertificateMatches(self) -> None:
+        h = Harness(
+            f"{CLIENT_URL}&pin={FP}",
+            ids=("aaaaaaaa", "bbbbbbbb"),
+            tlsMode=1,
+            role="client",
+            seen={"aaaaaaaa": FP, "bbbbbbbb": FP},
+        )
+        h.start()
+        self.assertEqual(h.sent(), [Signal("ping"), Signal("verify", id="bbbbbbbb", fp=FP)])
+
+    def test_pinMismatchEndsTheSessionBeforeAnyTraffic(self) -> None:
+        h = Harness(
+            f"{CLIENT_URL}&pin={FP}",
+            ids=("aaaaaaaa", "bbbbbbbb"),
+            tlsMode=1,
+            role="client",
+            entry=True,
+            seen={"aaaaaaaa": FP_OTHER, "bbbbbbbb": FP_OTHER},
+        )
+        with messages() as texts:
+            h.start()
+        message = f"incomingVerify: certificate pin mismatch: expected {FP} - presented {FP_OTHER}"
+        self.assertIn(message, texts)
+        failure = self.failureResultOf(h.session.ended, SessionError)
+        self.assertEqual(failure.getErrorMessage(), message)
+        self.assertEqual(h.sent(), [Signal("ping")])
+        self.assertNotIn("start", h.tcpPort.calls)
+
+    def test_everyPoolConnectionIsHeldToThePin(self) -> None:
+        """
+        On the exit side, a connection named in a C{tcp} signal whose certificate is not the
+        pinned one is never relayed (a man in the middle of some connections only).
+        """
+        h = Harness(
+            f"{CLIENT_URL}&pin={FP}",
+            ids=("cccccccc", "aaaaaaaa", "bbbbbbbb"),
+            tlsMode=1,
+            role="client",
+            seen={"aaaaaaaa": FP, "bbbbbbbb": FP, "cccccccc": FP_OTHER},
+        )
+        h.start()
+        with messages() as texts:
+            h.feed(Signal("tcp", remote="203.0.113.7:1", id="cccccccc"))
+        self.assertEqual(h.dialer.connected, [])
+        self.assertTrue(h.conns["cccccccc"][0].closed)
+        self.assertIn(
+            f"commonTCPOnce: certificate pin mismatch: expected {FP} - presented {FP_OTHER}", texts
+        )
+        self.failureResultOf(h.session.ended, SessionError)
+
+    def test_serverIgnoresPin(self) -> None:
+        h = Harness(ids=("aaaaaaaa",), tlsMode=1, own=FP)
+        self.assertEqual(h.session.pin, "")

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nodepass.log import defaultLogger
 from nodepass.tls import certificateFingerprint, generateSelfSigned
 from nodepass.tunnel.control import Signal
-from nodepass.tunnel.verify import Verifier
+from nodepass.tunnel.verify import Verifier, pinProblem
 from tests.fakes import FakePool, FakePoolConnection
 
 FP = "sha256:" + ":".join(["E3", "B0", "C4", "42"] * 8)
@@ -35,6 +35,7 @@ class Harness:
         role: str = "server",
         own: str | None = None,
         seen: dict[str, str] | None = None,
+        pin: str = "",
     ) -> None:
         self.pool = FakePool()
         self.conns: dict[str, FakePoolConnection] = {}
@@ -51,6 +52,7 @@ class Harness:
             role=role,
             ownFingerprint=(lambda: own) if own is not None else None,
             peerFingerprint=self._peerFingerprint if role == "client" else None,
+            pin=pin,
             verified=self._verified,
             failed=self.failures.append,
         )
@@ -227,3 +229,61 @@ class StopTests(SynchronousTestCase):
             h.pool.expire()
         self.assertEqual(h.failures, [])
         self.assertEqual([e for e in events if e["log_level"].name == "error"], [])
+
+
+class PinTests(SynchronousTestCase):
+    """
+    A client with C{pin=}: every certificate it sees in either half must have that
+    fingerprint, whatever the server claims.
+    """
+
+    def test_pinnedCertificatePasses(self) -> None:
+        h = Harness(
+            ("aaaaaaaa", "bbbbbbbb"), role="client", seen={"aaaaaaaa": FP, "bbbbbbbb": FP}, pin=FP
+        )
+        h.verifier.start()
+        h.verifier.received(Signal("verify", id="aaaaaaaa", fp=FP))
+        self.assertEqual(h.signals, [Signal("verify", id="bbbbbbbb", fp=FP)])
+        self.assertEqual((h.verifiedCalls, h.failures), (1, []))
+
+    def test_senderRefusesAnotherCertificate(self) -> None:
+        h = Harness(("aaaaaaaa",), role="client", seen={"aaaaaaaa": FP_OTHER}, pin=FP)
+        with capturedLogs() as events:
+            h.verifier.start()
+        message = f"incomingVerify: certificate pin mismatch: expected {FP} - presented {FP_OTHER}"
+        self.assertEqual(h.failures, [message])
+        self.assertIn(message, [formatEvent(e) for e in events])
+        # Nothing told to the server, and the connection is gone.
+        self.assertEqual(h.signals, [])
+        self.assertTrue(h.conns["aaaaaaaa"].closed)
+
+    def test_receiverRefusesEvenWhenTheClaimMatches(self) -> None:
+        """
+        A server presenting another certificate and claiming its fingerprint honestly is
+        still refused: the pin, not the claim, decides.
+        """
+        h = Harness(("aaaaaaaa",), role="client", seen={"aaaaaaaa": FP_OTHER}, pin=FP)
+        with capturedLogs():
+            h.verifier.received(Signal("verify", id="aaaaaaaa", fp=FP_OTHER))
+        self.assertEqual(
+            h.failures,
+            [f"outgoingVerify: certificate pin mismatch: expected {FP} - presented {FP_OTHER}"],
+        )
+        self.assertEqual(h.verifiedCalls, 0)
+
+    def test_noCertificateIsAMismatch(self) -> None:
+        h = Harness(("aaaaaaaa",), role="client", pin=FP)
+        with capturedLogs():
+            h.verifier.start()
+        self.assertEqual(
+            h.failures,
+            [f"incomingVerify: certificate pin mismatch: expected {FP} - presented none"],
+        )
+
+    def test_pinProblem(self) -> None:
+        self.assertIsNone(pinProblem("", FP_OTHER))
+        self.assertIsNone(pinProblem(FP, FP))
+        self.assertEqual(
+            pinProblem(FP, FP_OTHER),
+            f"certificate pin mismatch: expected {FP} - presented {FP_OTHER}",
+        )

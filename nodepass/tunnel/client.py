@@ -30,6 +30,7 @@ from nodepass.tunnel.handshake import clientHandshake
 from nodepass.tunnel.peer import TunnelPeer
 from nodepass.tunnel.pool import ClientPool, PoolConnection
 from nodepass.tunnel.session import Session, Shared
+from nodepass.tunnel.verify import VerifyError
 from nodepass.url import Config
 
 
@@ -115,6 +116,11 @@ class TunnelClient(TunnelPeer):
         self.ext = tunnelConfig.ext
         self.logTunnelConfig("Loading", tunnelConfig)
         tlsMode = int(tunnelConfig.tls) if tunnelConfig.tls in ("1", "2") else 0
+        if config.pin and tlsMode == 0:
+            # A pinned client never relays over a tunnel whose certificate it cannot check.
+            raise VerifyError(
+                f"certificate pin {config.pin} set, but the server offers no TLS (tls=0)"
+            )
         transport = self._transport(tunnelConfig.type)
         pool = ClientPool(
             self.reactor,

@@ -44,13 +44,14 @@ from nodepass.tunnel.udp import (
     TunnelFlow,
     connectTarget,
 )
-from nodepass.tunnel.verify import Verifier
+from nodepass.tunnel.verify import Verifier, pinProblem
 from nodepass.url import Config
 
 
-class _NoSlot(Exception):
+class _Refused(Exception):
     """
-    The slot limit refused an exit-side session (already logged).
+    An exit-side session was refused, by the slot limit or the pin (already
+    logged).
     """
 
 
@@ -146,6 +147,9 @@ class _User(AdmittedUser):
         if self.closed or session.stopped:
             conn.close()
             return
+        if not session.pinHolds(conn, "commonTCPLoop"):
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         peerText = self.peerText
         session.control.send(Signal("tcp", remote=peerText, id=conn.ident))
         exchanges = session.exchanges
@@ -239,6 +243,10 @@ class Session:
         pool connection (client only).
     @param poolHalfClose: pool connections can carry a half-close (plain TCP
         without TLS); used only between our own peers.
+
+    A client with ``pin=`` (in TLS modes) checks the server certificate on
+    every pool connection it relays over, besides the two the verify
+    exchange uses (L{pinHolds}).
     """
 
     def __init__(
@@ -271,6 +279,7 @@ class Session:
         self.stopped = False
         self.ping = 0
         self.verified = tlsMode == 0
+        self.pin = shared.config.pin if role == "client" and tlsMode else ""
         self.exchanges = Exchanges(
             self.clock,
             shared.config,
@@ -316,6 +325,7 @@ class Session:
             role=role,
             ownFingerprint=ownFingerprint,
             peerFingerprint=peerFingerprint,
+            pin=self.pin,
             verified=self._verified,
             failed=self.fail,
         )
@@ -376,6 +386,23 @@ class Session:
         d: Deferred[None] = Deferred()
         d.callback(None)
         return d
+
+    def pinHolds(self, conn: PoolConnection, where: str) -> bool:
+        """
+        C{True} when no pin is set or the server certificate seen on C{conn}
+        matches it; else close C{conn}, log the error line and end the session.
+        """
+        if not self.pin:
+            return True
+        problem = pinProblem(self.pin, self.verifier.fingerprintOf(conn))
+        if problem is None:
+            return True
+        conn.close()
+        if not self.stopped:
+            message = f"{where}: {problem}"
+            self.log.error("{reason}", reason=message)
+            self.fail(message)
+        return False
 
     # -- relays ------------------------------------------------------------
 
@@ -443,7 +470,7 @@ class Session:
         """
         The exit side's first steps for a ``tcp``/``udp`` signal: take the
         named pool connection (counting failures for the health rule), then
-        a slot (L{_NoSlot} when the limit is reached).
+        a slot (L{_Refused} when the limit is reached).
         """
         try:
             conn = await self.pool.outgoingGet(signal.id)
@@ -453,6 +480,8 @@ class Session:
         if conn.closed:
             self.pool.errors += 1
             raise SessionError(f"pool connection {signal.id} was already closed")
+        if not self.pinHolds(conn, f"common{kind.upper()}Once"):
+            raise _Refused()
         slots = self.shared.slots
         if not slots.tryAcquire(kind):
             self.shared.counters.refusedSlot += 1
@@ -463,13 +492,13 @@ class Session:
                 limit=slots.limit,
             )
             conn.close()
-            raise _NoSlot()
+            raise _Refused()
         return conn
 
     async def _exitTCP(self, signal: Signal) -> None:
         try:
             conn = await self._named(signal, "tcp")
-        except _NoSlot:
+        except _Refused:
             return
         conn.halfClose = self.poolHalfClose and self.ext
         try:
@@ -492,7 +521,7 @@ class Session:
             old.end()
         try:
             conn = await self._named(signal, "udp")
-        except _NoSlot:
+        except _Refused:
             return
         codec = DatagramCodec(self.ext)
 
@@ -548,6 +577,9 @@ class Session:
         def got(conn: PoolConnection) -> None:
             if tunnel.ended or self.stopped:
                 conn.close()
+                return
+            if not self.pinHolds(conn, "commonUDPLoop"):
+                tunnel.end()
                 return
             self.control.send(Signal("udp", remote=remote, id=conn.ident))
             conn.attach(tunnel)

@@ -7,6 +7,12 @@ closes it.  The I{receiver} takes the named connection out of its pool and
 compares: the server its own fingerprint with the claim, the client the
 claim with what it saw on that connection.  A match releases user traffic on
 the entry side; a mismatch or a timeout ends the session.
+
+A client with ``pin=`` also holds every server certificate it sees in either
+half to that fingerprint (L{pinProblem}): a certificate that does not match
+ends the session before any user byte goes through, whatever the server
+claims.  Only the certificate the server presents in its TLS handshake is
+used, so this works against a Go server too.
 """
 
 from __future__ import annotations
@@ -29,6 +35,16 @@ class VerifyError(NodePassError):
     """
 
 
+def pinProblem(pin: str, presented: str) -> str | None:
+    """
+    L{None} when the certificate fingerprint C{presented} matches C{pin} (or
+    no pin is set), else the error line naming both.
+    """
+    if not pin or presented == pin:
+        return None
+    return f"certificate pin mismatch: expected {pin} - presented {presented or 'none'}"
+
+
 class Verifier:
     """
     Both halves of the exchange for one session.
@@ -40,6 +56,8 @@ class Verifier:
     @param ownFingerprint: the server's own leaf fingerprint (server only).
     @param peerFingerprint: reads the peer leaf fingerprint seen on a pool
         connection's transport (client only).
+    @param pin: the fingerprint the server's certificate must have (client
+        only; C{""}: any, as the exchange itself decides).
     @param verified: called once the peer's fingerprint matched.
     @param failed: called with the error message when a half fails (after
         the error line), unless L{stop} came first.
@@ -54,6 +72,7 @@ class Verifier:
         role: str,
         ownFingerprint: Callable[[], str | None] | None = None,
         peerFingerprint: Callable[[Any], str | None] | None = None,
+        pin: str = "",
         verified: Callable[[], None],
         failed: Callable[[str], None],
     ) -> None:
@@ -63,6 +82,7 @@ class Verifier:
         self.role = role
         self._ownFingerprint = ownFingerprint
         self._peerFingerprint = peerFingerprint
+        self.pin = pin
         self._verified = verified
         self._failed = failed
         self.stopped = False
@@ -104,6 +124,10 @@ class Verifier:
             fingerprint = self._ownFingerprint()
         else:
             fingerprint = self.fingerprintOf(conn)
+            problem = pinProblem(self.pin, fingerprint)
+            if problem is not None:
+                conn.close()
+                raise VerifyError(f"incomingVerify: {problem}")
         if not fingerprint:
             raise VerifyError("incomingVerify: no TLS certificate on the pool connection")
         self.log.debug("TLS verify signal: cid {id} -> peer", id=conn.ident)
@@ -128,6 +152,9 @@ class Verifier:
         if self._ownFingerprint is not None:
             mine, theirs = self._ownFingerprint(), signal.fp
         else:
+            problem = pinProblem(self.pin, seen)
+            if problem is not None:
+                raise VerifyError(f"outgoingVerify: {problem}")
             mine, theirs = signal.fp, seen
         if mine != theirs:
             raise VerifyError(
