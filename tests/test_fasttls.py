@@ -42,7 +42,7 @@ from nodepass.tls import (
     localFingerprint,
     peerFingerprint,
 )
-from nodepass.transports.interface import PoolAddress
+from nodepass.transports.interface import IPoolTLSTransport, PoolAddress, PoolTLS
 from nodepass.transports.tcp import tcp
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 4433)
@@ -605,6 +605,24 @@ class SwitchTests(SynchronousTestCase):
         self.assertIsInstance(tcp.serverFactory(Clock(), Factory(), creator), FastTLSFactory)
         compat.configure({})
         self.assertTrue(compat.available())
+
+    def test_poolTLS(self) -> None:
+        """
+        The TCP transport takes a L{PoolTLS}: mode 0 is the pool factory itself, mode 1 the
+        fast layer on both sides.
+        """
+        self.assertTrue(IPoolTLSTransport.providedBy(tcp))
+        factory = Factory()
+        self.assertIs(tcp.serverFactory(Clock(), factory, PoolTLS()), factory)
+        serving = tcp.serverFactory(Clock(), factory, PoolTLS.forServer(1, CREDENTIALS))
+        self.assertIsInstance(serving, FastTLSFactory)
+        reactor = MemoryReactorClock()
+        application = Recorder()
+        address = PoolAddress("127.0.0.1", "127.0.0.1", 10101, "127.0.0.1:10101", "none")
+        tls = PoolTLS.forClient(1, lambda: clientContextFactory(1, "none"))
+        tcp.connect(reactor, address, application, tls, 5.0)
+        reactor.tcpClients[0][2].buildProtocol(ADDRESS).makeConnection(StringTransport())
+        self.assertIsInstance(application.transport, FastTLSProtocol)
 
     def test_creatorWithoutStdlibForm(self) -> None:
         """

@@ -16,7 +16,12 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClie
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from nodepass.transports.interface import INodePassTransport, PoolAddress
+from nodepass.transports.interface import (
+    INodePassTransport,
+    IPoolTLSTransport,
+    PoolAddress,
+    creatorOf,
+)
 
 
 def _fast(tls: Any) -> bool:
@@ -45,11 +50,13 @@ class _TwistedTLSClientEndpoint:
         return connecting.addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
-@implementer(IPlugin, INodePassTransport)
+@implementer(IPlugin, INodePassTransport, IPoolTLSTransport)
 class TCPTransport:
     """
     Pool connections are TCP connections to the tunnel port, wrapped in TLS
-    when the tunnel runs TLS (dataplane spec §4.2).
+    when the tunnel runs TLS (dataplane spec §4.2).  C{tls} is a L{PoolTLS
+    <nodepass.transports.interface.PoolTLS>} or, from older callers, the
+    pyOpenSSL creator (L{None}: no TLS).
     """
 
     name = "tcp"
@@ -61,6 +68,7 @@ class TCPTransport:
     def serverFactory(
         self, reactor: Any, poolFactory: IProtocolFactory, tls: Any
     ) -> IProtocolFactory:
+        tls = creatorOf(tls)
         if tls is None:
             return poolFactory
         if _fast(tls):
@@ -83,6 +91,7 @@ class TCPTransport:
 
         kind = TCP6ClientEndpoint if ":" in address.ip else TCP4ClientEndpoint
         endpoint: Any = kind(reactor, address.ip, address.port, timeout)
+        tls = creatorOf(tls)
         if tls is not None:
             if _fast(tls):
                 from nodepass._compat.fasttls import sender
