@@ -120,6 +120,7 @@ def _python(code: str, **extra: str) -> subprocess.CompletedProcess[str]:
 
 class _Child:
     def __init__(self, url: str, out: Path) -> None:
+        self.url = url
         self.out = out
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, url, str(out)],
@@ -142,6 +143,16 @@ class _Child:
         self.proc.wait(15)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+    def report(self) -> str:
+        """
+        How the child ended and what it wrote on stderr (it is stopped first).
+        """
+        if self.proc.poll() is None:
+            self.proc.kill()
+        _, err = self.proc.communicate(timeout=15)
+        text = err.decode("utf-8", "replace") if err else ""
+        return f"{self.url}: exit {self.proc.returncode}\n{text}"
 
 
 def _echoes(port: int) -> bool:
@@ -190,8 +201,13 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[s
                 directory / "client.json",
             )
             children.append(client)
-            waitFor(lambda: _echoes(entry), 30, "an echo through the forwarder")
-            waitFor(lambda: _echoes(users), 30, "an echo through the tunnel")
+            try:
+                waitFor(lambda: _echoes(entry), 60, "an echo through the forwarder")
+                waitFor(lambda: _echoes(users), 60, "an echo through the tunnel")
+            except AssertionError as error:
+                raise AssertionError(
+                    f"{error}\n" + "\n".join(c.report() for c in children)
+                ) from None
             yield {
                 "single": single.modules(),
                 "server": server.modules(),
