@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -856,3 +856,83 @@ class EndToEndTests(SynchronousTestCase):
             str(self.failureResultOf(d, HandshakeError).value), "tunnelHandshake: status 401"
         )
         self.assertEqual(recorder.accepted, [])
+
+
+class ThrottledWireTests(SynchronousTestCase):
+    """
+    A handshake resource with a L{FailureThrottle}: wrong tokens from one address are
+    slowed, then refused with 429, without touching other addresses; the log gets a few
+    lines, not one per attempt.
+    """
+
+    def setUp(self) -> None:
+        from nodepass.throttle import FailureThrottle
+
+        self.clock = Clock()
+        self.events: list[dict[str, Any]] = []
+        log = Logger(namespace="nodepass", observer=self.events.append)
+        self.recorder = Recorder()
+        self.throttle = FailureThrottle(self.clock, log, "bad tunnel keys")
+        resource = HandshakeResource(
+            KEY,
+            self.recorder.announce,
+            self.recorder.onAccepted,
+            log=log,
+            throttle=self.throttle,
+            clock=self.clock,
+        )
+        self.site = handshakeFactory(resource, self.clock)
+
+    def attempt(self, host: str, key: str) -> tuple[bytes, dict[bytes, bytes], StringTransport]:
+        peer = IPv4Address("TCP", host, 40000)
+        protocol = self.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        self.protocol = protocol
+        protocol.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: none\r\nAuthorization: Bearer "
+            + token(key).encode()
+            + b"\r\n\r\n"
+        )
+        status, headers, _ = parseResponse(transport.value())
+        return status, dict(headers), transport
+
+    def test_slowedThenRefused(self) -> None:
+        statuses = []
+        for n in range(1, 10):
+            status, _, transport = self.attempt("198.51.100.7", "wrong")
+            if n >= self.throttle.slowAfter:
+                self.assertEqual(transport.value(), b"")  # held back
+                self.clock.advance(self.throttle.delayFor(n))
+                status, _, _ = parseResponse(transport.value())
+            statuses.append(status)
+        self.assertEqual(set(statuses), {b"HTTP/1.1 401 Unauthorized"})
+        status, _, _ = self.attempt("198.51.100.7", "wrong")  # the 10th: blocked from now on
+        self.assertEqual(status, b"HTTP/1.1 401 Unauthorized")
+        status, headers, _ = self.attempt("198.51.100.7", KEY)  # even the right key
+        self.assertEqual(status, b"HTTP/1.1 429 Too Many Requests")
+        self.assertEqual(headers[b"retry-after"], b"61")
+        self.assertEqual(self.recorder.accepted, [])
+        # Another address is not affected, and its right key works.
+        status, _, _ = self.attempt("198.51.100.8", KEY)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        warnings = [e for e in self.events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 2, [e["log_format"] for e in warnings])
+
+    def test_blockEnds(self) -> None:
+        for _ in range(self.throttle.blockAfter):
+            self.attempt("198.51.100.7", "wrong")
+            self.clock.advance(3)
+        self.clock.advance(61)
+        status, _, _ = self.attempt("198.51.100.7", KEY)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+
+    def test_hangUpWhileHeldBack(self) -> None:
+        for _ in range(self.throttle.slowAfter - 1):
+            self.attempt("198.51.100.7", "wrong")
+        _, _, transport = self.attempt("198.51.100.7", "wrong")
+        self.assertTrue(self.clock.getDelayedCalls())
+        self.assertEqual(transport.value(), b"")
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(self.throttle.maxDelay)  # the held-back answer is dropped, no error
+        self.assertEqual(transport.value(), b"")

@@ -38,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from nodepass.errors import NodePassError
 from nodepass.log import defaultLogger
+from nodepass.throttle import FailureThrottle
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -312,6 +313,13 @@ class HandshakeResource(Resource):
 
     C{log} is the instance's logger (by default, one publishing to the
     global log publisher).
+
+    C{throttle} (a L{nodepass.throttle.FailureThrottle}, kept across start
+    cycles by the server) slows down and then refuses an address that keeps
+    sending a wrong token: its 401s are held back for a while, then it gets
+    C{429 Too Many Requests} with C{Retry-After} before its token is looked
+    at; the log gets a summary instead of a line per attempt.  Without one,
+    every 401 is logged, as before.
     """
 
     isLeaf = True
@@ -323,9 +331,13 @@ class HandshakeResource(Resource):
         onAccepted: Callable[[str, TunnelConfig], None],
         *,
         log: Logger | None = None,
+        throttle: FailureThrottle | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__()
         self.log = log if log is not None else defaultLogger()
+        self._throttle = throttle
+        self._clock = clock
         self._token = token(key).encode("ascii")
         self._announce = announce
         self._onAccepted = onAccepted
@@ -344,10 +356,24 @@ class HandshakeResource(Resource):
             return self._reject(request, peer, 405, "Method Not Allowed")
         if request.path != b"/":
             return self._reject(request, peer, 404, "Not Found")
+        throttle = self._throttle
+        if throttle is not None:
+            wait = throttle.retryAfter(peer)
+            if wait is not None:
+                request.responseHeaders.setRawHeaders(b"Retry-After", [b"%d" % (int(wait) + 1)])
+                return self._reject(request, peer, 429, "Too Many Requests", quiet=True)
         authorization = request.requestHeaders.getRawHeaders(b"Authorization")
         # Go's Header.Get reads the first value.
         if not _bearerMatches(authorization[0] if authorization else None, self._token):
-            return self._reject(request, peer, 401, "Unauthorized")
+            if throttle is None:
+                return self._reject(request, peer, 401, "Unauthorized")
+            delay = throttle.failed(peer)
+            if delay > 0 and self._clock is not None:
+                self._rejectLater(request, peer, delay)
+                return NOT_DONE_YET
+            return self._reject(request, peer, 401, "Unauthorized", quiet=True)
+        if throttle is not None:
+            throttle.succeeded(peer)
         if self._completed:
             return self._reject(request, peer, 503, "handshake already completed")
 
@@ -366,8 +392,25 @@ class HandshakeResource(Resource):
             self.log.failure("Tunnel handshake: onAccepted failed")
         return NOT_DONE_YET
 
-    def _reject(self, request: Request, peer: str, code: int, text: str) -> int:
-        emit = self.log.warn if code == 401 else self.log.debug
+    def _rejectLater(self, request: Request, peer: str, delay: float) -> None:
+        """
+        Answer C{401} after C{delay} seconds, unless the peer hung up meanwhile.
+        """
+        assert self._clock is not None
+        call = self._clock.callLater(
+            delay, self._reject, request, peer, 401, "Unauthorized", quiet=True
+        )
+
+        def gone(_: object) -> None:
+            if call.active():
+                call.cancel()
+
+        request.notifyFinish().addErrback(gone)
+
+    def _reject(
+        self, request: Request, peer: str, code: int, text: str, quiet: bool = False
+    ) -> int:
+        emit = self.log.warn if code == 401 and not quiet else self.log.debug
         emit(
             "Tunnel handshake rejected from {peer}: {code} {text}", peer=peer, code=code, text=text
         )
@@ -394,7 +437,8 @@ def _respond(
     headers.removeHeader(b"Server")
     date = headers.getRawHeaders(b"Date") or [datetimeToString()]
     headers.removeHeader(b"Date")
-    request.setResponseCode(code)
+    # twisted.web has no reason phrase for 429 (Go's is "Too Many Requests").
+    request.setResponseCode(code, b"Too Many Requests" if code == 429 else None)
     headers.setRawHeaders(b"Connection", [b"close"])
     headers.setRawHeaders(b"Content-Type", [contentType])
     if nosniff:

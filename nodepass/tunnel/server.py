@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from nodepass.errors import StartupError
 from nodepass.settings import Settings
+from nodepass.throttle import FailureThrottle
 from nodepass.transports.interface import (
     IALPNTransport,
     IListeningPoolTransport,
@@ -78,6 +79,8 @@ class TunnelServer(TunnelPeer):
         self.transport = declareAbilities(forInstance(transport, self.log), self.log)
         self.credentials = credentials
         self.tlsMode = tlsMode if credentials is not None else 0
+        #: Wrong handshake tokens by address, across start cycles (slowed, then refused).
+        self.badKeys = FailureThrottle(reactor, self.log, "bad tunnel keys")
         self.tunnelPort: IListeningPort | None = None
         self.factory = _TunnelFactory()
         self.runMode = config.mode
@@ -164,7 +167,14 @@ class TunnelServer(TunnelPeer):
             if not accepted.called:
                 accepted.callback((clientIP, tunnelConfig))
 
-        resource = HandshakeResource(config.key, announce, onAccepted, log=self.log)
+        resource = HandshakeResource(
+            config.key,
+            announce,
+            onAccepted,
+            log=self.log,
+            throttle=self.badKeys,
+            clock=self.reactor,
+        )
         self.factory.pool = None
         self.factory.handshake = handshakeFactory(resource, self.reactor)
         self.log.info("Pending tunnel handshake...")
