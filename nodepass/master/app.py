@@ -20,6 +20,14 @@ One Klein route catches every path (C{branch=True}) and hands it to L{MasterAPI.
 Klein still does what it is good at: Deferred and coroutine results, and cancelling the
 handler's Deferred when the client goes away (which ends an SSE subscription).
 
+When a dashboard directory is given, C{GET /} redirects (302) to C{P/v1/dashboard/}, the
+built-in dashboard, served from the package's files with a strict Content-Security-Policy;
+C{P/v1/dashboard/session} signs a browser in with the key and sets a session cookie
+(L{nodepass.master.sessions}).  Every protected route then accepts that cookie instead of
+C{X-API-Key}; a change made with it (any method but C{GET} and C{HEAD}) must carry the
+session's C{X-CSRF-Token}, or it is refused with 403 before the handler runs.  A request
+that carries C{X-API-Key} is judged by the key alone, exactly as without a dashboard.
+
 Requests are bounded (§17 a6): L{LimitedRequest} stops storing a body past L{MAX_BODY}
 bytes (the handler answers 413) and answers 408 to a request not received whole within
 L{REQUEST_DEADLINE} seconds.
@@ -32,7 +40,7 @@ import io
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -64,12 +72,24 @@ from nodepass.master.metrics import CONTENT_TYPE, MasterMetrics, routeOf
 from nodepass.master.openapi import DOCS_STATIC_FILES, docsPage, documentJSON
 from nodepass.master.registry import MasterSettings
 from nodepass.master.requests import decodeBody
+from nodepass.master.sessions import (
+    COOKIE_NAME,
+    CSRF_HEADER,
+    CSRF_REFUSED,
+    NO_SESSION,
+    TOO_MANY_SIGN_INS,
+    Session,
+    SessionStore,
+)
 from nodepass.master.store import StoreError
 from nodepass.master.sysinfo import goArch, goOS
 from nodepass.master.tcping import ProbeResult
 from nodepass.master.webhooks import Webhooks
 
 __all__ = [
+    "DASHBOARD_DIRECTORY",
+    "DASHBOARD_FILES",
+    "DASHBOARD_HEADERS",
     "MAX_BODY",
     "REQUEST_DEADLINE",
     "STATUS_OF",
@@ -112,6 +132,30 @@ def statusOf(error: RegistryError) -> int:
 _JSON: Final = b"application/json"
 _ASSET_TYPES: Final = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; charset=utf-8"}
 _NOT_FOUND_BODY: Final = b"404 page not found\n"
+
+#: Where the dashboard's files are installed, next to this module.
+DASHBOARD_DIRECTORY: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+
+#: The files of the dashboard, served below C{P/v1/dashboard/} (C{""} is C{index.html}).
+DASHBOARD_FILES: Final = ("index.html", "app.css", "app.js", "logic.js", "chart.js")
+_DASHBOARD_TYPES: Final = {
+    ".html": b"text/html; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+}
+#: The security headers of every dashboard answer: scripts, styles, images and requests
+#: from this origin only, no inline script or style, no framing, no referrer.
+DASHBOARD_HEADERS: Final = {
+    b"Content-Security-Policy": b"default-src 'self'; script-src 'self'; style-src 'self'; "
+    b"img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    b"form-action 'self'; frame-ancestors 'none'",
+    b"X-Frame-Options": b"DENY",
+    b"Referrer-Policy": b"no-referrer",
+    b"X-Content-Type-Options": b"nosniff",
+}
+#: Characters of a prefix left as they are in a C{Location} or a cookie's C{Path}.
+_PATH_SAFE: Final = "/!$&'()*+=:@-._~"
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 #: The C{Server} header of every answer (twisted.web's default names the Twisted version).
 SERVER_NAME: Final = b"NodePass"
 _TIMEOUT_BODY: Final = b'{"error":"%s"}\n' % REQUEST_TIMEOUT.encode()
@@ -211,17 +255,17 @@ class MasterInfo:
         self.settings = settings
         self.name = name
         self.version = version
-        self._clock = clock
+        self.clock = clock
         self._started = clock.seconds()
 
     def uptime(self) -> int:
-        return max(0, int(self._clock.seconds() - self._started))
+        return max(0, int(self.clock.seconds() - self._started))
 
     def monotonic(self) -> float:
         """
         The clock's time, for request durations.
         """
-        return float(self._clock.seconds())
+        return float(self.clock.seconds())
 
 
 class _Handled(Exception):
@@ -253,6 +297,11 @@ class MasterAPI:
     @param cors: the CORS policy (§4.3).
     @param staticDirectory: where the Swagger UI assets are, or C{None} for the plain page.
     @param readFile: reads an asset (the master reads in a thread); by default at once.
+    @param dashboardDirectory: where the dashboard's files are (L{DASHBOARD_FILES}), or
+        C{None} for no dashboard (then C{/} and C{P/v1/dashboard/...} are unknown paths and
+        no session cookie is accepted).
+    @param sessions: the dashboard sessions (by default a store on C{info}'s clock).
+    @param secureCookies: mark the session cookie C{Secure} (the master serves TLS).
     """
 
     app = Klein()
@@ -273,6 +322,9 @@ class MasterAPI:
         metricsPublic: bool = False,
         now: Callable[[], float] | None = None,
         webhooks: Webhooks | None = None,
+        dashboardDirectory: str | None = None,
+        sessions: SessionStore | None = None,
+        secureCookies: bool = False,
     ) -> None:
         self.registry = registry
         self.hub = hub
@@ -290,6 +342,12 @@ class MasterAPI:
         self.webhooks = webhooks
         self._now = now if now is not None else info.monotonic
         self._assets: dict[str, bytes] = {}
+        self.dashboardDirectory = dashboardDirectory
+        self.sessions = sessions if sessions is not None else SessionStore(info.clock)
+        self.secureCookies = secureCookies
+        self._dashboardFiles: dict[str, bytes] = {}
+        #: The percent-encoded C{P/v1}, for redirects and the cookie's C{Path}.
+        self._encodedApiPrefix = quote(self.apiPrefix, safe=_PATH_SAFE)
         #: Set once the registry is loaded; protected routes answer 503 until then.
         self.ready = False
         self._openapi: bytes | None = None
@@ -338,9 +396,16 @@ class MasterAPI:
             return self._run(request, operation, "")
         if not path.startswith(self.apiPrefix + "/"):
             self._observe(request, "other")
+            if path == "/" and self.dashboardDirectory is not None:
+                if _method(request) in _SAFE_METHODS:
+                    return self._redirect(request, "/dashboard/")
             return _notFound(request)
         route = path[len(self.apiPrefix) :]
         self._observe(request, self._routeLabel(route))
+        if self.dashboardDirectory is not None and (
+            route == "/dashboard" or route.startswith("/dashboard/")
+        ):
+            return self._dashboard(request, route)
         handler = self._public.get(route)
         if handler is None and route != "/ready":
             handler = self._operations.get(route)
@@ -364,10 +429,41 @@ class MasterAPI:
         if protected:
             if not self.ready:
                 return _error(request, 503, STARTING)
-            rejection = self.registry.keyChecker.rejection(request.getHeader(API_KEY_HEADER))
-            if rejection is not None:
-                return _error(request, 401, rejection)
+            refusal = self._authenticate(request)
+            if refusal is not None:
+                return refusal
         return self._run(request, handler, argument)
+
+    def _authenticate(self, request: IRequest) -> bytes | None:
+        """
+        The 401 or 403 answer for a protected route, or C{None} when the request may go on:
+        C{X-API-Key} when present, else a dashboard session cookie (with the session's CSRF
+        token on a change).
+        """
+        header = request.getHeader(API_KEY_HEADER)
+        if not header:
+            session = self._cookieSession(request)
+            if session is not None:
+                if _method(request) in _SAFE_METHODS or session.allows(
+                    request.getHeader(CSRF_HEADER)
+                ):
+                    return None
+                return _error(request, 403, CSRF_REFUSED)
+        rejection = self.registry.keyChecker.rejection(header)
+        if rejection is not None:
+            return _error(request, 401, rejection)
+        return None
+
+    def _cookieSession(self, request: IRequest) -> Session | None:
+        """
+        The live dashboard session of C{request}'s cookie, if the dashboard is served.
+        """
+        if self.dashboardDirectory is None:
+            return None
+        token = request.getCookie(COOKIE_NAME)
+        if not token:
+            return None
+        return self.sessions.find(token, self.registry.keyChecker.digest)
 
     def _webhookHandler(self, route: str) -> tuple[_Handler | None, str]:
         """
@@ -394,6 +490,11 @@ class MasterAPI:
             return "/webhooks/{id}" if route.count("/") == 2 else "/webhooks/{id}/deliveries"
         if self.webhooks is not None and route == "/webhooks":
             return route
+        if self.dashboardDirectory is not None:
+            if route == "/dashboard/session":
+                return route
+            if route == "/dashboard" or route.startswith("/dashboard/"):
+                return "/dashboard"
         return routeOf(route)
 
     def _run(self, request: IRequest, handler: _Handler, argument: str) -> Any:
@@ -455,7 +556,7 @@ class MasterAPI:
         assert self.metrics is not None
         if _method(request) not in ("GET", "HEAD"):
             raise _Handled(405, METHOD_NOT_ALLOWED)
-        if not self.metricsPublic:
+        if not self.metricsPublic and self._cookieSession(request) is None:
             rejection = self.registry.keyChecker.rejection(_metricsCredential(request))
             if rejection is not None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="nodepass"')
@@ -627,8 +728,115 @@ class MasterAPI:
         request.setHeader(b"Cache-Control", b"public, max-age=86400")
         return body
 
+    # -- dashboard -------------------------------------------------------------------------
+
+    def _dashboard(self, request: IRequest, route: str) -> Any:
+        """
+        C{P/v1/dashboard}, its files and its session, with the security headers.
+        """
+        for header, value in DASHBOARD_HEADERS.items():
+            request.setHeader(header, value)
+        if route == "/dashboard":
+            return self._redirect(request, "/dashboard/")
+        name = route[len("/dashboard/") :] or "index.html"
+        if name == "session":
+            request.setHeader(b"Cache-Control", b"no-store")
+            if not self.ready:
+                return _error(request, 503, STARTING)
+            return self._run(request, self._sessionRoute, "")
+        if name not in DASHBOARD_FILES:
+            return _notFound(request)
+        return self._run(request, self._dashboardFile, name)
+
+    def _redirect(self, request: IRequest, route: str) -> bytes:
+        request.setResponseCode(302)
+        request.setHeader(b"Location", (self._encodedApiPrefix + route).encode("ascii"))
+        request.setHeader(b"Content-Length", b"0")
+        if isinstance(request, ServerRequest):
+            request.defaultContentType = None  # type: ignore[assignment]
+        return b""
+
+    async def _dashboardFile(self, request: IRequest, name: str) -> bytes:
+        assert self.dashboardDirectory is not None
+        if _method(request) not in _SAFE_METHODS:
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        body = self._dashboardFiles.get(name)
+        if body is None:
+            body = self._dashboardFiles[name] = await self.readFile(
+                os.path.join(self.dashboardDirectory, name)
+            )
+        request.setHeader(b"Content-Type", _DASHBOARD_TYPES[os.path.splitext(name)[1]])
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return body
+
+    def _sessionRoute(self, request: IRequest, _: str) -> bytes:
+        """
+        C{POST} signs in with C{{"key": ...}}, C{GET} tells the page its CSRF token, C{DELETE}
+        signs out.
+        """
+        method = _method(request)
+        current = self._cookieSession(request)
+        if method == "POST":
+            return self._signIn(request, current)
+        if method == "GET":
+            if current is None:
+                return _error(request, 401, NO_SESSION)
+            return self._sessionAnswer(request, current)
+        if method == "DELETE":
+            if current is not None:
+                if not current.allows(request.getHeader(CSRF_HEADER)):
+                    return _error(request, 403, CSRF_REFUSED)
+                self.sessions.close(current.token)
+            self._setCookie(request, "", 0)
+            return _empty(request, 204)
+        raise _Handled(405, METHOD_NOT_ALLOWED)
+
+    def _signIn(self, request: IRequest, current: Session | None) -> bytes:
+        address = _clientHost(request)
+        limiter = self.sessions.limiter
+        wait = limiter.retryAfter(address)
+        if wait is not None:
+            request.setHeader(b"Retry-After", b"%d" % wait)
+            return _error(request, 429, TOO_MANY_SIGN_INS)
+        key = _body(request).get("key")
+        candidate = key.encode("utf-8") if isinstance(key, str) and key else None
+        checker = self.registry.keyChecker
+        rejection = checker.rejection(candidate)
+        if rejection is not None:
+            limiter.failed(address)
+            log.info("Dashboard sign-in refused from {address}", address=address)
+            return _error(request, 401, rejection)
+        limiter.succeeded(address)
+        if current is not None:
+            self.sessions.close(current.token)
+        session = self.sessions.open(checker.digest)
+        self._setCookie(request, session.token, int(self.sessions.lifetime))
+        return self._sessionAnswer(request, session)
+
+    def _sessionAnswer(self, request: IRequest, session: Session) -> bytes:
+        remaining = max(0, int(session.expires - self.info.clock.seconds()))
+        return _json(request, 200, {"csrf": session.csrf, "expires": remaining})
+
+    def _setCookie(self, request: IRequest, value: str, maxAge: int) -> None:
+        cookie = b"%s=%s; Path=%s; Max-Age=%d; HttpOnly; SameSite=Strict" % (
+            COOKIE_NAME,
+            value.encode("ascii"),
+            self._encodedApiPrefix.encode("ascii"),
+            maxAge,
+        )
+        if self.secureCookies:
+            cookie += b"; Secure"
+        request.responseHeaders.setRawHeaders(b"Set-Cookie", [cookie])
+
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _clientHost(request: IRequest) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    return str(host) if host is not None else str(address)
 
 
 def _peer(transport: Any) -> str:

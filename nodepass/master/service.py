@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from nodepass.errors import StartupError
-from nodepass.master.app import LimitedRequest, MasterAPI, MasterInfo
+from nodepass.master.app import DASHBOARD_DIRECTORY, LimitedRequest, MasterAPI, MasterInfo
 from nodepass.master.auth import CorsPolicy, corsPolicyFromEnvironment
 from nodepass.master.events import EventHub
 from nodepass.master.health import HealthChecks
@@ -336,6 +336,8 @@ class MasterService(MultiService):
             ),
             metricsPublic=metricsPublic(environ),
             webhooks=self.webhooks,
+            dashboardDirectory=DASHBOARD_DIRECTORY,
+            secureCookies=bool(config.effectiveTLS),
         )
         _StoreService(self.store).setServiceParent(self)
         if self.hosts is not None:

@@ -1,0 +1,197 @@
+"""
+The dashboard in a real browser: headless Chromium (Debian's, driven by playwright) against
+a real master on 127.0.0.1.  Sign in (a wrong key first), create a single-end forwarder to
+a local echo server through the form, see it running, send traffic through it and watch the
+counters and the chart move, stop it, delete it, sign out.
+
+Screenshots go to C{$NP_TEST_ARTIFACTS} (a pytest temporary directory by default).  The test
+skips, saying why, when playwright or chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import LOOPBACK, TCPServer, freePort, recvAll
+from tests.test_master_service import Master, startMaster, waitExchange
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS_VARIABLE = "NP_TEST_ARTIFACTS"
+#: Milliseconds any one wait in the page may take.
+WAIT_MS = 20_000
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    configured = os.environ.get(ARTIFACTS_VARIABLE)
+    directory = Path(configured) if configured else tmp_path / "artifacts"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if executable is None:
+        pytest.skip(f"chromium is not installed ({CHROMIUM} is missing)")
+    with sync_api.sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=executable, headless=True)
+        except Exception as e:  # a broken install: say so rather than fail the suite
+            pytest.skip(f"chromium does not start: {e}")
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def sendThrough(port: int, size: int = 256 * 1024) -> None:
+    """
+    One round trip of C{size} bytes through the forwarder on C{port}.
+    """
+    payload = os.urandom(size)
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        assert recvAll(sock, size) == payload
+
+
+def test_dashboard_journey(
+    tmp_path: Path,
+    masters: list[Master],
+    echoServer: TCPServer,
+    browser: Any,
+    artifacts: Path,
+) -> None:
+    from playwright.sync_api import expect
+
+    master = startMaster(masters, tmp_path)
+    base = f"http://{LOOPBACK}:{master.port}"
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console: {message.text}")
+            # Answers the test asks for (401, 400) are logged as failed loads: not a problem.
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None
+        ),
+    )
+
+    # / redirects to the dashboard, which asks for the key.
+    page.goto(base + "/")
+    assert page.url == base + "/api/v1/dashboard/"
+    expect(page.locator("#view-signin")).to_be_visible()
+
+    # A wrong key is refused, and the page says so.
+    page.fill("#signin-key", "0" * 32)
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#signin-error")).to_contain_text("Invalid API key")
+    expect(page.locator("#view-instances")).to_be_hidden()
+    page.screenshot(path=str(artifacts / "dashboard-signin-refused.png"))
+
+    # The right key signs in; the key is nowhere the page can read later.
+    page.fill("#signin-key", master.key)
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#view-instances")).to_be_visible()
+    expect(page.locator("#stream")).to_have_text("Live")
+    assert master.key not in page.url
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot see it
+    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+    assert master.key not in page.content()
+
+    # Create a single-end forwarder to the echo server through the form.
+    port = freePort(udp=False)
+    page.click("#create summary")
+    page.select_option("#c-role", "client")
+    page.select_option("#c-mode", "1")
+    page.fill("#c-host", LOOPBACK)
+    page.fill("#c-port", str(port))
+    page.fill("#c-targets", f"{LOOPBACK}:{echoServer.port}")
+    page.fill("#c-alias", "echo")
+    expected = f"client://{LOOPBACK}:{port}/{LOOPBACK}:{echoServer.port}?mode=1"
+    expect(page.locator("#c-url")).to_have_text(expected)
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("#create-error")).to_be_empty()
+    row = page.locator("#instances-body tr", has_text="echo")
+    expect(row.locator(".badge")).to_have_text("running")
+
+    # What the API refuses shows the API's own error text next to the form.
+    page.select_option("#c-role", "client")
+    page.select_option("#c-mode", "1")
+    page.fill("#c-port", str(freePort(udp=False)))
+    page.fill("#c-targets", f"{LOOPBACK}:{echoServer.port}")
+    page.fill("#c-alias", "x" * 256 + "y")
+    page.click("#create-form button[type=submit]")
+    expect(page.locator("#create-error")).to_contain_text(
+        "Instance alias exceeds maximum length 256"
+    )
+    page.click("#create summary")
+
+    # Traffic: the counters and the chart move.
+    waitExchange(port)  # running comes before the port listens
+    for _ in range(3):
+        sendThrough(port)
+    expect(row.locator("td[data-label=Receive] .sub")).not_to_have_text("0 B")
+    row.locator("a").click()
+    expect(page.locator("#view-instance")).to_be_visible()
+    expect(page.locator("#instance-title")).to_have_text("echo")
+    page.wait_for_function(
+        "Number(document.getElementById('d-chart').dataset.peak) > 0", timeout=WAIT_MS
+    )
+    expect(page.locator("#d-figures")).to_contain_text("Pool connections")
+    expect(page.locator("#d-params")).to_contain_text(f"{LOOPBACK}:{echoServer.port}")
+    # Open connections: listed when the master has the route, or the page says it has not.
+    expect(page.locator("#d-connections-note")).to_contain_text(
+        re.compile("does not list|No open connection")
+    )
+    sendThrough(port)
+    page.screenshot(path=str(artifacts / "dashboard-instance.png"))
+
+    # Back to the list: the rates are there.
+    page.click("text=All instances")
+    expect(row.locator(".badge")).to_have_text("running")
+    page.screenshot(path=str(artifacts / "dashboard-instances.png"))
+
+    # The master page: figures and links.
+    page.click("#nav-master")
+    expect(page.locator("#m-info")).to_contain_text("Version")
+    expect(page.locator("#m-hooks-empty")).to_be_visible()
+    page.screenshot(path=str(artifacts / "dashboard-master.png"))
+    page.click("#nav-instances")
+
+    # Stop, then delete with the confirmation.
+    row.get_by_role("button", name="Stop echo").click()
+    expect(row.locator(".badge")).to_have_text("stopped")
+    row.get_by_role("button", name="Delete echo").click()
+    expect(page.locator("#confirm")).to_be_visible()
+    page.click("#confirm-ok")
+    expect(page.locator("#instances-body tr", has_text="echo")).to_have_count(0)
+    code, listed, _ = master.call("GET", "/instances")
+    assert code == 200 and [i["id"] for i in listed] == ["********"], listed
+
+    # Sign out: back to the form, and the cookie no longer opens the API.
+    page.click("#signout")
+    expect(page.locator("#view-signin")).to_be_visible()
+    answer = page.request.get(base + "/api/v1/instances")
+    assert answer.status == 401
+
+    context.close()
+    assert problems == [], problems
