@@ -387,6 +387,25 @@ def test_pauseAndResumeThroughTheTransport() -> None:
     assert "pauseProducing" not in w.a.calls
 
 
+def test_theTransportsOwnEventsAndRegistrationsAreInert() -> None:
+    w = World()
+    w.attach()
+    w.a.sock.readable += b"ours"
+    # A stale event for the Twisted transport, and its own stop/start calls, change nothing.
+    assert w.a.doRead() is None  # type: ignore[func-returns-value]
+    assert w.a.doWrite() is None  # type: ignore[func-returns-value]
+    w.a.stopWriting()
+    w.a.startWriting()
+    assert w.reactor.readers == {w.endA, w.endB}
+    assert w.reactor.writers == set()
+    # stopReading and startReading pause and resume the splice.
+    w.a.stopReading()
+    assert w.endA not in w.reactor.readers
+    w.a.startReading()
+    w.pump()
+    assert w.b.sock.sent == b"ours"
+
+
 def test_staleReadEventIsIgnored() -> None:
     w = World()
     w.attach()

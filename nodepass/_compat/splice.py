@@ -13,10 +13,12 @@ Private internals used, and why:
 * the epoll (and poll and select) reactors keep one selectable per file descriptor, so the
   Twisted transport must stop reading and writing before our descriptor is registered for
   the same descriptor, and must not start again behind our back.  While spliced, the
-  transport's C{pauseProducing}, C{resumeProducing}, C{stopProducing}, C{loseConnection},
-  C{loseWriteConnection} and C{abortConnection} are shadowed by instance attributes that
+  transport's producer and closing methods (C{pauseProducing}, C{loseConnection},
+  C{loseWriteConnection}, C{abortConnection}, ...) are shadowed by instance attributes that
   act on the splice instead (so L{nodepass.relay.Relay}, its gates and anything else that
-  closes the transport keep working), and removed when the connection is handed back;
+  pauses or closes the transport keep working), its C{start/stopReading} pause and resume
+  the splice, and its C{doRead}, C{doWrite} and C{start/stopWriting} do nothing (see
+  L{SHADOWS}); all are removed when the connection is handed back;
 * the bytes Twisted has queued but not sent (C{dataBuffer[offset:]} and
   C{_tempDataBuffer}) are taken over and sent first, in order;
 * the socket (C{transport.socket}) for C{shutdown(SHUT_WR)}, and C{transport.reactor}
@@ -76,15 +78,26 @@ PRIVATE_FIELDS = (
     "producer",
 )
 
+#: The transport methods shadowed while spliced, and the method of L{_End} that stands in
+#: for each.  Reading and writing are inert: an event the reactor had already taken for
+#: the transport (the switch can happen inside one of its callbacks) then does nothing.
+SHADOWS = {
+    "pauseProducing": "pauseProducing",
+    "resumeProducing": "resumeProducing",
+    "stopProducing": "stopProducing",
+    "loseConnection": "loseConnection",
+    "loseWriteConnection": "loseWriteConnection",
+    "abortConnection": "abortConnection",
+    "stopReading": "pauseProducing",
+    "startReading": "resumeProducing",
+    "stopWriting": "inert",
+    "startWriting": "inert",
+    "doRead": "inert",
+    "doWrite": "inert",
+}
+
 #: The transport methods shadowed while spliced.
-SHADOWED = (
-    "pauseProducing",
-    "resumeProducing",
-    "stopProducing",
-    "loseConnection",
-    "loseWriteConnection",
-    "abortConnection",
-)
+SHADOWED = tuple(SHADOWS)
 
 #: Capacity asked for a pipe (the kernel's default is 64 KiB).  On loopback, 1 MiB pipes cut
 #: the forwarder's CPU time per byte by about a third against 64 KiB ones (bench/forward.py,
@@ -301,6 +314,9 @@ class _End:
 
     def abortConnection(self) -> None:
         self.splice._handBack(self, "abort")
+
+    def inert(self) -> None:
+        pass
 
 
 def _takeQueued(transport: Any) -> bytes:
@@ -552,8 +568,8 @@ def attach(
         transport = end.transport
         transport.stopReading()
         transport.stopWriting()
-        for name in SHADOWED:
-            transport.__dict__[name] = getattr(end, name)
+        for name, standIn in SHADOWS.items():
+            transport.__dict__[name] = getattr(end, standIn)
         end.paused = isPaused
         end.readDone = isDone
     for end in (endA, endB):
