@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
@@ -25,11 +26,12 @@ from nodepass.limits import Slots
 from nodepass.log import defaultLogger
 from nodepass.relay import RelayProtocol
 from nodepass.resolve import Resolver
+from nodepass.service import NodePassService
 from nodepass.settings import Settings
 from nodepass.stats import Counters
 from nodepass.transports.websocket import ws
 from nodepass.tunnel.client import TunnelClient
-from nodepass.tunnel.exchange import Exchanges
+from nodepass.tunnel.exchange import Exchanges, ILiveConnections
 from nodepass.tunnel.peer import MAX_BACKOFF, TunnelPeer
 from nodepass.tunnel.server import TunnelServer
 from nodepass.tunnel.session import Shared
@@ -283,3 +285,49 @@ class DrainTests(SynchronousTestCase):
         reactor.advance(0.1)
         self.successResultOf(d)
         self.assertEqual(session.relays, set())
+
+
+class _Listed:
+    """
+    A registry entry that records its close.
+    """
+
+    ident = ""
+    since = 0.0
+
+    def __init__(self) -> None:
+        self.shut_ = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.ident, "proto": "tcp", "since": self.since}
+
+    def shut(self) -> None:
+        self.shut_ = True
+
+
+class LiveConnectionsTests(SynchronousTestCase):
+    """
+    A peer's registry is its L{Shared}'s, and the instance's root service finds it wherever
+    it sits in the tree.
+    """
+
+    def test_rootListsAndClosesThroughThePeer(self) -> None:
+        reactor = MemoryReactorClock()
+        config = parse(URL)
+        settings = Settings()
+        shared = Shared(config, reactor, settings, None, Counters())  # type: ignore[arg-type]
+        peer = TunnelPeer(config, reactor, settings, shared)
+        self.assertTrue(ILiveConnections.providedBy(peer))
+        self.assertIs(peer.connections, shared.connections)
+        root = NodePassService(config, settings, Logger())
+        middle = MultiService()
+        middle.setServiceParent(root)
+        peer.setServiceParent(middle)
+        self.assertEqual(root.connections(), [])
+        entry = _Listed()
+        reactor.advance(7)
+        peer.connections.add(entry)  # type: ignore[arg-type]
+        self.assertEqual(root.connections(), [{"id": "1", "proto": "tcp", "since": 7.0}])
+        self.assertTrue(root.closeConnection("1"))
+        self.assertTrue(entry.shut_)
+        self.assertFalse(root.closeConnection("2"))

@@ -15,9 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from nodepass.access import AccessList, Screen, parseNetworks
 from nodepass.limits import RateLimiter, Slots
 from nodepass.log import defaultLogger
 from nodepass.stats import Counters
+from nodepass.tunnel.exchange import Connections
 from nodepass.tunnel.udp import (
     QUEUE_LIMIT,
     DatagramCodec,
@@ -511,3 +513,90 @@ class EntryListenerTests(SynchronousTestCase):
         self.assertAlmostEqual(listener.reply(SOURCE, b"x" * (RATE // 2)), 0.5)
         self.assertEqual(len(socket.written), 2)
         self.assertEqual(listener.counters.udptx, RATE + RATE // 2)
+
+
+class RegistryTests(SynchronousTestCase):
+    """
+    Flows in the instance's L{Connections}: listed while they live, with their own counts;
+    slot and C{deny} refusals counted; refused sources dropped before a flow.
+    """
+
+    def test_flowsAreListedWhileTheyLive(self) -> None:
+        reactor = DatagramReactor()
+        reactor.advance(50)
+        registry = Connections(reactor)
+        counters = Counters()
+        table = Flows(
+            Slots(0), defaultLogger(), "testUDPLoop", counters=counters, connections=registry
+        )
+        self.assertTrue(table.admit())
+        flow = Flow(table, ("2001:db8::1", 53), reactor, 30)
+        table.add(flow)
+        exitFlow = Flow(table, "203.0.113.7:99", reactor, 30)
+        table.add(exitFlow)
+        flow.rx, flow.tx, flow.target = 3, 4, "10.0.0.5:53"
+        self.assertEqual(
+            registry.list(),
+            [
+                {
+                    "id": "1",
+                    "proto": "udp",
+                    "remote": "[2001:db8::1]:53",
+                    "target": "10.0.0.5:53",
+                    "rx": 3,
+                    "tx": 4,
+                    "since": 50.0,
+                },
+                {
+                    "id": "2",
+                    "proto": "udp",
+                    "remote": "203.0.113.7:99",
+                    "target": "",
+                    "rx": 0,
+                    "tx": 0,
+                    "since": 50.0,
+                },
+            ],
+        )
+        self.assertTrue(registry.close("1"))
+        self.assertTrue(flow.ended)
+        self.assertEqual([c["id"] for c in registry.list()], ["2"])
+
+    def test_slotRefusalIsCounted(self) -> None:
+        counters = Counters()
+        table = Flows(Slots(1), defaultLogger(), "testUDPLoop", counters=counters)
+        table.admit()
+        with capturedLogs():
+            table.admit()
+        self.assertEqual(counters.refusedSlot, 1)
+
+    def test_targetFlowCountsItsOwnBytesWhereItIsTheLocalSocket(self) -> None:
+        reactor = DatagramReactor()
+        replies = Replies()
+        flow = TargetFlow(
+            flows(), SOURCE, reactor, 30, replies, defaultLogger(), counters=Counters()
+        )
+        flow.opened(reactor.listenUDP(0, flow))  # type: ignore[arg-type]
+        flow.send(b"abc")
+        flow.datagramReceived(b"hello", ("10.0.0.5", 53))
+        self.assertEqual((flow.rx, flow.tx), (5, 3))
+
+    def test_listenerCountsPerFlowAndDropsRefusedSources(self) -> None:
+        listener, socket = EntryListenerTests().listener()
+        listener.screen = Screen(
+            AccessList(deny=parseNetworks("198.51.100.0/24")),
+            listener.reactor,
+            listener.counters,
+            defaultLogger(),
+        )
+        with capturedLogs():
+            listener.datagramReceived(b"one", SOURCE)
+        self.assertEqual(len(listener.table), 0)
+        self.assertEqual((listener.counters.udprx, listener.counters.refusedDeny), (0, 1))
+        other = ("203.0.113.1", 1)
+        listener.datagramReceived(b"four", other)
+        flow = listener.table.get(other)
+        assert isinstance(flow, TunnelFlow)
+        flow.dataReceived(b"re")
+        self.assertEqual((flow.rx, flow.tx), (4, 2))
+        self.assertEqual(socket.written, [(b"re", other)])
