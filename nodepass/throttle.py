@@ -10,8 +10,9 @@ C{X-API-Key} values).  Per address:
   (doubling each time it comes back, up to C{maxBlock}), before its key is even looked at;
 - a right key clears the address's record.
 
-The log gets one line when an address is first seen failing, one when it is blocked, and a
-summary of what was counted meanwhile, instead of a line per attempt.  The table of addresses
+The caller logs an address's first failure (L{FailureThrottle.known} tells it which one that
+is); the throttle adds one line when the address is blocked, and a summary of what was
+counted meanwhile, instead of a line per attempt.  The table of addresses
 is bounded (the oldest are forgotten), so a flood from many addresses costs bounded memory.
 Nothing is scheduled: time is read from the injected clock when something happens.
 """
@@ -125,7 +126,7 @@ class FailureThrottle:
         record.failures += 1
         record.unlogged += 1
         if created:
-            self._log.warn("{what} from {address}", what=self._what.capitalize(), address=address)
+            # The caller logs the first failure in its own words; later ones are summed up.
             record.unlogged, record.loggedAt = 0, now
         if record.failures >= self.blockAfter:
             duration = min(self.maxBlock, self.blockFor * 2**record.blocks)
@@ -153,6 +154,12 @@ class FailureThrottle:
         if failures < self.slowAfter:
             return 0.0
         return float(min(self.maxDelay, 0.25 * 2.0 ** (failures - self.slowAfter)))
+
+    def known(self, address: str) -> bool:
+        """
+        Whether C{address} has failed lately (the caller logs a first failure in full).
+        """
+        return address in self._records
 
     def succeeded(self, address: str) -> None:
         """
