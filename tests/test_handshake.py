@@ -936,3 +936,38 @@ class ThrottledWireTests(SynchronousTestCase):
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.clock.advance(self.throttle.maxDelay)  # the held-back answer is dropped, no error
         self.assertEqual(transport.value(), b"")
+
+
+class PoolAuthNegotiationTests(SynchronousTestCase):
+    """
+    C{auth} is agreed only between our own peers that both ask for it (with C{ext}).
+    """
+
+    def answer(self, **headers: str) -> TunnelConfig:
+        recorder = Recorder()
+        stub = StubTreq(recorder.resource())
+        response = self.successResultOf(stub.get("http://none/", headers=headers))
+        return decodeConfig(self.successResultOf(stub.content(response)))
+
+    def test_agreement(self) -> None:
+        bearer = {"Authorization": "Bearer " + TOKEN}
+        both = self.answer(**bearer, **{"X-NodePass-Ext": "1", "X-NodePass-Pool-Auth": "1"})
+        self.assertEqual((both.ext, both.auth), (True, True))
+        extOnly = self.answer(**bearer, **{"X-NodePass-Ext": "1"})
+        self.assertEqual((extOnly.ext, extOnly.auth), (True, False))
+        authOnly = self.answer(**bearer, **{"X-NodePass-Pool-Auth": "1"})
+        self.assertEqual((authOnly.ext, authOnly.auth), (False, False))
+
+    def test_wire(self) -> None:
+        config = TunnelConfig(flow="-", max=8, tls="0", type="0", ext=True, auth=True)
+        self.assertEqual(
+            encodeConfig(config), b'{"auth":1,"ext":1,"flow":"-","max":8,"tls":"0","type":"0"}\n'
+        )
+        self.assertEqual(decodeConfig(encodeConfig(config)), config)
+        # Without ext, an auth field means nothing (and a Go client ignores both).
+        plain = decodeConfig(b'{"auth":1,"flow":"-","max":8,"tls":"0","type":"0"}')
+        self.assertEqual((plain.ext, plain.auth), (False, False))
+        self.assertEqual(
+            encodeConfig(TunnelConfig(flow="-", max=8, tls="0", type="0", auth=True)),
+            b'{"flow":"-","max":8,"tls":"0","type":"0"}\n',
+        )

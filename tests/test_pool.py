@@ -914,3 +914,80 @@ class ReentrancyTests(SynchronousTestCase):
         conn, _ = accept(pool)
         self.assertTrue(conn.closed)
         self.assertTrue(pool.closed)
+
+
+class PoolAuthTests(SynchronousTestCase):
+    """
+    Pool authentication between our own peers: the server parks a connection only once it
+    proved the tunnel key for its ID and a fresh nonce.
+    """
+
+    KEY = b"tunnel-key"
+    NONCE = bytes(range(16))
+
+    def server(self) -> tuple[Clock, ServerPool]:
+        from nodepass.tunnel.pool import AUTH_NONCE
+
+        clock = Clock()
+        randoms = Randoms(self.NONCE, self.NONCE, self.NONCE)
+        pool = ServerPool(clock, 16, randomBytes=randoms, authKey=self.KEY)
+        assert AUTH_NONCE == len(self.NONCE)
+        return clock, pool
+
+    def test_proofParksTheConnection(self) -> None:
+        from nodepass.tunnel.pool import poolProof
+
+        _, pool = self.server()
+        control, transport = accept(pool)
+        # The control connection (always 00000000) is authenticated like any other.
+        self.assertEqual(transport.value(), b"\x00\x00\x00\x00" + self.NONCE)
+        self.assertEqual(pool.idle, {})
+        proof = poolProof(self.KEY, b"\x00\x00\x00\x00", self.NONCE)
+        control.dataReceived(proof[:10])
+        self.assertEqual(pool.idle, {})
+        control.dataReceived(proof[10:] + b"first bytes")
+        self.assertEqual(list(pool.idle), [CONTROL_ID])
+        recorder = Recorder()
+        self.successResultOf(pool.outgoingGet(CONTROL_ID)).attach(recorder)
+        self.assertEqual(recorder.data, [b"first bytes"])
+
+    def test_wrongOrMissingProofCloses(self) -> None:
+        from nodepass.tunnel.pool import AUTH_TIMEOUT, poolProof
+
+        clock, pool = self.server()
+        rogue, _ = accept(pool)
+        rogue.dataReceived(poolProof(b"another key", b"\x00\x00\x00\x00", self.NONCE))
+        self.assertTrue(rogue.closed)
+        silent, _ = accept(pool)
+        clock.advance(AUTH_TIMEOUT)
+        self.assertTrue(silent.closed)
+        self.assertEqual((pool.idle, pool.refusedProofs), ({}, 2))
+
+    def test_clientProvesThenParks(self) -> None:
+        from nodepass.tunnel.pool import poolProof
+
+        _, dial, pool = clientPool(1, 1, authKey=self.KEY)
+        pool.start()
+        transport = dial.connect(0)
+        conn = dial.calls[0][0]
+        conn.dataReceived(b"\x1a\x2b\x3c\x4d" + self.NONCE[:8])
+        self.assertEqual((pool.idle, transport.value()), ({}, b""))
+        conn.dataReceived(self.NONCE[8:])
+        self.assertEqual(
+            transport.value(), poolProof(self.KEY, bytes.fromhex("1a2b3c4d"), self.NONCE)
+        )
+        self.assertEqual(list(pool.idle), ["1a2b3c4d"])
+
+    def test_bothEndsTogether(self) -> None:
+        """
+        A client pool and a server pool with the same key, wired byte for byte.
+        """
+        _, server = self.server()
+        _, dial, client = clientPool(1, 1, authKey=self.KEY)
+        client.start()
+        clientTransport = dial.connect(0)
+        serverConn, serverTransport = accept(server)
+        dial.calls[0][0].dataReceived(serverTransport.value())
+        serverConn.dataReceived(clientTransport.value())
+        self.assertEqual(list(server.idle), [CONTROL_ID])
+        self.assertEqual(list(client.idle), [CONTROL_ID])

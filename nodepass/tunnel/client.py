@@ -132,6 +132,7 @@ class TunnelClient(TunnelPeer):
             minInterval=settings.minPoolInterval,
             maxInterval=settings.maxPoolInterval,
             log=self.log,
+            authKey=config.key.encode("utf-8") if tunnelConfig.auth else None,
         )
         pool.start()
         control = await self.awaitControl(pool, started)

@@ -61,6 +61,10 @@ __all__ = [
 ]
 
 EXT_HEADER = b"X-NodePass-Ext"
+
+#: Our client's offer to prove the key on every pool connection (with C{ext} only); the
+#: server agrees with C{"auth":1} (see L{nodepass.tunnel.pool.poolProof}).
+POOL_AUTH_HEADER = b"X-NodePass-Pool-Auth"
 """The request header by which our client offers the extensions of spec §16.1."""
 
 IDLE_TIMEOUT = 10.0
@@ -153,6 +157,7 @@ class TunnelConfig:
     @ivar tls: the TLS mode of pool connections, C{"0"}, C{"1"} or C{"2"}.
     @ivar type: the pool transport, C{"0"}..C{"3"} or a transport plugin name.
     @ivar ext: both ends are ours and agreed on the extensions of spec §16.1.
+    @ivar auth: both ends agreed that every pool connection proves the key (with C{ext}).
     """
 
     flow: str = attrs.field(validator=_checkFlow)
@@ -160,6 +165,7 @@ class TunnelConfig:
     tls: str = attrs.field(validator=_checkTLS)
     type: str = attrs.field(validator=_checkType)
     ext: bool = False
+    auth: bool = False
 
 
 def _goJSON(text: str) -> str:
@@ -190,6 +196,8 @@ def encodeConfig(config: TunnelConfig) -> bytes:
     }
     if config.ext:
         fields["ext"] = 1
+        if config.auth:
+            fields["auth"] = 1
     text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return (_goJSON(text) + "\n").encode("utf-8")
 
@@ -253,7 +261,7 @@ def decodeConfig(body: bytes) -> TunnelConfig:
     for name, item in value:
         field = name.casefold()
         kind = _FIELD_TYPES.get(field)
-        if field == "ext":
+        if field in ("ext", "auth"):
             found[field] = item
         elif kind is None or item is None:
             continue
@@ -268,13 +276,16 @@ def decodeConfig(body: bytes) -> TunnelConfig:
         if field not in found:
             raise HandshakeError(f"tunnelHandshake: field {field!r} is missing")
     ext = found.get("ext")
+    auth = found.get("auth")
+    extAgreed = type(ext) is int and ext == 1
     try:
         return TunnelConfig(
             flow=found["flow"],
             max=found["max"],
             tls=found["tls"],
             type=found["type"],
-            ext=type(ext) is int and ext == 1,
+            ext=extAgreed,
+            auth=extAgreed and type(auth) is int and auth == 1,
         )
     except ValueError as e:
         raise HandshakeError(f"tunnelHandshake: {e}") from None
@@ -367,6 +378,13 @@ class HandshakeResource(Resource):
         if not _bearerMatches(authorization[0] if authorization else None, self._token):
             if throttle is None:
                 return self._reject(request, peer, 401, "Unauthorized")
+            if not throttle.known(peer):
+                self.log.warn(
+                    "Tunnel handshake rejected from {peer}: {code} {text}",
+                    peer=peer,
+                    code=401,
+                    text="Unauthorized",
+                )
             delay = throttle.failed(peer)
             if delay > 0 and self._clock is not None:
                 self._rejectLater(request, peer, delay)
@@ -378,9 +396,12 @@ class HandshakeResource(Resource):
             return self._reject(request, peer, 503, "handshake already completed")
 
         offered = request.requestHeaders.getRawHeaders(EXT_HEADER) == [b"1"]
+        authOffered = request.requestHeaders.getRawHeaders(POOL_AUTH_HEADER) == [b"1"]
         config = self._announce(offered)
         if config.ext and not offered:
             config = attrs.evolve(config, ext=False)
+        # Pool authentication needs both ends to be ours and this one to ask for it.
+        config = attrs.evolve(config, auth=config.ext and authOffered)
         self._completed = True
         _respond(request, 200, b"application/json", encodeConfig(config))
         self.log.debug("Tunnel handshake accepted from {peer}", peer=peer)
@@ -410,10 +431,14 @@ class HandshakeResource(Resource):
     def _reject(
         self, request: Request, peer: str, code: int, text: str, quiet: bool = False
     ) -> int:
-        emit = self.log.warn if code == 401 and not quiet else self.log.debug
-        emit(
-            "Tunnel handshake rejected from {peer}: {code} {text}", peer=peer, code=code, text=text
-        )
+        if not quiet:  # a throttled address's attempts are summed up by the throttle
+            emit = self.log.warn if code == 401 else self.log.debug
+            emit(
+                "Tunnel handshake rejected from {peer}: {code} {text}",
+                peer=peer,
+                code=code,
+                text=text,
+            )
         _respond(
             request,
             code,
@@ -637,6 +662,7 @@ async def clientHandshake(
                 b"Host": [_hostHeader(serverName)],
                 b"Authorization": [_BEARER + token(key).encode("ascii")],
                 EXT_HEADER: [b"1"],
+                POOL_AUTH_HEADER: [b"1"],
             }
         )
         response: IResponse = await agent.request(b"GET", url.encode("ascii"), headers)

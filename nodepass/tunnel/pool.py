@@ -14,6 +14,8 @@ connections with the reference's refill algorithm (L{ClientPool}).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +39,23 @@ ID_TIMEOUT = 60.0
 
 #: How many recently closed parked connections a pool remembers.
 GONE_MEMORY = 256
+
+#: With pool authentication (both ends ours, see docs/tunnel.md): the server follows the 4 ID
+#: bytes with a fresh nonce, and the client answers with L{poolProof} before anything else.
+AUTH_NONCE = 16
+AUTH_PROOF = 32
+
+#: How long the server waits for a new pool connection's proof.
+AUTH_TIMEOUT = 10.0
+
+
+def poolProof(key: bytes, ident: bytes, nonce: bytes) -> bytes:
+    """
+    What a pool connection sends to prove it knows the tunnel key: HMAC-SHA256 of its ID and
+    the server's nonce for it, keyed with the tunnel key.
+    """
+    return hmac.new(key, b"nodepass-pool\0" + ident + nonce, hashlib.sha256).digest()
+
 
 #: Bytes a parked connection keeps for the side that will take it (a peer may start sending
 #: before this side has read the signal naming the connection); past this, it stops reading.
@@ -101,13 +120,24 @@ class PoolConnection(RelayProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state == "id" and self.pool.readsID:
             self._idBuffer += data
-            if len(self._idBuffer) < 4:
+            size = self.pool.idSize
+            if len(self._idBuffer) < size:
                 return
-            ident, rest = self._idBuffer[:4], self._idBuffer[4:]
+            head, rest = self._idBuffer[:size], self._idBuffer[size:]
             self._idBuffer = b""
             if self._idTimer is not None and self._idTimer.active():
                 self._idTimer.cancel()
-            self.pool.identified(self, ident.hex())
+            self.pool.identified(self, head[:4].hex(), head[4:])
+            if rest and self.state != "rejected":
+                self.dataReceived(rest)
+            return
+        if self.state == "auth":
+            self._idBuffer += data
+            if len(self._idBuffer) < AUTH_PROOF:
+                return
+            proof, rest = self._idBuffer[:AUTH_PROOF], self._idBuffer[AUTH_PROOF:]
+            self._idBuffer = b""
+            self.pool.proved(self, proof)
             if rest and self.state != "rejected":
                 self.dataReceived(rest)
             return
@@ -241,6 +271,9 @@ class Pool:
 
     #: Whether this side reads the 4 ID bytes (client) or writes them (server).
     readsID = False
+    #: How many bytes the reading side reads before the connection is its: the ID, and the
+    #: server's nonce when the pool is authenticated.
+    idSize = 4
 
     def __init__(
         self, clock: IReactorTime, getTimeout: float = 5.0, *, log: Logger | None = None
@@ -262,7 +295,10 @@ class Pool:
     def connectionReady(self, conn: PoolConnection) -> None:
         raise NotImplementedError
 
-    def identified(self, conn: PoolConnection, ident: str) -> None:
+    def identified(self, conn: PoolConnection, ident: str, nonce: bytes = b"") -> None:
+        raise NotImplementedError
+
+    def proved(self, conn: PoolConnection, proof: bytes) -> None:
         raise NotImplementedError
 
     def lost(self, conn: PoolConnection) -> None:
@@ -418,12 +454,19 @@ class ServerPool(Pool):
         randomBytes: Callable[[int], bytes] = os.urandom,
         *,
         log: Logger | None = None,
+        authKey: bytes | None = None,
     ) -> None:
         super().__init__(clock, getTimeout, log=log)
         self.maxSize = max(1, maxSize)
         self.clientIP = clientIP
         self._random = randomBytes
         self._first = True
+        #: The tunnel key, when every pool connection must prove it (our client on the
+        #: other end); L{None} with a Go client (the reference's unauthenticated pool).
+        self.authKey = authKey
+        self._expected: dict[PoolConnection, bytes] = {}
+        #: Connections closed because their proof was missing or wrong.
+        self.refusedProofs = 0
 
     def factory(self, tls: bool) -> Any:
         pool = self
@@ -454,10 +497,42 @@ class ServerPool(Pool):
             conn.close()
             return
         conn.ident = ident
-        conn.write(bytes.fromhex(ident))
+        raw = bytes.fromhex(ident)
+        if self.authKey is None:
+            conn.write(raw)
+            self.park(conn)
+            return
+        nonce = self._random(AUTH_NONCE)
+        self._expected[conn] = poolProof(self.authKey, raw, nonce)
+        conn.state = "auth"
+        conn._idTimer = self.clock.callLater(AUTH_TIMEOUT, self._noProof, conn)
+        conn.write(raw + nonce)
+
+    def proved(self, conn: PoolConnection, proof: bytes) -> None:
+        expected = self._expected.pop(conn, None)
+        if conn._idTimer is not None and conn._idTimer.active():
+            conn._idTimer.cancel()
+        if expected is None or not hmac.compare_digest(proof, expected):
+            self._refuse(conn, "a wrong key proof")
+            return
         self.park(conn)
 
-    def identified(self, conn: PoolConnection, ident: str) -> None:
+    def _noProof(self, conn: PoolConnection) -> None:
+        if self._expected.pop(conn, None) is not None:
+            self._refuse(conn, "no key proof")
+
+    def _refuse(self, conn: PoolConnection, why: str) -> None:
+        self.refusedProofs += 1
+        conn.state = "rejected"
+        peer: Any = conn.transport.getPeer() if conn.transport is not None else "?"
+        self.log.debug("Pool connection from {peer} refused: {why}", peer=peer, why=why)
+        conn.close()
+
+    def lost(self, conn: PoolConnection) -> None:
+        self._expected.pop(conn, None)
+        super().lost(conn)
+
+    def identified(self, conn: PoolConnection, ident: str, nonce: bytes = b"") -> None:
         raise AssertionError("the server side never reads an ID")
 
 
@@ -484,6 +559,7 @@ class ClientPool(Pool):
         maxInterval: float = 1.0,
         *,
         log: Logger | None = None,
+        authKey: bytes | None = None,
     ) -> None:
         super().__init__(clock, getTimeout, log=log)
         minSize, maxSize = max(1, minSize), max(1, maxSize)
@@ -500,6 +576,10 @@ class ClientPool(Pool):
         self._demand: IDelayedCall | None = None
         self.dialFailures = 0
         self._tlsWarned = False
+        #: The tunnel key, when the server asked every pool connection to prove it.
+        self.authKey = authKey
+        if authKey is not None:
+            self.idSize = 4 + AUTH_NONCE
 
     def start(self) -> None:
         self._runRound()
@@ -587,9 +667,12 @@ class ClientPool(Pool):
     def connectionReady(self, conn: PoolConnection) -> None:
         conn._idTimer = self.clock.callLater(ID_TIMEOUT, conn.close)
 
-    def identified(self, conn: PoolConnection, ident: str) -> None:
+    def identified(self, conn: PoolConnection, ident: str, nonce: bytes = b"") -> None:
         self._connecting.discard(conn)
         conn.ident = ident
+        if self.authKey is not None:
+            # The proof goes out before anything else this side writes on the connection.
+            conn.write(poolProof(self.authKey, bytes.fromhex(ident), nonce))
         created: Deferred[bool] | None = getattr(conn, "created", None)
         if ident in self.idle:
             conn.state = "rejected"

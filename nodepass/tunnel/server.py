@@ -81,6 +81,7 @@ class TunnelServer(TunnelPeer):
         self.tlsMode = tlsMode if credentials is not None else 0
         #: Wrong handshake tokens by address, across start cycles (slowed, then refused).
         self.badKeys = FailureThrottle(reactor, self.log, "bad tunnel keys")
+        self.unauthenticatedWarned = False
         self.tunnelPort: IListeningPort | None = None
         self.factory = _TunnelFactory()
         self.runMode = config.mode
@@ -186,12 +187,21 @@ class TunnelServer(TunnelPeer):
         # The pool (and a listener of the transport's own) only takes pool
         # connections from the handshake's IP, unless the transport says not to.
         poolClientIP = None if IUncheckedPeerTransport.providedBy(transport) else clientIP
+        if not tunnelConfig.auth and not self.unauthenticatedWarned:
+            # Once per server: a Go client (or an older one of ours) cannot prove the key on
+            # its pool connections, so any connection from its address may join the pool.
+            self.unauthenticatedWarned = True
+            self.log.warn(
+                "Pool connections are not authenticated: the client cannot prove the key on "
+                "them (docs/tunnel.md, pool authentication)"
+            )
         pool = ServerPool(
             self.reactor,
             config.max,
             clientIP=poolClientIP,
             getTimeout=self.settings.poolGetTimeout,
             log=self.log,
+            authKey=config.key.encode("utf-8") if tunnelConfig.auth else None,
         )
         poolFactory: Any = pool.factory(self.tlsMode != 0 and transport.readyAfterHandshake)
         tls = tlsArgument(transport, self.poolTLS(), server=True)
