@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nodepass.master.app import DASHBOARD_DIRECTORY, DASHBOARD_FILES, DASHBOARD_HEADERS
+from nodepass.master.metrics import MasterMetrics
 from nodepass.master.sessions import (
     CSRF_REFUSED,
     FAILURE_LIMIT,
@@ -81,7 +82,8 @@ class DashboardTestCase(AppTestCase):
             "sessions": SessionStore(self.clock),
         }
         arguments.update(options)
-        return self.serve(**arguments)
+        self.api = self.serve(**arguments)
+        return self.api
 
     def signIn(self, key: str = KEY) -> tuple[str, str]:
         """
@@ -372,6 +374,23 @@ class CookieAuthenticationTests(DashboardTestCase):
         headers["X-API-Key"] = KEY
         answer = self.call("POST", "/instances", json.dumps({"url": SERVER}), headers)
         self.assertEqual(answer.code, 201)  # no CSRF token needed with the key
+
+    def test_metricsWithTheCookie(self) -> None:
+        """
+        The master page links to C{P/v1/metrics}, which the cookie opens (below its path).
+        """
+        metrics = MasterMetrics(
+            self.registry.instanceObjects,
+            self.registry.restartCount,
+            lambda: self.hub.subscriberCount,
+            "9.9.9",
+        )
+        self.serveDashboard(metrics=metrics)
+        token, _ = self.signIn()
+        answer = self.withCookie("GET", "/metrics", token)
+        self.assertEqual(answer.code, 200)
+        self.assertIn(b"nodepass_build_info", answer.body)
+        self.assertEqual(self.withCookie("GET", "/metrics", "forged").code, 401)
 
     def test_noCookieNoChange(self) -> None:
         self.assertError(self.call("GET", "/instances", headers={}), 401, KEY_REQUIRED)

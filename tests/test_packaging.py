@@ -68,6 +68,11 @@ def test_wheel_contents(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/nodepass_plugin.py" in names
     assert "nodepass/py.typed" in names
+    # The dashboard the master serves, every file of it.
+    from nodepass.master.app import DASHBOARD_FILES
+
+    for name in DASHBOARD_FILES:
+        assert f"nodepass/master/dashboard/{name}" in names, name
     # Never ship an __init__.py that would shadow Twisted's own packages,
     # a stale dropin cache, or the tests.
     assert "twisted/__init__.py" not in names
@@ -181,6 +186,10 @@ def test_installed_master_runs_from_any_directory(installed: Path, tmp_path: Pat
         )
         status, asset = call("GET", "/docs/static/swagger-ui.css")
         assert status == 200 and len(asset) > 10_000
+        status, page = call("GET", "/dashboard/")
+        assert status == 200 and b'src="app.js"' in page
+        status, script = call("GET", "/dashboard/logic.js")
+        assert status == 200 and b"export function buildURL" in script
         assert (tmp_path / "nodepass.db").exists()
     finally:
         proc.terminate()

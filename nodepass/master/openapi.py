@@ -69,6 +69,7 @@ from nodepass.master.messages import (
     peerFieldTooLong,
     unknownWebhookEvent,
 )
+from nodepass.master.sessions import CSRF_REFUSED, NO_SESSION, TOO_MANY_SIGN_INS
 from nodepass.master.supervisor import UNAVAILABLE_ISOLATED
 
 __all__ = [
@@ -92,6 +93,7 @@ DOCS_STATIC_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
 
 _KEY_SCHEME = "ApiKeyAuth"
 _BEARER_SCHEME = "BearerAuth"
+_COOKIE_SCHEME = "SessionCookie"
 _REF = "#/components/schemas/"
 _JSON = "application/json"
 
@@ -374,6 +376,7 @@ def _schemas() -> dict[str, Any]:
         "InstanceEvent": event,
         "Health": _healthSchema(),
         **_webhookSchemas(),
+        **_dashboardSchemas(),
         "Ready": _object(
             {"status": _string("Readiness.", enum=["ready", "starting", "stopping"])},
             "The answer of `/ready`.",
@@ -861,6 +864,7 @@ def _paths() -> dict[str, Any]:
         },
         **_webhookPaths(),
         **_connectionPaths(),
+        **_dashboardPaths(),
         "/openapi.json": {
             "description": "Public. Answers every method except `OPTIONS` (preflight) with "
             "the document.",
@@ -895,7 +899,7 @@ def _paths() -> dict[str, Any]:
                 },
                 public=True,
             )
-            | {"security": [{_KEY_SCHEME: []}, {_BEARER_SCHEME: []}]},
+            | {"security": [{_KEY_SCHEME: []}, {_BEARER_SCHEME: []}, {_COOKIE_SCHEME: []}]},
         },
         "/health": {
             "description": "Public. Also served at the root (`/health`). Handles `GET` and "
@@ -1034,6 +1038,120 @@ def _connectionPaths() -> dict[str, Any]:
                     ),
                     "501": unsupported,
                 },
+            ),
+        },
+    }
+
+
+def _dashboardSchemas() -> dict[str, Any]:
+    return {
+        "SessionRequest": _object(
+            {"key": _string("The master's API key.")},
+            "A dashboard sign-in.",
+            closed=False,
+        ),
+        "Session": _object(
+            {
+                "csrf": _string(
+                    "The token every change made with the session cookie carries in `X-CSRF-Token`."
+                ),
+                "expires": _int("int64", "Seconds until the session ends.", minimum=0),
+            },
+            "A signed-in dashboard session (the cookie itself is HttpOnly).",
+        ),
+    }
+
+
+_SESSION_COOKIE = (
+    "`Set-Cookie: np_session=<token>; Path=<P>; Max-Age=28800; HttpOnly; SameSite=Strict` "
+    "(and `Secure` when the master serves TLS)."
+)
+_CSRF_REFUSED = _errorResponse(
+    "A change made with the session cookie lacks the session's `X-CSRF-Token`.",
+    CSRF_REFUSED,
+)
+
+
+def _dashboardPaths() -> dict[str, Any]:
+    session = _jsonResponse("The session.", _ref("Session"))
+    return {
+        "/dashboard/": {
+            "description": "Public. The built-in dashboard (`GET /` redirects here with 302), "
+            "and below it its files `app.css`, `app.js`, `logic.js` and `chart.js`. Handles "
+            "`GET` and `HEAD`; any other method answers 405 `Method not allowed`. Every "
+            "answer carries `Content-Security-Policy: default-src 'self'` (no inline "
+            "script), `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`.",
+            "get": _operation(
+                "getDashboard",
+                "The dashboard",
+                "The dashboard's page. It signs in with `/dashboard/session` and then uses "
+                "the API with the session cookie.",
+                "dashboard",
+                {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                public=True,
+            ),
+        },
+        "/dashboard/session": {
+            "description": "The dashboard's session. No `X-API-Key` here: `POST` checks the "
+            "key in its body. A wrong or missing key answers 401, and after 5 failures "
+            "within a minute from one address, sign-ins from it answer 429 with "
+            "`Retry-After` until that minute has passed. Handles `GET`, `POST` and "
+            "`DELETE`; any other method answers 405 `Method not allowed`. The session "
+            "lasts 8 hours, ends when the API key is regenerated, and lives in the "
+            "master's memory (a restart ends it).",
+            "post": _operation(
+                "signIn",
+                "Sign in",
+                "Checks the key and opens a session: the answer sets the cookie "
+                + _SESSION_COOKIE
+                + " Every protected route accepts that cookie instead of `X-API-Key`; a "
+                "change (any method but `GET` and `HEAD`) made with it must carry the "
+                "session's `csrf` token in `X-CSRF-Token`, or it answers 403. A session "
+                "already carried by the request ends.",
+                "dashboard",
+                {
+                    "200": session,
+                    "400": _errorResponse("The body is not a JSON object.", INVALID_BODY),
+                    "401": _UNAUTHORIZED,
+                    "429": _errorResponse(
+                        "Too many failed sign-ins from this address; see `Retry-After`.",
+                        TOO_MANY_SIGN_INS,
+                    ),
+                    "503": _UNAVAILABLE,
+                },
+                requestBody=_body("SessionRequest", "The API key.", signIn={"key": "<key>"}),
+                public=True,
+            ),
+            "get": _operation(
+                "getSession",
+                "The current session",
+                "The CSRF token of the session the cookie names, so a reloaded page can "
+                "go on without signing in again.",
+                "dashboard",
+                {
+                    "200": session,
+                    "401": _errorResponse("No live session.", NO_SESSION),
+                    "503": _UNAVAILABLE,
+                },
+                public=True,
+            ),
+            "delete": _operation(
+                "signOut",
+                "Sign out",
+                "Ends the session the cookie names (with its `X-CSRF-Token`) and clears "
+                "the cookie; 204 also without a session.",
+                "dashboard",
+                {
+                    "204": {"description": "Signed out; the cookie is cleared."},
+                    "403": _CSRF_REFUSED,
+                    "503": _UNAVAILABLE,
+                },
+                public=True,
             ),
         },
     }
@@ -1233,7 +1351,8 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
             "description": (
                 f"Control plane of a NodePass master (NodePass {version}). Every route "
                 "except `/openapi.json` and `/docs` needs the API key in the `X-API-Key` "
-                "header. `OPTIONS` on any route answers 200 without a key (CORS "
+                "header, or the dashboard's session cookie (`/dashboard/session`; changes "
+                "made with it carry `X-CSRF-Token`). `OPTIONS` on any route answers 200 without a key (CORS "
                 "preflight). A method a route does not handle answers 405 "
                 '`{"error":"Method not allowed"}` after authentication. Successful '
                 "responses are bare JSON values (no envelope); errors are "
@@ -1244,7 +1363,7 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
         "servers": [
             {"url": _serverURL(prefix, serverURL), "description": "This master."},
         ],
-        "security": [{_KEY_SCHEME: []}],
+        "security": [{_KEY_SCHEME: []}, {_COOKIE_SCHEME: []}],
         "tags": [
             {"name": "instances", "description": "Tunnel instances."},
             {"name": "events", "description": "Live instance events."},
@@ -1252,6 +1371,7 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
             {"name": "documentation", "description": "This description."},
             {"name": "operations", "description": "Metrics, health and readiness."},
             {"name": "webhooks", "description": "Signed HTTP callbacks on events."},
+            {"name": "dashboard", "description": "The built-in web dashboard."},
         ],
         "paths": _paths(),
         "webhooks": _outgoingWebhooks(),
@@ -1268,6 +1388,15 @@ def document(prefix: str, version: str, serverURL: str | None = None) -> dict[st
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The API key as a bearer token (`/metrics` only).",
+                },
+                _COOKIE_SCHEME: {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "np_session",
+                    "description": "The dashboard's session cookie, set by "
+                    "`POST /dashboard/session`. Changes made with it must carry the "
+                    "session's token in `X-CSRF-Token` (403 otherwise). A request with "
+                    "`X-API-Key` is judged by the key alone.",
                 },
             },
             "schemas": _schemas(),
