@@ -1964,3 +1964,59 @@ class HealthTests(AppTestCase):
         self.assertEqual(ready(), (503, {"status": "stopping"}))
         # Only at the root: below the prefix it is an unknown route.
         self.assertNotFoundPage(self.fetch("GET", P + "/ready", headers={}))
+
+
+class ConnectionsTests(AppTestCase):
+    """
+    C{P/v1/instances/{id}/connections}: the open connections of an instance, and closing one.
+    """
+
+    ENTRY = {
+        "id": "1f",
+        "proto": "tcp",
+        "remote": "127.0.0.1:40001",
+        "target": "127.0.0.1:8080",
+        "rx": 10,
+        "tx": 20,
+        "since": 1765152000.25,
+    }
+
+    def test_listAndClose(self) -> None:
+        id = self.create()["id"]
+        self.assertJSON(self.call("GET", f"/instances/{id}/connections"), 200, [])
+        self.supervisor.open[id] = [dict(self.ENTRY)]
+        self.assertJSON(self.call("GET", f"/instances/{id}/connections"), 200, [self.ENTRY])
+        self.assertEmpty(self.call("DELETE", f"/instances/{id}/connections/1f"), 204)
+        self.assertJSON(self.call("GET", f"/instances/{id}/connections"), 200, [])
+        self.assertError(
+            self.call("DELETE", f"/instances/{id}/connections/1f"), 404, "Connection not found"
+        )
+
+    def test_errors(self) -> None:
+        id = self.create()["id"]
+        self.assertError(
+            self.call("GET", "/instances/ffffffff/connections"), 404, "Instance not found"
+        )
+        self.assertError(
+            self.call("GET", f"/instances/{PSEUDO}/connections"), 404, "Instance not found"
+        )
+        self.assertError(
+            self.call("POST", f"/instances/{id}/connections"), 405, "Method not allowed"
+        )
+        self.assertError(
+            self.call("GET", f"/instances/{id}/connections/1f"), 405, "Method not allowed"
+        )
+        self.assertError(
+            self.call("GET", f"/instances/{id}/connections", headers={}),
+            401,
+            "Unauthorized: API key required",
+        )
+        # Anything else below an instance id is still Go's unknown id.
+        self.assertError(self.call("GET", f"/instances/{id}/other"), 404, "Instance not found")
+
+    def test_isolated(self) -> None:
+        id = self.create()["id"]
+        self.supervisor.isolated = True
+        answer = self.call("GET", f"/instances/{id}/connections")
+        self.assertEqual(answer.code, 501)
+        self.assertIn("instance hosts", answer.json()["error"])

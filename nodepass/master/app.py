@@ -67,6 +67,7 @@ from nodepass.master.messages import (
     NotFound,
     RegistryError,
     Unavailable,
+    Unsupported,
 )
 from nodepass.master.metrics import CONTENT_TYPE, MasterMetrics, routeOf
 from nodepass.master.openapi import DOCS_STATIC_FILES, docsPage, documentJSON
@@ -114,6 +115,7 @@ STATUS_OF: Final[Mapping[type[RegistryError], int]] = {
     NotFound: 404,
     Conflict: 409,
     Unavailable: 503,
+    Unsupported: 501,
 }
 
 
@@ -599,6 +601,9 @@ class MasterAPI:
         raise _Handled(405, METHOD_NOT_ALLOWED)
 
     async def _instance(self, request: IRequest, id: str) -> Any:
+        instanceId, slash, rest = id.partition("/")
+        if slash and instanceId and (rest == "connections" or rest.startswith("connections/")):
+            return await self._connections(request, instanceId, rest[len("connections/") :])
         # Empty id 400, unknown id 404, then the method (§4.1).
         key = _callerKey(request)
         current = await self.registry.get(id, key)
@@ -618,6 +623,20 @@ class MasterAPI:
             await self.registry.delete(id)
             return _empty(request, 204)
         raise _Handled(405, METHOD_NOT_ALLOWED)
+
+    async def _connections(self, request: IRequest, id: str, connection: str) -> Any:
+        """
+        C{P/instances/{id}/connections} (GET) and C{.../connections/{cid}} (DELETE).
+        """
+        method = _method(request)
+        if not connection:
+            if method != "GET":
+                raise _Handled(405, METHOD_NOT_ALLOWED)
+            return _json(request, 200, await self.registry.connections(id))
+        if method != "DELETE":
+            raise _Handled(405, METHOD_NOT_ALLOWED)
+        await self.registry.closeConnection(id, connection)
+        return _empty(request, 204)
 
     def _events(self, request: IRequest, _: str) -> Any:
         if _method(request) != "GET":
