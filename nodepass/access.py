@@ -8,7 +8,9 @@
   matched as the IPv4 address they carry, on both sides.
 * L{RefusalLog}: says which refusals get a log line of their own: the first for an address in
   each minute; the others are counted and told in one summary line per minute.  It remembers
-  at most L{RefusalLog.capacity} addresses (the oldest are forgotten first).
+  at most L{RefusalLog.capacity} addresses, forgetting each a minute after its line; while
+  that many were logged in the last minute, new addresses are summed up too, so neither the
+  table nor the log grows without bound (spoofed UDP sources cannot flood it).
 * L{Screen}: what an entry listener asks about each new peer: the lists, the C{deny} refusal
   count of the instance's L{Counters}, and the log lines.
 
@@ -139,8 +141,9 @@ class RefusalLog:
     one held back, C{summary} is called once with how many were held back.
 
     @param summary: called with the number of refusals not logged one by one.
-    @param capacity: addresses remembered at most; past it the oldest is forgotten (and may
-        then be logged again within its minute).
+    @param capacity: addresses remembered at most.  An address is forgotten a minute after
+        its line (the oldest first); while C{capacity} addresses got a line in the last
+        minute, a new address is held back like a repeated one.
     """
 
     period = 60.0
@@ -161,17 +164,16 @@ class RefusalLog:
         a log line of its own.
         """
         now = self.clock.seconds()
-        last = self._logged.get(address)
-        if last is not None and now - last < self.period:
+        logged = self._logged
+        # Forget the addresses whose minute is over (kept in the order they were logged).
+        while logged and now - next(iter(logged.values())) >= self.period:
+            logged.popitem(last=False)
+        if address in logged or len(logged) >= self.capacity:
             self.held += 1
             if self._call is None:
                 self._call = self.clock.callLater(self.period, self._tell)
             return False
-        if last is not None:
-            del self._logged[address]
-        self._logged[address] = now
-        while len(self._logged) > self.capacity:
-            self._logged.popitem(last=False)
+        logged[address] = now
         return True
 
     def _tell(self) -> None:

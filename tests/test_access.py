@@ -163,14 +163,23 @@ def test_oneLinePerAddressPerMinuteThenASummary() -> None:
 
 
 def test_theTableIsBounded() -> None:
+    """
+    At most C{capacity} addresses get a line in a minute; more new ones are summed up (so
+    spoofed sources can neither grow the table nor flood the log).
+    """
     clock = Clock()
-    refusals = RefusalLog(clock, lambda n: None, capacity=3)
-    for n in range(10):
-        assert refusals.refused(f"192.0.2.{n}")
+    told: list[int] = []
+    refusals = RefusalLog(clock, told.append, capacity=3)
+    assert [refusals.refused(f"192.0.2.{n}") for n in range(10)] == [True] * 3 + [False] * 7
     assert len(refusals._logged) == 3
-    # The oldest were forgotten: their next refusal is logged again.
+    clock.advance(30)
+    assert not refusals.refused("192.0.2.0")
+    clock.advance(30)
+    # The first minute is over: its addresses are forgotten, its held refusals told.
+    assert told == [8]
+    assert refusals.refused("192.0.2.9")
     assert refusals.refused("192.0.2.0")
-    assert not refusals.refused("192.0.2.9")
+    assert len(refusals._logged) == 2
 
 
 def test_stopCancelsThePendingSummary() -> None:
