@@ -10,10 +10,11 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import LOOPBACK, TCPServer, freePort, waitFor
+from tests.support import LOOPBACK, TCPServer, canConnect, freePort, waitFor
 from tests.test_master_app import scrape
 from tests.test_master_service import Master, startMaster
 
@@ -101,3 +102,41 @@ def test_healthFollowsAReadOnlyStateDirectory(tmp_path: Path, masters: list[Mast
     finally:
         _immutable(state, False)
     waitFor(lambda: health() == 200, 10, "/health to come back")
+
+
+def test_liveConnectionsListedAndClosed(
+    tmp_path: Path, masters: list[Master], echoServer: TCPServer
+) -> None:
+    """
+    A user connection through a hosted instance is listed with its addresses and bytes;
+    DELETE closes it, and the user sees the end of the stream.
+    """
+    master = startMaster(masters, tmp_path)
+    port = freePort(udp=False)
+    url = f"client://{LOOPBACK}:{port}/{LOOPBACK}:{echoServer.port}?mode=1"
+    id = master.ok("POST", "/instances", {"url": url}, status=201)["id"]
+    waitFor(lambda: master.ok("GET", f"/instances/{id}")["status"] == "running", 15, "running")
+    waitFor(lambda: canConnect(port), 15, "the instance to listen")
+    user = socket.create_connection((LOOPBACK, port), timeout=10)
+    try:
+        user.sendall(b"x" * 1000)
+        got = b""
+        while len(got) < 1000:
+            got += user.recv(65536)
+
+        def listed() -> list[Any]:
+            found: list[Any] = master.ok("GET", f"/instances/{id}/connections")
+            return [c for c in found if c["proto"] == "tcp" and c["rx"] >= 1000]
+
+        waitFor(lambda: bool(listed()), 15, "the connection to be listed")
+        (entry,) = listed()
+        assert entry["remote"] == f"{LOOPBACK}:{user.getsockname()[1]}"
+        assert entry["target"].endswith(f":{echoServer.port}")
+        code, _, _ = master.call("DELETE", f"/instances/{id}/connections/{entry['id']}")
+        assert code == 204
+        user.settimeout(10)
+        assert user.recv(65536) == b""
+        code, body, _ = master.call("DELETE", f"/instances/{id}/connections/{entry['id']}")
+        assert (code, body) == (404, {"error": "Connection not found"})
+    finally:
+        user.close()
