@@ -219,6 +219,8 @@ class _Direction:
     the pipe, which holds C{held} bytes.
     """
 
+    __slots__ = ("dst", "full", "held", "prefix", "r", "src", "w")
+
     def __init__(self, src: _End, dst: _End, fds: tuple[int, int], prefix: bytes) -> None:
         self.src = src
         self.dst = dst
@@ -248,6 +250,25 @@ class _End:
     One spliced socket: the reactor's descriptor for its file descriptor, and the state of
     its transport while the splice owns it.
     """
+
+    __slots__ = (
+        "closing",
+        "fd",
+        "inbound",
+        "index",
+        "outbound",
+        "paused",
+        "peer",
+        "reactor",
+        "readDone",
+        "reading",
+        "released",
+        "shutWrite",
+        "splice",
+        "transport",
+        "writeShut",
+        "writing",
+    )
 
     def __init__(self, splice: Splice, transport: Any, index: int) -> None:
         self.splice = splice
@@ -568,8 +589,9 @@ def attach(
         transport = end.transport
         transport.stopReading()
         transport.stopWriting()
+        standIns = {standIn: getattr(end, standIn) for standIn in set(SHADOWS.values())}
         for name, standIn in SHADOWS.items():
-            transport.__dict__[name] = getattr(end, standIn)
+            transport.__dict__[name] = standIns[standIn]
         end.paused = isPaused
         end.readDone = isDone
     for end in (endA, endB):
