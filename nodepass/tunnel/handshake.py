@@ -253,7 +253,8 @@ def decodeConfig(body: bytes) -> TunnelConfig:
     start = len(text) - len(text.lstrip(" \t\r\n"))
     try:
         value, _ = decoder.raw_decode(text, start)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
+        # RecursionError: arrays or objects nested too deep for the decoder.
         raise HandshakeError(f"tunnelHandshake: invalid JSON body: {e}") from None
     if not isinstance(value, _Object):
         raise HandshakeError(f"tunnelHandshake: body must be a JSON object, not {_jsonType(value)}")
@@ -481,6 +482,17 @@ class _HandshakeRequest(Request):
     """
 
     _bodyBytes = 0
+
+    def process(self) -> None:
+        if self.path == b"*":
+            # twisted.web answers "*" itself (405 or 200, with a Server header naming the
+            # Twisted version); it is no path of ours, so the resource answers it like any
+            # other: 404 (405 for a method other than GET), Go's headers.
+            self.site = self.channel.site  # type: ignore[attr-defined]
+            self.prepath, self.postpath = [], []
+            self.render(self.site.resource)
+            return
+        super().process()
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
