@@ -32,7 +32,8 @@ C{readConnectionLost}, as Twisted would deliver it.
 Checked: C{os.splice} exists (Python 3.10+ on Linux), the Twisted release is a tested one,
 and every transport has the fields above; otherwise the plain relay is used, logged once.
 Switch: C{NP_SPLICE=0} (read by the entry point through L{configure}) turns it off.
-Pinned by C{tests/test_splice.py}.
+Pinned by C{tests/test_splice.py} (Twisted) and C{tests/integration/test_splice.py} (the
+kernel: EAGAIN when empty, 0 at end of input, ECONNRESET after a reset).
 """
 
 from __future__ import annotations
