@@ -75,7 +75,7 @@ def _failures() -> tuple[list[LogEvent], Any]:
         if "log_failure" in event:
             seen.append(event)
 
-    globalLogPublisher.addObserver(observe)
+    globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
     return seen, observe
 
 
@@ -134,8 +134,8 @@ def configBodies(draw: Any) -> bytes:
         )
     )
     text = "{" + ",".join(f"{json.dumps(n)}:{json.dumps(v)}" for n, v in members) + "}"
-    before = draw(st.sampled_from(["", " ", "\n\t", "\ufeff"]))
-    after = draw(st.sampled_from(["", "\n", "garbage", "}", "\n{}"]))
+    before: str = draw(st.sampled_from(["", " ", "\n\t", "\ufeff"]))
+    after: str = draw(st.sampled_from(["", "\n", "garbage", "}", "\n{}"]))
     return (before + text + after).encode("utf-8")
 
 
@@ -270,18 +270,20 @@ def _request(draw: Any) -> bytes:
             st.sampled_from([b"5\r\nhello\r\n0\r\n\r\n", b"zz\r\n", b"0\r\n\r\n"]),
         )
     )
-    return head + body
+    request: bytes = head + body
+    return request
 
 
 @st.composite
 def requestBytes(draw: Any) -> bytes:
     kind = draw(st.integers(0, 9))
     if kind == 0:
-        return draw(st.binary(max_size=200))
+        garbage: bytes = draw(st.binary(max_size=200))
+        return garbage
     if kind == 1:
         # Heads far over the limits: one long line, many lines, a huge body.
-        size = draw(st.sampled_from([MAX_HEADER_LINE + 1, MAX_HEADER_BYTES * 2, MAX_BODY * 2]))
-        filler = draw(st.sampled_from([b"a", b"\r\n", b"X: y\r\n", b"\n"]))
+        size: int = draw(st.sampled_from([MAX_HEADER_LINE + 1, MAX_HEADER_BYTES * 2, MAX_BODY * 2]))
+        filler: bytes = draw(st.sampled_from([b"a", b"\r\n", b"X: y\r\n", b"\n"]))
         return b"GET / HTTP/1.1\r\nContent-Length: 999999\r\n" + filler * (size // len(filler))
     data = _request(draw)
     if kind == 2:
@@ -431,7 +433,8 @@ GOOD_ANSWER = (
 def responseBytes(draw: Any) -> bytes:
     kind = draw(st.integers(0, 4))
     if kind == 0:
-        return draw(st.binary(max_size=200))
+        garbage: bytes = draw(st.binary(max_size=200))
+        return garbage
     status = draw(
         st.sampled_from([b"200 OK", b"200 OK", b"401 Unauthorized", b"200", b"999 X", b"abc"])
     )
@@ -451,7 +454,7 @@ def responseBytes(draw: Any) -> bytes:
     )
     if b"chunked" in framing and draw(st.booleans()):
         body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-    answer = version + b" " + status + b"\r\n" + framing + b"\r\n" + body
+    answer: bytes = version + b" " + status + b"\r\n" + framing + b"\r\n" + body
     if kind == 1:
         answer = GOOD_ANSWER[: draw(st.integers(0, len(GOOD_ANSWER)))]
     if kind == 2:
@@ -476,7 +479,7 @@ def test_clientEndsInAConfigOrAHandshakeError(answer: bytes, cuts: list[int], cl
     )
     attempt.addBoth(results.append)
     host, port, factory, _, _ = reactor.tcpClients[-1]
-    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    protocol: Any = factory.buildProtocol(IPv4Address("TCP", host, port))
     transport = StringTransport()
     protocol.makeConnection(transport)
     assert transport.value().startswith(b"GET / HTTP/1.1\r\n")
