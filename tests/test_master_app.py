@@ -26,6 +26,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
@@ -47,6 +48,7 @@ from nodepass.master.supervisor import Event, Status
 from nodepass.master.sysinfo import SYSTEM_FIELDS, goArch, goOS
 from nodepass.master.tcping import ProbeResult
 from nodepass.stats import Checkpoint
+from nodepass.throttle import FailureThrottle
 from tests.test_master_openapi import INFO_INTEGERS, INFO_STRINGS
 from tests.test_master_registry import (
     CLIENT,
@@ -457,6 +459,11 @@ class ProcessingOrderTests(AppTestCase):
         C{Unauthorized: Invalid API key}; no other header or parameter authenticates (§5).
         """
         wrong = [KEY.upper(), KEY[:-1], KEY + "0", "0" * 32, "é"]
+        # Hundreds of wrong keys from one address: leave the throttle out of this test
+        # (ThrottleTests covers it).
+        self.api.badKeys = FailureThrottle(
+            self.clock, Logger(), "x", slowAfter=10**6, blockAfter=10**6
+        )
         for path in protectedRoutes(self.instanceId):
             for method in METHODS:
                 for key in wrong:
@@ -2020,3 +2027,46 @@ class ConnectionsTests(AppTestCase):
         answer = self.call("GET", f"/instances/{id}/connections")
         self.assertEqual(answer.code, 501)
         self.assertIn("instance hosts", answer.json()["error"])
+
+
+class ThrottleTests(AppTestCase):
+    """
+    Wrong API keys from one address are slowed, then refused with 429 and Retry-After; a
+    missing key is not a guess and is not counted; the right key clears the record.
+    """
+
+    def test_slowedThenRefused(self) -> None:
+        throttle = self.api.badKeys
+        for n in range(1, throttle.blockAfter):
+            d = self.send("GET", P + "/info", headers={"X-API-Key": "0" * 32})
+            self.pump()
+            if n >= throttle.slowAfter:
+                self.assertNoResult(d)
+                self.clock.advance(throttle.delayFor(n))
+                self.pump()
+            self.assertError(self.successResultOf(d), 401, "Unauthorized: Invalid API key")
+        self.assertError(
+            self.call("GET", "/info", headers={"X-API-Key": "0" * 32}),
+            401,
+            "Unauthorized: Invalid API key",
+        )
+        for headers in ({"X-API-Key": KEY}, {"X-API-Key": "0" * 32}):
+            answer = self.call("GET", "/info", headers=headers)
+            self.assertEqual(answer.code, 429)
+            self.assertEqual(answer.header("Retry-After"), [b"61"])
+            self.assertIn("retry later", answer.json()["error"])
+        self.clock.advance(61)
+        self.assertJSON(self.call("GET", "/info"), 200)
+
+    def test_missingKeyIsNotCounted(self) -> None:
+        for _ in range(20):
+            self.assertError(
+                self.call("GET", "/info", headers={}), 401, "Unauthorized: API key required"
+            )
+        self.assertJSON(self.call("GET", "/info"), 200)
+
+    def test_rightKeyClears(self) -> None:
+        for _ in range(self.api.badKeys.slowAfter - 1):
+            self.call("GET", "/info", headers={"X-API-Key": "0" * 32})
+        self.assertJSON(self.call("GET", "/info"), 200)
+        self.assertFalse(self.api.badKeys.known("127.0.0.1"))

@@ -89,7 +89,7 @@ INFO_INTEGERS = {
 # Status codes each operation can answer (spec §4, §5, §8), 405 aside (path-level); every
 # operation can also get 408 (request deadline) and every protected one 503 (starting,
 # shutting down, or a change that cannot be saved).
-_PROTECTED = {"408", "503"}
+_PROTECTED = {"408", "429", "503"}
 STATUSES = {
     ("/instances", "get"): {"200", "401"} | _PROTECTED,
     ("/instances", "post"): {"201", "400", "401", "409", "413"} | _PROTECTED,
@@ -105,7 +105,7 @@ STATUSES = {
     ("/docs", "get"): {"200", "408"},
     ("/instances/{id}/connections", "get"): {"200", "401", "404", "501"} | _PROTECTED,
     ("/instances/{id}/connections/{cid}", "delete"): {"204", "401", "404", "501"} | _PROTECTED,
-    ("/metrics", "get"): {"200", "401", "408"},
+    ("/metrics", "get"): {"200", "401", "408", "429"},
     ("/health", "get"): {"200", "408", "503"},
     ("/ready", "get"): {"200", "408", "503"},
     ("/webhooks", "get"): {"200", "401"} | _PROTECTED,
@@ -116,8 +116,8 @@ STATUSES = {
     ("/webhooks/{id}/deliveries", "get"): {"200", "401", "404"} | _PROTECTED,
     ("/dashboard/", "get"): {"200", "408"},
     ("/dashboard/session", "post"): {"200", "400", "401", "429"} | _PROTECTED,
-    ("/dashboard/session", "get"): {"200", "401"} | _PROTECTED,
-    ("/dashboard/session", "delete"): {"204", "403"} | _PROTECTED,
+    ("/dashboard/session", "get"): {"200", "401", "408", "503"},
+    ("/dashboard/session", "delete"): {"204", "403", "408", "503"},
 }
 
 # Error messages of spec §5 and §8 that must be documented, by operation and status.

@@ -45,6 +45,7 @@ from urllib.parse import quote, unquote_to_bytes
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -57,10 +58,12 @@ from nodepass.master.health import HealthChecks
 from nodepass.master.messages import (
     BODY_TOO_LARGE,
     INTERNAL_ERROR,
+    KEY_INVALID,
     METHOD_NOT_ALLOWED,
     REQUEST_TIMEOUT,
     STARTING,
     TARGET_REQUIRED,
+    TOO_MANY_REQUESTS,
     Conflict,
     Forbidden,
     InvalidRequest,
@@ -86,6 +89,7 @@ from nodepass.master.store import StoreError
 from nodepass.master.sysinfo import goArch, goOS
 from nodepass.master.tcping import ProbeResult
 from nodepass.master.webhooks import Webhooks
+from nodepass.throttle import FailureThrottle
 
 __all__ = [
     "DASHBOARD_DIRECTORY",
@@ -343,6 +347,8 @@ class MasterAPI:
         self.metricsPublic = metricsPublic
         self.webhooks = webhooks
         self._now = now if now is not None else info.monotonic
+        #: Wrong API keys by address: slowed, then refused with 429 (docs/operations.md).
+        self.badKeys = FailureThrottle(info.clock, log, "bad API keys")
         self._assets: dict[str, bytes] = {}
         self.dashboardDirectory = dashboardDirectory
         self.sessions = sessions if sessions is not None else SessionStore(info.clock)
@@ -436,7 +442,7 @@ class MasterAPI:
                 return refusal
         return self._run(request, handler, argument)
 
-    def _authenticate(self, request: IRequest) -> bytes | None:
+    def _authenticate(self, request: IRequest) -> Any:
         """
         The 401 or 403 answer for a protected route, or C{None} when the request may go on:
         C{X-API-Key} when present, else a dashboard session cookie (with the session's CSRF
@@ -451,10 +457,31 @@ class MasterAPI:
                 ):
                     return None
                 return _error(request, 403, CSRF_REFUSED)
-        rejection = self.registry.keyChecker.rejection(header)
-        if rejection is not None:
+        return self._checkKey(request, header)
+
+    def _checkKey(self, request: IRequest, credential: bytes | None) -> Any:
+        """
+        The answer for a request whose key is missing or wrong, or C{None} when it is right.
+        Wrong keys (not missing ones) count against the caller's address: after a few its
+        401s are held back, and then it gets 429 with C{Retry-After} for a while.
+        """
+        peer = _peerHost(request)
+        wait = self.badKeys.retryAfter(peer)
+        if wait is not None:
+            request.setHeader(b"Retry-After", b"%d" % (int(wait) + 1))
+            return _error(request, 429, TOO_MANY_REQUESTS)
+        rejection = self.registry.keyChecker.rejection(credential)
+        if rejection is None:
+            self.badKeys.succeeded(peer)
+            return None
+        if rejection != KEY_INVALID:
             return _error(request, 401, rejection)
-        return None
+        if not self.badKeys.known(peer):
+            log.warn("Wrong API key from {peer}", peer=peer)
+        delay = self.badKeys.failed(peer)
+        if delay <= 0:
+            return _error(request, 401, rejection)
+        return deferLater(self.info.clock, delay, _error, request, 401, rejection)
 
     def _cookieSession(self, request: IRequest) -> Session | None:
         """
@@ -554,15 +581,15 @@ class MasterAPI:
 
     # -- operations routes -----------------------------------------------------------------------
 
-    def _metricsRoute(self, request: IRequest, _: str) -> bytes:
+    def _metricsRoute(self, request: IRequest, _: str) -> Any:
         assert self.metrics is not None
         if _method(request) not in ("GET", "HEAD"):
             raise _Handled(405, METHOD_NOT_ALLOWED)
         if not self.metricsPublic and self._cookieSession(request) is None:
-            rejection = self.registry.keyChecker.rejection(_metricsCredential(request))
-            if rejection is not None:
+            refusal = self._checkKey(request, _metricsCredential(request))
+            if refusal is not None:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="nodepass"')
-                return _error(request, 401, rejection)
+                return refusal
         body = self.metrics.render()
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
@@ -880,6 +907,11 @@ def _metricsCredential(request: IRequest) -> bytes | None:
         if scheme.lower() == b"bearer":
             return credentials.strip() or None
     return None
+
+
+def _peerHost(request: IRequest) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", "?"))
 
 
 def _callerKey(request: IRequest) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "TAG_KEY_TOO_LONG",
     "TAG_VALUE_TOO_LONG",
     "TARGET_REQUIRED",
+    "TOO_MANY_REQUESTS",
     "URL_CONFLICT",
     "WEBHOOK_EVENTS",
     "WEBHOOK_EVENTS_INVALID",
@@ -76,6 +77,7 @@ METHOD_NOT_ALLOWED: Final = "Method not allowed"
 REQUEST_TIMEOUT: Final = "Request timeout"
 TARGET_REQUIRED: Final = "Target address required"
 STARTING: Final = "Master is starting"
+TOO_MANY_REQUESTS: Final = "Too many wrong API keys from this address: retry later"
 INTERNAL_ERROR: Final = "Internal server error"
 
 # -- instances (§8) ----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from nodepass.master.messages import (
     TAG_KEY_TOO_LONG,
     TAG_VALUE_TOO_LONG,
     TARGET_REQUIRED,
+    TOO_MANY_REQUESTS,
     URL_CONFLICT,
     WEBHOOK_EVENTS,
     WEBHOOK_EVENTS_INVALID,
@@ -573,6 +574,11 @@ _UNAUTHORIZED = _errorResponse(
     KEY_INVALID,
 )
 _TOO_LARGE = _errorResponse("The request body is too large.", BODY_TOO_LARGE)
+_THROTTLED = _errorResponse(
+    "Too many wrong API keys from this address lately: it is refused for a while (see "
+    "`Retry-After`), whatever key it sends.",
+    TOO_MANY_REQUESTS,
+)
 _TIMEOUT = _errorResponse(
     "The request (headers and body) did not arrive whole within 30 s; the connection is closed.",
     REQUEST_TIMEOUT,
@@ -618,7 +624,7 @@ def _operation(
         op["requestBody"] = requestBody
     responses = {"408": _TIMEOUT, **responses}
     if not public:
-        responses = {**responses, "401": _UNAUTHORIZED, "503": _UNAVAILABLE}
+        responses = {**responses, "401": _UNAUTHORIZED, "429": _THROTTLED, "503": _UNAVAILABLE}
     op["responses"] = dict(sorted(responses.items()))
     return op
 
@@ -896,6 +902,7 @@ def _paths() -> dict[str, Any]:
                         "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
                     },
                     "401": _UNAUTHORIZED,
+                    "429": _THROTTLED,
                 },
                 public=True,
             )
