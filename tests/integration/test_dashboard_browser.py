@@ -10,10 +10,12 @@ skips, saying why, when playwright or chromium is missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,60 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
+class Cutter:
+    """
+    A TCP forwarder on 127.0.0.1 in front of the master, so the test can drop the page's
+    connections (the event stream among them) and refuse new ones for a while.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.refusing = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.server = TCPServer(self._forward)
+        self.port = self.server.port
+
+    def _forward(self, conn: socket.socket) -> None:
+        if self.refusing.is_set():
+            return  # closed at once by TCPServer
+        conn.settimeout(None)
+        with socket.create_connection((LOOPBACK, self.upstream), timeout=10) as upstream:
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((conn, upstream))
+            back = threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True)
+            back.start()
+            self._pipe(conn, upstream)
+            back.join(10)
+            with self._lock:
+                self._open.difference_update((conn, upstream))
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        """
+        Drop every open connection.
+        """
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.refusing.set()
+        self.cut()
+        self.server.close()
+
+
 def sendThrough(port: int, size: int = 256 * 1024) -> None:
     """
     One round trip of C{size} bytes through the forwarder on C{port}.
@@ -74,11 +130,14 @@ def test_dashboard_journey(
     echoServer: TCPServer,
     browser: Any,
     artifacts: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     from playwright.sync_api import expect
 
     master = startMaster(masters, tmp_path)
-    base = f"http://{LOOPBACK}:{master.port}"
+    cutter = Cutter(master.port)
+    request.addfinalizer(cutter.close)
+    base = f"http://{LOOPBACK}:{cutter.port}"
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
@@ -116,6 +175,15 @@ def test_dashboard_journey(
     assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot see it
     assert page.evaluate("localStorage.length + sessionStorage.length") == 0
     assert master.key not in page.content()
+    # The Content-Security-Policy holds in the browser: an inline script does not run.
+    inline = (
+        "() => { const s = document.createElement('script');"
+        " s.textContent = 'window.inlineRan = true'; document.head.append(s);"
+        " return window.inlineRan === true; }"
+    )
+    with page.expect_console_message(lambda m: "Content Security Policy" in m.text):
+        assert page.evaluate(inline) is False
+    problems[:] = [p for p in problems if "Content Security Policy" not in p]
 
     # Create a single-end forwarder to the echo server through the form.
     port = freePort(udp=False)
@@ -153,22 +221,48 @@ def test_dashboard_journey(
     row.locator("a").click()
     expect(page.locator("#view-instance")).to_be_visible()
     expect(page.locator("#instance-title")).to_have_text("echo")
-    page.wait_for_function(
-        "Number(document.getElementById('d-chart').dataset.peak) > 0", timeout=WAIT_MS
-    )
+    chart = page.locator("#d-chart")
+    expect(chart).to_have_attribute("data-peak", re.compile(r"^[1-9][0-9]*$"))
     expect(page.locator("#d-figures")).to_contain_text("Pool connections")
     expect(page.locator("#d-params")).to_contain_text(f"{LOOPBACK}:{echoServer.port}")
     # Open connections: listed when the master has the route, or the page says it has not.
     expect(page.locator("#d-connections-note")).to_contain_text(
         re.compile("does not list|No open connection")
     )
-    sendThrough(port)
+    # More traffic, one round per report, so the chart has a shape.
+    for size in (64 * 1024, 512 * 1024, 192 * 1024, 768 * 1024):
+        before = chart.get_attribute("data-points")
+        sendThrough(port, size)
+        expect(chart).not_to_have_attribute("data-points", before or "")
     page.screenshot(path=str(artifacts / "dashboard-instance.png"))
 
     # Back to the list: the rates are there.
     page.click("text=All instances")
     expect(row.locator(".badge")).to_have_text("running")
     page.screenshot(path=str(artifacts / "dashboard-instances.png"))
+
+    # A phone-sized screen: one card per instance, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(row.locator(".badge")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(artifacts / "dashboard-phone.png"))
+    page.set_viewport_size(VIEWPORT)
+
+    # The stream drops and comes back: the page says so, then catches up with what changed.
+    cutter.refusing.set()
+    cutter.cut()
+    expect(page.locator("#stream")).to_have_text("Reconnecting…")
+    id = master.ok("GET", "/instances")[1]["id"]
+    master.ok("PATCH", f"/instances/{id}", {"meta": {"tags": {"site": "lab"}}})
+    cutter.refusing.clear()
+    expect(page.locator("#stream")).to_have_text("Live")
+    expect(row.locator("td[data-label=Tags]")).to_have_text("site=lab")
+    page.fill("#search", "site=lab")
+    expect(page.locator("#instances-body tr")).to_have_count(1)
+    page.fill("#search", "site=prod")
+    expect(page.locator("#instances-body tr")).to_have_count(0)
+    expect(page.locator("#instances-empty")).to_be_visible()
+    page.fill("#search", "")
 
     # The master page: figures and links.
     page.click("#nav-master")
@@ -186,6 +280,16 @@ def test_dashboard_journey(
     expect(page.locator("#instances-body tr", has_text="echo")).to_have_count(0)
     code, listed, _ = master.call("GET", "/instances")
     assert code == 200 and [i["id"] for i in listed] == ["********"], listed
+
+    # A new key ends the session: the page asks to sign in again, and the new key works.
+    pseudo = "/instances/%2A%2A%2A%2A%2A%2A%2A%2A"
+    master.key = master.ok("PATCH", pseudo, {"action": "restart"})["url"]
+    expect(page.locator("#view-signin")).to_be_visible()
+    expect(page.locator("#signin-error")).to_contain_text("session has ended")
+    page.fill("#signin-key", master.key)
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#stream")).to_have_text("Live")
+    expect(page.locator("#instances-empty")).to_be_visible()
 
     # Sign out: back to the form, and the cookie no longer opens the API.
     page.click("#signout")

@@ -6,13 +6,14 @@ import { describe, it } from "node:test";
 import { points, scale } from "../../nodepass/master/dashboard/chart.js";
 
 describe("scale", () => {
-  it("rounds the top up to 1, 2 or 5 times a power of ten, in four ticks", () => {
+  it("rounds the top up to 1, 2 or 5 times a power of ten of its unit, in four ticks", () => {
     assert.deepEqual(scale(0), { top: 1, ticks: [0, 0.25, 0.5, 0.75, 1] });
     assert.equal(scale(730).top, 1000);
     assert.equal(scale(1000).top, 1000);
     assert.equal(scale(1001).top, 2000);
-    assert.equal(scale(4200).top, 5000);
-    assert.equal(scale(6e6).top, 1e7);
+    assert.equal(scale(4200).top, 5 * 1024); // 4.1 KiB/s: up to 5 KiB/s
+    assert.equal(scale(6e6).top, 10 * 1024 ** 2); // 5.7 MiB/s: up to 10 MiB/s
+    assert.deepEqual(scale(700 * 1024).ticks, [0, 250, 500, 750, 1000].map((n) => n * 1024));
     assert.deepEqual(scale(180).ticks, [0, 50, 100, 150, 200]);
   });
 });

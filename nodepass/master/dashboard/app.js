@@ -232,13 +232,16 @@ async function recover() {
   try {
     await api("GET", "/dashboard/session");
   } catch (error) {
-    if (error.status !== 401) {
+    if (error.status === 401) {
+      // Signed out elsewhere, expired, or the key was regenerated.
+      signedOut("Your session has ended; sign in again.");
+    } else {
       state.retry = setTimeout(recover, state.retryDelay);
       state.retryDelay = Math.min(state.retryDelay * 2, 30000);
     }
     return;
   }
-  connectStream();
+  if (state.csrf) connectStream();
 }
 
 async function reconcile() {
@@ -738,7 +741,7 @@ async function loadConnections() {
         element("td", { className: "route", textContent: c.target }),
         element("td", { className: "num", textContent: formatBytes(c.rx) }),
         element("td", { className: "num", textContent: formatBytes(c.tx) }),
-        element("td", { textContent: c.since }),
+        element("td", { textContent: since(c.since) }),
         element(
           "td",
           {},
@@ -753,6 +756,12 @@ async function loadConnections() {
       ),
     ),
   );
+}
+
+function since(value) {
+  // Unix seconds, as the connections route gives it; anything else is shown as it is.
+  if (typeof value !== "number") return String(value ?? "");
+  return `${formatDuration(Date.now() / 1000 - value)} ago`;
 }
 
 async function closeConnection(connectionId) {

@@ -4,13 +4,17 @@
 import { formatRate } from "./logic.js";
 
 /**
- * A round top for the vertical axis at or above `peak` bytes/s, and its tick values:
- * 1, 2 or 5 times a power of ten, split in four.
+ * A round top for the vertical axis at or above `peak` bytes/s, and its tick values: 1, 2
+ * or 5 times a power of ten of the binary unit the peak is in (B, KiB, MiB...), split in
+ * four, so the labels read as round figures.
  */
 export function scale(peak) {
   const top = Math.max(Number(peak) || 0, 1);
-  const power = 10 ** Math.floor(Math.log10(top));
-  const step = [1, 2, 5, 10].map((m) => m * power).find((m) => m >= top) ?? 10 * power;
+  const unit = 1024 ** Math.max(0, Math.floor(Math.log(top) / Math.log(1024)));
+  const amount = top / unit;
+  const power = 10 ** Math.floor(Math.log10(amount));
+  const nice = [1, 2, 5, 10].map((m) => m * power).find((m) => m >= amount) ?? 10 * power;
+  const step = nice * unit;
   const ticks = [0, 1, 2, 3, 4].map((n) => (step * n) / 4);
   return { top: step, ticks };
 }
@@ -74,6 +78,7 @@ export function drawTraffic(canvas, samples, now, span) {
   const minutes = Math.round(span / 60);
   for (let m = 0; m <= minutes; m += 1) {
     const x = left + (m / minutes) * width;
+    context.textAlign = m === 0 ? "left" : m === minutes ? "right" : "center";
     context.fillText(m === minutes ? "now" : `-${minutes - m}m`, x, 8 + height + 4);
   }
   const placed = points(samples, now, span, width, height, top);
@@ -81,8 +86,10 @@ export function drawTraffic(canvas, samples, now, span) {
     ["rx", "--chart-rx"],
     ["tx", "--chart-tx"],
   ]) {
+    // Receive wide and solid, send narrow and dashed on top: both show where they meet.
     context.strokeStyle = colour(name, key === "rx" ? "#1565c0" : "#c62828");
-    context.lineWidth = 2;
+    context.lineWidth = key === "rx" ? 4 : 2;
+    context.setLineDash(key === "rx" ? [] : [6, 4]);
     context.beginPath();
     placed.forEach((p, n) => {
       const x = left + p.x;
@@ -92,6 +99,7 @@ export function drawTraffic(canvas, samples, now, span) {
     });
     context.stroke();
   }
+  context.setLineDash([]);
   canvas.dataset.points = String(placed.length);
   canvas.dataset.peak = String(Math.round(peak));
 }
