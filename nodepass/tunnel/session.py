@@ -469,8 +469,9 @@ class Session:
     async def _named(self, signal: Signal, kind: str) -> PoolConnection:
         """
         The exit side's first steps for a ``tcp``/``udp`` signal: take the
-        named pool connection (counting failures for the health rule), then
-        a slot (L{_Refused} when the limit is reached).
+        named pool connection (counting failures for the health rule), hold
+        it to the pin, then take a slot (L{_Refused} when the pin or the slot
+        limit refuses it).
         """
         try:
             conn = await self.pool.outgoingGet(signal.id)
