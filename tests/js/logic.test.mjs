@@ -286,6 +286,7 @@ describe("applyEvent", () => {
     assert.equal(applyEvent(map, { type: "initial", instance: instance("stopped") }).kind, "create");
     const update = applyEvent(map, { type: "update", instance: instance("running", 5) });
     assert.deepEqual([update.kind, update.previous], ["update", "stopped"]);
+    assert.equal(update.before.status, "stopped");
     assert.equal(map.get("aaaa0001").tcprx, 5);
     const log = applyEvent(map, { type: "log", instance: instance("stopped"), logs: "x" });
     assert.equal(log.kind, "log");

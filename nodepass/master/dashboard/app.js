@@ -297,7 +297,7 @@ function handleEvent(event) {
   if (change.previous !== undefined && change.previous !== instance.status) {
     announce(`${instance.alias || id} is now ${instance.status}`);
   }
-  renderList();
+  refreshRow(instance, change.before);
   if (state.view === "instance" && state.detailId === id) renderDetail();
 }
 
@@ -466,6 +466,23 @@ function renderList() {
     });
   }
   updateCount(shown.length);
+}
+
+/**
+ * Redraw after one instance changed: only its row when it stays where it was (the usual
+ * traffic update), the whole list when it may move, appear or disappear.
+ */
+function refreshRow(instance, before) {
+  if (state.view !== "instances") return;
+  const row = state.rows.get(instance.id);
+  const same =
+    before !== undefined &&
+    before.alias === instance.alias &&
+    before.status === instance.status &&
+    JSON.stringify(before.meta?.tags) === JSON.stringify(instance.meta?.tags) &&
+    before.url === instance.url;
+  if (row !== undefined && row.isConnected && same) fillRow(row, instance);
+  else renderList();
 }
 
 function updateCount(shown) {
@@ -941,6 +958,9 @@ function bindStaticHandlers() {
     if (button !== null) hookAction(button);
   });
   window.addEventListener("hashchange", route);
+  window.addEventListener("resize", () => {
+    if (state.view === "instance") renderDetail();
+  });
   updatePreview();
 }
 

@@ -330,8 +330,8 @@ export function formatDuration(seconds) {
 /**
  * Apply one event of the stream (`{type, time, instance, logs}`) to `instances`, a Map
  * from id to instance object.  Returns what the page must redraw: `{kind, id, previous,
- * instance}`, where `previous` is the status before (undefined for a new instance); the
- * key holder is ignored (`kind` "ignored").
+ * instance, before}`, where `before` is the object it replaces and `previous` its status
+ * (both undefined for a new instance); the key holder is ignored (`kind` "ignored").
  */
 export function applyEvent(instances, event) {
   const instance = event.instance;
@@ -350,5 +350,6 @@ export function applyEvent(instances, event) {
     return { kind: "log", id: instance.id, previous, instance: before ?? instance };
   }
   instances.set(instance.id, instance);
-  return { kind: before === undefined ? "create" : "update", id: instance.id, previous, instance };
+  const kind = before === undefined ? "create" : "update";
+  return { kind, id: instance.id, previous, instance, before };
 }
