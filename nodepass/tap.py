@@ -115,6 +115,7 @@ COMPAT_SWITCHES: Final = {
     "NP_SPLICE": "nodepass._compat.splice",
     "NP_DIRECT_WRITE": "nodepass._compat.directwrite",
     "NP_FAST_TLS": "nodepass._compat.fasttls",
+    "NP_AIOQUIC_WINDOW": "nodepass._compat.aioquic",
 }
 
 

@@ -3,7 +3,7 @@
 What the fast path relies on, checked once:
   - Python's C{ssl} module with memory BIOs (C{ssl.MemoryBIO}, C{SSLContext.wrap_bio}), TLS 1.3
     (C{ssl.HAS_TLSv1_3}, OpenSSL 1.1.1 or later) and C{SSLContext.num_tickets};
-  - L{nodepass.relay.directWriter}, which sends on a Twisted TCP connection at once when
+  - L{nodepass._compat.directwrite.directWriter}, which sends on a Twisted TCP connection at once when
     nothing is queued, through Twisted's private buffer fields (it checks them itself and
     falls back to C{transport.write}).  Without it the fast path still works; ciphertext is
     then queued behind the transport's buffer as with Twisted's own TLS layer.
@@ -89,17 +89,18 @@ def available(log: Logger | None = None) -> bool:
 
 def sender(transport: Any) -> Callable[[bytes], object]:
     """
-    How the fast path writes ciphertext to C{transport}: L{nodepass.relay.directWriter} when
-    it is there, else C{transport.write}.
+    How the fast path writes ciphertext to C{transport}:
+    L{nodepass._compat.directwrite.directWriter} when it is there, else C{transport.write}.
     """
     global _sender
     if _sender is None:
-        from nodepass import relay
+        from nodepass._compat import directwrite
 
-        directWriter = getattr(relay, "directWriter", None)
+        directWriter = getattr(directwrite, "directWriter", None)
         if directWriter is None:
             defaultLogger().warn(
-                "Fast TLS path: nodepass.relay.directWriter is gone; ciphertext is queued"
+                "Fast TLS path: nodepass._compat.directwrite.directWriter is gone; "
+                "ciphertext is queued"
             )
             _sender = _queued
         else:

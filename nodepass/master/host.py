@@ -265,14 +265,18 @@ class HostProtocol(amp.AMP):
 
 
 def main(argv: Sequence[str]) -> int:
-    from nodepass._compat.leantls import importReactorModules
+    from nodepass._compat import leantls
 
-    importReactorModules()
+    # The same switches a standalone instance honours (NP_LEAN_IMPORTS, NP_SPLICE, ...).
+    leantls.configure(os.environ)
+    leantls.importReactorModules()
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner
 
-    from nodepass.tap import raiseOpenFileLimit
+    from nodepass.tap import configureCompat, raiseOpenFileLimit
+
+    configureCompat(os.environ)
 
     testHooks = "--test-hooks" in argv
     if testHooks:
