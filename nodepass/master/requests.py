@@ -8,6 +8,7 @@ its status code.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -90,20 +91,62 @@ def decodeBody(raw: bytes) -> dict[str, Any]:
     Decode a request body the way Go's C{json.Decoder.Decode} does (§4.2): the first JSON
     value is read and trailing bytes are ignored.  An empty body is C{{}} (PATCH treats it as
     a no-op, POST and PUT then find no C{url}).  Repeated object keys keep the last value and
-    are remembered so that PATCH can report C{Duplicate meta tag key}.
+    are remembered so that PATCH can report C{Duplicate meta tag key}.  As in Go, an escaped
+    lone surrogate (C{"\\ud800"}) becomes U+FFFD, so every string is valid UTF-8 text.
 
-    @raise InvalidRequest: C{Invalid request body} if the body is not a JSON object.
+    @raise InvalidRequest: C{Invalid request body} if the body is not a JSON object (or is
+        nested too deep to decode).
     """
     try:
         text = raw.decode("utf-8", "replace").lstrip(" \t\r\n")
         if not text:
             return {}
         value, _ = json.JSONDecoder(object_pairs_hook=_objectFromPairs).raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequest(INVALID_BODY) from None
     if not isinstance(value, dict):
         raise InvalidRequest(INVALID_BODY)
+    if _SURROGATE_ESCAPE.search(text):
+        _replaceSurrogates(value)
     return value
+
+
+#: A JSON escape that may decode to a lone surrogate, and a lone surrogate.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _replaceSurrogates(value: dict[str, Any]) -> None:
+    """
+    Replace every lone surrogate in the keys and strings of C{value}, in place, with U+FFFD
+    (Go's decoder does so).  Iterative: the value may be nested as deep as the decoder went.
+    """
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if any(_SURROGATE.search(key) for key in item):
+                pairs = list(item.items())
+                item.clear()
+                duplicates = list(getattr(item, "duplicates", ()))
+                for key, member in pairs:
+                    key = _SURROGATE.sub("\ufffd", key)
+                    if key in item and key not in duplicates:
+                        duplicates.append(key)
+                    item[key] = member
+                if isinstance(item, _Object):
+                    item.duplicates = tuple(duplicates)
+            for key, member in item.items():
+                if isinstance(member, str):
+                    item[key] = _SURROGATE.sub("\ufffd", member)
+                elif isinstance(member, dict | list):
+                    stack.append(member)
+        elif isinstance(item, list):
+            for index, member in enumerate(item):
+                if isinstance(member, str):
+                    item[index] = _SURROGATE.sub("\ufffd", member)
+                elif isinstance(member, dict | list):
+                    stack.append(member)
 
 
 def bodyField(body: Mapping[str, Any], name: str) -> tuple[bool, Any]:
@@ -119,6 +162,18 @@ def bodyField(body: Mapping[str, Any], name: str) -> tuple[bool, Any]:
 
 def tooLong(text: str) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES
+
+
+def _isText(text: str) -> bool:
+    """
+    Whether C{text} is valid Unicode text (no lone surrogate): what can be stored and sent.
+    L{decodeBody} never gives anything else; a caller passing its own values might.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def requireObject(body: object) -> Mapping[str, Any]:
@@ -157,7 +212,7 @@ def validatePatch(body: object) -> Patch:
     _, action = bodyField(body, "action")
     restartGiven, restart = bodyField(body, "restart")
     _, meta = bodyField(body, "meta")
-    if alias is not None and not isinstance(alias, str):
+    if alias is not None and not (isinstance(alias, str) and _isText(alias)):
         raise InvalidRequest(INVALID_BODY)
     if action is not None and not isinstance(action, str):
         raise InvalidRequest(INVALID_BODY)
@@ -195,7 +250,7 @@ def validateMeta(meta: Mapping[str, Any]) -> dict[str, Any]:
             _, value = bodyField(peer, name)
             if value is None:
                 value = ""
-            if not isinstance(value, str):
+            if not isinstance(value, str) or not _isText(value):
                 raise InvalidRequest(INVALID_BODY)
             if tooLong(value):
                 raise InvalidRequest(peerFieldTooLong(name))
@@ -203,7 +258,7 @@ def validateMeta(meta: Mapping[str, Any]) -> dict[str, Any]:
     newTags: dict[str, str] | None = None
     if tags is not None:
         for key, value in tags.items():
-            if not isinstance(value, str):
+            if not isinstance(value, str) or not _isText(value) or not _isText(key):
                 raise InvalidRequest(INVALID_BODY)
             if tooLong(key):
                 raise InvalidRequest(TAG_KEY_TOO_LONG)
