@@ -18,8 +18,12 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +35,7 @@ import pytest
 from nodepass.tunnel.handshake import token
 from tests.support import (
     LOOPBACK,
+    ROOT,
     NodePass,
     TCPServer,
     UDPEcho,
@@ -39,6 +44,7 @@ from tests.support import (
     freePort,
     waitFor,
 )
+from tests.test_master_service import KEY_LINE, Master, startMaster
 
 pytestmark = pytest.mark.integration
 
@@ -805,3 +811,316 @@ def test_badKeysAreThrottled() -> None:
         )
         assert 1 <= len(lines) <= 3, lines
         assert "not-the-key" not in server.stdout and token("not-the-key") not in server.stdout
+
+
+# -- the master ------------------------------------------------------------------------
+
+
+class WrappedMaster(Master):
+    """
+    A master (``python -m nodepass master://...``) started through a wrapper command:
+    C{prefix} comes before the interpreter (setpriv, unshare), C{shell} runs it inside
+    ``sh -c`` with C{"$@"} standing for the master's argv.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        prefix: list[str],
+        env: dict[str, str] | None = None,
+        query: str = "log=info",
+    ) -> None:
+        self.directory = directory
+        self.twistd = False
+        self.port = port
+        self.tls = False
+        self.url = f"master://{LOOPBACK}:{port}/api?{query}"
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
+        environ.update(NP_REPORT_INTERVAL="1s", NP_SHUTDOWN_TIMEOUT="2s")
+        environ.pop("NP_STATE_DIR", None)
+        environ.update(env or {})
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "nodepass", self.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(directory),
+            env=environ,
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        self.key = ""
+
+
+def health(master: Master) -> tuple[int, Any]:
+    connection = master.connection()
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def forwarderURL() -> str:
+    return f"client://{LOOPBACK}:{freePort(udp=False)}/{LOOPBACK}:9?mode=1&noudp=1"
+
+
+def storedIds(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
+        return {row[0] for row in db.execute("SELECT id FROM instances")}
+
+
+def test_masterKilledDuringWriteBurst(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    200 API writes (instance creations) from 4 threads; kill -9 of the master half way:
+    after a restart on the same state, every write that got a 2xx is there.
+    """
+    master = startMaster(masters, tmp_path, env={"NP_INSTANCE_HOSTS": "1"}, twistd=False)
+    urls = [forwarderURL() for _ in range(200)]
+    acked: list[str] = []
+    failed: list[str] = []
+    lock = threading.Lock()
+    work = iter(urls)
+
+    def writer() -> None:
+        while True:
+            with lock:
+                url = next(work, None)
+            if url is None:
+                return
+            try:
+                code, body, _ = master.call("POST", "/instances", {"url": url})
+            except (OSError, http.client.HTTPException) as e:
+                failed.append(type(e).__name__)
+                continue
+            if 200 <= code < 300:
+                acked.append(body["id"])
+            else:
+                failed.append(str(code))
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    waitFor(lambda: len(acked) >= 80, 60, "80 acknowledged writes")
+    master.kill()
+    killedAt = len(acked)
+    for thread in threads:
+        thread.join(30)
+    again = startMaster(masters, tmp_path, master.port, twistd=False)
+    again.key = master.key
+    recovered = time.monotonic()
+    present = {i["id"] for i in again.ok("GET", "/instances")}
+    missing = [id for id in acked if id not in present]
+    record(
+        "master kill -9 during 200 writes",
+        ackedBeforeKill=killedAt,
+        acked=len(acked),
+        failedAfterKill=len(failed),
+        presentAfterRestart=len(present) - 1,
+        missing=len(missing),
+    )
+    assert not missing, missing
+    assert len(acked) + len(failed) == 200
+    del recovered
+
+
+def test_stateDirectoryUnwritable(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    The state directory and its files lose their write permission under a running master
+    (run without CAP_DAC_OVERRIDE, so root obeys the mode bits): /health says 503 with the
+    store check failing, the process stays up, every write is either acknowledged and kept
+    (SQLite still holds its files open) or refused with a clear 503; once the permission is
+    back, /health is 200 and the data is whole, also after a restart.
+    """
+    state = tmp_path / "state"
+    state.mkdir()
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not available: root would write the directory anyway")
+    env = {"NP_STATE_DIR": str(state), "NP_INSTANCE_HOSTS": "1", "NP_RELOAD_INTERVAL": "1s"}
+    master = WrappedMaster(tmp_path, freePort(udp=False), prefix, env)
+    masters.append(master)
+    master.waitReady()
+    before = master.ok("POST", "/instances", {"url": forwarderURL()}, 201)["id"]
+    assert health(master)[0] == 200
+    files = [state, *state.iterdir()]
+    modes = {path: path.stat().st_mode & 0o777 for path in files}
+    for path in files:
+        path.chmod(0o500 if path.is_dir() else 0o400)
+    try:
+        broken = time.monotonic()
+        code, body = health(master)
+        assert code == 503, body
+        assert body["checks"]["store"] == {"status": "fail", "writable": False}
+        answers: list[tuple[int, Any]] = []
+        kept: list[str] = []
+        for _ in range(3):
+            code, answer, _ = master.call("POST", "/instances", {"url": forwarderURL()})
+            answers.append((code, answer))
+            if code == 201:
+                kept.append(answer["id"])
+            else:
+                assert code == 503 and "the state cannot be saved" in answer["error"], answer
+        assert master.proc.poll() is None
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    waitFor(lambda: health(master)[0] == 200, 10, "/health back to 200")
+    record(
+        "state directory unwritable",
+        healthDegradedWithin=round(time.monotonic() - broken, 2),
+        writes=[code for code, _ in answers],
+    )
+    present = {i["id"] for i in master.ok("GET", "/instances")}
+    assert {before, *kept} <= present
+    key = master.key
+    code, _ = master.terminate()
+    again = startMaster(masters, tmp_path, master.port, env=env, twistd=False)
+    again.key = key
+    assert {before, *kept} <= {i["id"] for i in again.ok("GET", "/instances")}
+    del code
+
+
+def test_diskFull(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    The state on a 2 MiB tmpfs (a user and mount namespace of its own) filled to the last
+    byte: writes are refused with a clear 503, /health is 503, the process stays up; once
+    the space is back, writes work and everything acknowledged before is there.
+    """
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not available: no private tmpfs for the state")
+    probe = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"user and mount namespaces are not available: {probe.stderr!r}")
+    state = tmp_path / "state"
+    state.mkdir()
+    prefix = [
+        "unshare",
+        "-Urm",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=2m tmpfs {state} && exec "$@"',
+        "sh",
+    ]
+    env = {"NP_STATE_DIR": str(state), "NP_INSTANCE_HOSTS": "1"}
+    master = WrappedMaster(tmp_path, freePort(udp=False), prefix, env)
+    masters.append(master)
+    master.waitReady()
+    ids = [master.ok("POST", "/instances", {"url": forwarderURL()}, 201)["id"] for _ in range(3)]
+    inside = Path(f"/proc/{master.proc.pid}/root") / str(state).lstrip("/")
+    assert (inside / "nodepass.db").exists()
+    filler = inside / "filler"
+    fill = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 512, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fill, b"\0" * size):
+                    pass
+    finally:
+        os.close(fill)
+    full = time.monotonic()
+    answers = []
+    for _ in range(5):
+        code, body, _ = master.call(
+            "PATCH",
+            f"/instances/{ids[0]}",
+            {"meta": {"tags": {f"pad{n}": "x" * 250 for n in range(16)}}},
+        )
+        answers.append(code)
+        if code == 503:
+            break
+    assert answers[-1] == 503, answers
+    assert "the state cannot be saved" in body["error"] and "full" in body["error"], body
+    code, checks = health(master)
+    assert code == 503 and checks["checks"]["store"]["status"] == "fail", checks
+    assert master.proc.poll() is None
+    filler.unlink()
+    freed = time.monotonic()
+    waitFor(lambda: health(master)[0] == 200, 10, "/health back to 200")
+    created = master.ok("POST", "/instances", {"url": forwarderURL()}, 201)["id"]
+    record(
+        "disk full",
+        refusedWritesAfter=answers,
+        writesBackWithin=round(time.monotonic() - freed, 2),
+        degradedFor=round(time.monotonic() - full, 2),
+    )
+    present = {i["id"] for i in master.ok("GET", "/instances")}
+    assert {*ids, created} <= present
+    # A copy of the database and its WAL read here (SQLite would resolve /proc/PID/root
+    # to this namespace's path), once nothing writes.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("nodepass.db", "nodepass.db-wal"):
+        if (inside / name).exists():
+            shutil.copyfile(inside / name, copy / name)
+    assert {*ids, created} <= storedIds(copy / "nodepass.db")
+
+
+def test_corruptDatabase(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    The middle of nodepass.db overwritten while the master is stopped: the next master
+    either restores the backup (and says so) with every instance there, or refuses to start
+    with a line naming the file; it never starts with less than it had, silently.
+    """
+    env = {"NP_INSTANCE_HOSTS": "1", "NP_RELOAD_INTERVAL": "1s"}
+    master = startMaster(masters, tmp_path, env=env, twistd=False)
+    ids = {
+        master.ok(
+            "POST",
+            "/instances",
+            {"url": forwarderURL(), "alias": f"corruption-{n}"},
+            201,
+        )["id"]
+        for n in range(30)
+    }
+    for id in ids:
+        master.ok(
+            "PATCH", f"/instances/{id}", {"meta": {"tags": {f"pad{n}": id * 30 for n in range(8)}}}
+        )
+    backup = tmp_path / "nodepass.db.backup"
+    waitFor(lambda: backup.exists() and ids <= storedIds(backup), 15, "a backup with them all")
+    key = master.key
+    master.terminate()
+    database = tmp_path / "nodepass.db"
+    size = database.stat().st_size
+    with open(database, "r+b") as damaged:
+        damaged.seek(size // 2 - 4096)
+        damaged.write(os.urandom(8192))
+    started = time.monotonic()
+    again = Master(tmp_path, master.port, env=env, twistd=False)
+    masters.append(again)
+
+    def decided() -> bool:
+        return again.proc.poll() is not None or canConnect(again.port)
+
+    waitFor(decided, 30, "the master to start or refuse")
+    if again.proc.poll() is not None:
+        assert again.proc.returncode == 1
+        assert "nodepass.db" in again.output and KEY_LINE not in again.output, again.output
+        record(
+            "corrupt database",
+            outcome="refused to start",
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return
+    again.waitReady()
+    again.key = key
+    present = {i["id"] for i in again.ok("GET", "/instances")}
+    restored = "is corrupt" in again.output
+    record(
+        "corrupt database",
+        databaseBytes=size,
+        outcome="backup restored" if restored else "started (the damage was not detected)",
+        upWithin=round(time.monotonic() - started, 2),
+        instancesBack=len(present & ids),
+    )
+    assert ids <= present, (len(ids - present), again.output)
+    if restored:
+        assert list(tmp_path.glob("nodepass.db.corrupt-*")), "the damaged file is kept"
