@@ -330,6 +330,7 @@ SWITCH_STATE = {
     "NP_SPLICE": "module.enabled",
     "NP_DIRECT_WRITE": "module.enabled",
     "NP_FAST_TLS": "module.available()",
+    "NP_AIOQUIC_WINDOW": "module.enabled",
 }
 
 
