@@ -114,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except StartupError as error:
         fail(str(error))
         _exit(1)
+    if "NP_CONTROL_FDS" in os.environ:
+        # Started by a master as an isolated instance: answer its control channel.
+        from nodepass.master.childside import serveChild
+
+        serveChild(root, reactor, os.environ)
     # Once the reactor runs, so its signal handlers are in place before the first log line
     # (a SIGTERM right after "started" must still shut down cleanly, with status 0).
     reactor.callWhenRunning(root.startService)  # type: ignore[attr-defined]

@@ -2026,7 +2026,7 @@ class ConnectionsTests(AppTestCase):
         self.supervisor.isolated = True
         answer = self.call("GET", f"/instances/{id}/connections")
         self.assertEqual(answer.code, 501)
-        self.assertIn("instance hosts", answer.json()["error"])
+        self.assertIn("NP_CORE_BIN", answer.json()["error"])
 
 
 class ThrottleTests(AppTestCase):

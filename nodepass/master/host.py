@@ -40,6 +40,7 @@ from nodepass.master.hostproto import (
     ResetCounters,
     StartInstance,
     StopInstance,
+    connectionsPage,
 )
 from nodepass.settings import Settings
 
@@ -200,19 +201,7 @@ class HostProtocol(amp.AMP):
         entries: list[Any] = []
         if slot is not None and slot.root is not None:
             entries = list(slot.root.connections())
-        page: list[str] = []
-        size, index = 2, max(0, start)
-        while index < len(entries):
-            text = json.dumps(entries[index], separators=(",", ":"))
-            if page and size + len(text) + 1 > MAX_VALUE:
-                break
-            page.append(text)
-            size += len(text) + 1
-            index += 1
-        return {
-            "page": "[" + ",".join(page) + "]",
-            "next": index if index < len(entries) else -1,
-        }
+        return connectionsPage(entries, start)
 
     @CloseConnection.responder
     def closeConnection(self, id: str, connection: str) -> dict[str, bool]:

@@ -26,6 +26,9 @@ Only this module and the standard library are imported here, so the host stays s
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from twisted.protocols import amp
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "ResetCounters",
     "StartInstance",
     "StopInstance",
+    "connectionsPage",
 ]
 
 #: Longest text AMP carries in one value (its limit is 65,535 bytes); longer lines are cut.
@@ -84,6 +88,23 @@ class ListConnections(amp.Command):
 class CloseConnection(amp.Command):
     arguments = [(b"id", amp.Unicode()), (b"connection", amp.Unicode())]
     response = [(b"closed", amp.Boolean())]
+
+
+def connectionsPage(entries: list[Any], start: int) -> dict[str, Any]:
+    """
+    The L{ListConnections} answer for C{entries} from index C{start}: as many as fit under
+    L{MAX_VALUE} bytes of JSON.
+    """
+    page: list[str] = []
+    size, index = 2, max(0, start)
+    while index < len(entries):
+        text = json.dumps(entries[index], separators=(",", ":"))
+        if page and size + len(text) + 1 > MAX_VALUE:
+            break
+        page.append(text)
+        size += len(text) + 1
+        index += 1
+    return {"page": "[" + ",".join(page) + "]", "next": index if index < len(entries) else -1}
 
 
 class Ping(amp.Command):

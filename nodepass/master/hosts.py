@@ -58,7 +58,6 @@ from nodepass.master.supervisor import (
     IInstanceRunner,
     InstanceProcess,
     LineBuffer,
-    ProcessRunner,
     launcherArgv,
 )
 from nodepass.settings import Settings
@@ -351,7 +350,11 @@ class HostPool(Service):
         self.settings = settings
         self.settingsJSON = settingsToJSON(settings)
         self.count = count
-        self.isolated = isolated if isolated is not None else ProcessRunner(reactor, environ)
+        if isolated is None:
+            from nodepass.master.childcontrol import ControlledRunner
+
+            isolated = ControlledRunner(reactor, environ)
+        self.isolated = isolated
         testHooks = self.environ.get(TEST_HOOKS_VARIABLE, "") not in ("", "0")
         self.command = command or [sys.executable, "-m", "nodepass.master.host"] + (
             ["--test-hooks"] if testHooks else []

@@ -997,8 +997,8 @@ def _connectionPaths() -> dict[str, Any]:
         "One open connection of an instance.",
     )
     unsupported = _errorResponse(
-        "The instance runs in a process of its own (`NP_ISOLATE`, `NP_CORE_BIN`); only "
-        "instances in instance hosts can list their connections.",
+        "The instance runs a foreign core (`NP_CORE_BIN`), which has no channel to list its "
+        "connections.",
         UNAVAILABLE_ISOLATED,
     )
     return {

@@ -363,7 +363,9 @@ class MasterService(MultiService):
                 self.reactor, self.environ, (os.path.abspath(core),), urlArgument=True
             )
         if isolated(self.environ):
-            return ProcessRunner(self.reactor, self.environ)
+            from nodepass.master.childcontrol import ControlledRunner
+
+            return ControlledRunner(self.reactor, self.environ)
         from nodepass.master.hosts import HostPool
 
         try:

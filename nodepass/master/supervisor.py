@@ -402,10 +402,9 @@ class Traffic:
 # -- the supervisor ----------------------------------------------------------------------------
 
 
-#: Why an instance in a process of its own cannot list its connections.
+#: Why an instance of a foreign core cannot list its connections.
 UNAVAILABLE_ISOLATED = (
-    "Connections are listed only for instances in instance hosts (not with NP_ISOLATE or "
-    "NP_CORE_BIN)"
+    "Connections are listed only for NodePass instances, not for the core in NP_CORE_BIN"
 )
 
 
@@ -517,7 +516,11 @@ class IInstanceRunner(Interface):
 
 
 @implementer(IInstanceHandle)
-class _ChildHandle:
+class ChildHandle:
+    """
+    A child process of its own: signals for stop and kill; nothing reaches inside it.
+    """
+
     def __init__(
         self, transport: IProcessTransport, killGroup: Callable[[int, int], None] | None
     ) -> None:
@@ -611,7 +614,7 @@ class ProcessRunner:
         transport = self._reactor.spawnProcess(
             process, argv[0], argv, env=self._environment(url, env), path=None, usePTY=False
         )
-        return _ChildHandle(transport, self._killGroup)
+        return ChildHandle(transport, self._killGroup)
 
 
 def launcherArgv(command: Sequence[str], urlArgument: bool = False) -> list[str]:

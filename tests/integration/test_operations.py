@@ -104,14 +104,16 @@ def test_healthFollowsAReadOnlyStateDirectory(tmp_path: Path, masters: list[Mast
     waitFor(lambda: health() == 200, 10, "/health to come back")
 
 
+@pytest.mark.parametrize("isolate", ["", "1"], ids=["hosted", "isolated"])
 def test_liveConnectionsListedAndClosed(
-    tmp_path: Path, masters: list[Master], echoServer: TCPServer
+    tmp_path: Path, masters: list[Master], echoServer: TCPServer, isolate: str
 ) -> None:
     """
-    A user connection through a hosted instance is listed with its addresses and bytes;
-    DELETE closes it, and the user sees the end of the stream.
+    A user connection through an instance (in an instance host, or in a process of its own
+    with NP_ISOLATE=1) is listed with its addresses and bytes; DELETE closes it, and the user
+    sees the end of the stream.
     """
-    master = startMaster(masters, tmp_path)
+    master = startMaster(masters, tmp_path, env={"NP_ISOLATE": isolate} if isolate else None)
     port = freePort(udp=False)
     url = f"client://{LOOPBACK}:{port}/{LOOPBACK}:{echoServer.port}?mode=1"
     id = master.ok("POST", "/instances", {"url": url}, status=201)["id"]
