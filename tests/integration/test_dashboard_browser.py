@@ -178,8 +178,11 @@ def test_dashboard_journey(
         page.screenshot(path=str(artifacts / "dashboard-signin-refused.png"))
 
         # The right key signs in; the key is nowhere the page can read later.
-        page.fill("#signin-key", master.key)
-        page.click("#signin-form button[type=submit]")
+        # With the keyboard alone: the refused key is selected in its field, typing
+        # replaces it, Enter submits.
+        expect(page.locator("#signin-key")).to_be_focused()
+        page.keyboard.type(master.key)
+        page.keyboard.press("Enter")
         expect(page.locator("#view-instances")).to_be_visible()
         expect(page.locator("#stream")).to_have_text("Live")
         assert master.key not in page.url
@@ -235,6 +238,7 @@ def test_dashboard_journey(
         chart = page.locator("#d-chart")
         expect(chart).to_have_attribute("data-peak", re.compile(r"^[1-9][0-9]*$"))
         expect(page.locator("#d-figures")).to_contain_text("Pool connections")
+        expect(page.locator("#d-logs li").first).to_be_visible()  # the instance's own lines
         expect(page.locator("#d-params")).to_contain_text(f"{LOOPBACK}:{echoServer.port}")
         # Open connections: a held one is listed, and its Close button ends it for the user.
         expect(page.locator("#d-connections-note")).to_have_text("No open connection.")
