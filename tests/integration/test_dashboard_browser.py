@@ -267,6 +267,15 @@ def test_dashboard_journey(
         expect(row.locator(".badge")).to_have_text("running")
         page.screenshot(path=str(artifacts / "dashboard-instances.png"))
 
+        # The theme follows the system's setting.
+        background = "getComputedStyle(document.body).backgroundColor"
+        light = page.evaluate(background)
+        page.emulate_media(color_scheme="dark")
+        dark = page.evaluate(background)
+        assert light != dark, (light, dark)
+        page.screenshot(path=str(artifacts / "dashboard-instances-dark.png"))
+        page.emulate_media(color_scheme="light")
+
         # A phone-sized screen: one card per instance, nothing wider than the screen.
         page.set_viewport_size({"width": 390, "height": 844})
         expect(row.locator(".badge")).to_be_visible()
