@@ -169,6 +169,7 @@ def test_dashboard_journey(
         page.goto(base + "/")
         assert page.url == base + "/api/v1/dashboard/"
         expect(page.locator("#view-signin")).to_be_visible()
+        expect(page.locator("#nav")).to_be_hidden()  # nothing to navigate before signing in
 
         # A wrong key is refused, and the page says so.
         page.fill("#signin-key", "0" * 32)
@@ -202,6 +203,12 @@ def test_dashboard_journey(
         # Create a single-end forwarder to the echo server through the form.
         port = freePort(udp=False)
         page.click("#create summary")
+        # Certificate files only for tls=2.
+        expect(page.locator("#c-crt")).to_be_hidden()
+        page.select_option("#c-tls", "2")
+        expect(page.locator("#c-crt")).to_be_visible()
+        page.select_option("#c-tls", "0")
+        expect(page.locator("#c-crt")).to_be_hidden()
         page.select_option("#c-role", "client")
         page.select_option("#c-mode", "1")
         page.fill("#c-host", LOOPBACK)
