@@ -137,10 +137,16 @@ def standalone(
     """
     configureCompat(environ)
     observer = NodePassLogObserver(out if out is not None else sys.stdout, config.log)
-    log = Logger(namespace="nodepass", observer=observer)
+    metricsAddress = environ.get("NP_METRICS_ADDR", "").strip()
+    tap: Any = None
+    if metricsAddress and config.scheme != "master":
+        from nodepass.instancemetrics import CheckpointTap
+
+        tap = CheckpointTap(observer)  # sees the CHECK_POINT figures, whatever the level
+    log = Logger(namespace="nodepass", observer=tap if tap is not None else observer)
     if leantls.fallback is not None:
         log.debug("Lean imports off: {reason}", reason=leantls.fallback)
-    return buildService(
+    root = buildService(
         config,
         reactor,
         fromEnvironment(environ),
@@ -148,6 +154,11 @@ def standalone(
         logObserver=observer,
         environ=environ,
     )
+    if tap is not None:
+        from nodepass.instancemetrics import InstanceMetrics
+
+        InstanceMetrics(reactor, metricsAddress, tap, root.counters).setServiceParent(root)
+    return root
 
 
 class _Entry(Service):

@@ -142,3 +142,37 @@ def test_liveConnectionsListedAndClosed(
         assert (code, body) == (404, {"error": "Connection not found"})
     finally:
         user.close()
+
+
+def test_standaloneMetrics(echoServer: TCPServer) -> None:
+    """
+    NP_METRICS_ADDR: a standalone forwarder serves its own /metrics, and the byte counter
+    grows by what went through it.
+    """
+    from tests.support import NodePass
+
+    port, metricsPort = freePort(udp=False), freePort(udp=False)
+    proc = NodePass(
+        f"client://{LOOPBACK}:{port}/{LOOPBACK}:{echoServer.port}?mode=1&log=none",
+        env={"NP_METRICS_ADDR": f"{LOOPBACK}:{metricsPort}", "NP_REPORT_INTERVAL": "1s"},
+    )
+    try:
+        waitFor(lambda: canConnect(metricsPort) and canConnect(port), 15, "listening")
+        with socket.create_connection((LOOPBACK, port), timeout=5) as user:
+            user.sendall(b"m" * 65536)
+            got = 0
+            while got < 65536:
+                got += len(user.recv(65536))
+
+        def rx() -> float:
+            connection = http.client.HTTPConnection(LOOPBACK, metricsPort, timeout=5)
+            connection.request("GET", "/metrics")
+            body = connection.getresponse().read().decode()
+            connection.close()
+            key = ("nodepass_instance_bytes_total", (("direction", "rx"), ("proto", "tcp")))
+            return scrape(body).get(key, 0)
+
+        waitFor(lambda: rx() >= 65536, 15, "the counter to show the bytes")
+    finally:
+        proc.proc.kill()
+        proc.proc.wait(10)
