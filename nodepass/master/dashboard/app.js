@@ -488,7 +488,9 @@ function refreshRow(instance, before) {
 function updateCount(shown) {
   const all = [...state.instances.keys()].filter((id) => id !== PSEUDO_ID).length;
   const count = shown ?? $("instances-body").rows.length;
-  $("instances-count").textContent = `${count} of ${all} instances shown`;
+  const text = `${count} of ${all} instances shown`;
+  // Only on a change: the line is a live region, and the same words need no announcing.
+  if ($("instances-count").textContent !== text) $("instances-count").textContent = text;
   $("instances-empty").hidden = count !== 0;
 }
 
@@ -931,7 +933,7 @@ function bindStaticHandlers() {
   $("status-filter").addEventListener("change", renderList);
   $("instances-body").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
-    if (button !== null) act(button.dataset.id, button.dataset.action, "create-error");
+    if (button !== null) act(button.dataset.id, button.dataset.action, "list-error");
   });
   $("d-actions").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
