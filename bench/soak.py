@@ -173,6 +173,25 @@ def api_user(
         api.close()
 
 
+def wait_ready(master: M.Master, timeout: float) -> None:
+    """
+    Until ``GET /ready`` answers 200 (the state is loaded; changes answer 503 before).
+    """
+
+    def ready() -> bool:
+        try:
+            connection = http.client.HTTPConnection(C.HOST, master.port, timeout=5)
+            connection.request("GET", "/ready")
+            status = connection.getresponse().status
+            connection.close()
+        except (OSError, http.client.HTTPException):
+            return False
+        return status == 200
+
+    if not M.wait_until(ready, timeout, 0.05):
+        raise C.StartError(f"the master did not become ready:\n    {master.tail()}")
+
+
 def create_instances(master: M.Master, target: int, count: int) -> tuple[list[str], list[int]]:
     assert master.key is not None
     api = M.Api(master.port, master.key, 30)
@@ -349,6 +368,7 @@ def run(args: argparse.Namespace, workdir: str, results: dict[str, Any]) -> list
         if not C.wait_listening(master.port, 30, master.proc):
             raise C.StartError(f"the master is not listening:\n    {master.tail()}")
         key = master.key
+        wait_ready(master, 60)
         C.log(f"master on {master.port}; creating {args.instances} forwarders")
         ids, ports = create_instances(master, target.port, args.instances)
         subscribers = [M.Subscriber(n) for n in range(args.subscribers)]
