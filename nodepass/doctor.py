@@ -27,6 +27,7 @@ import argparse
 import datetime
 import http.client
 import json
+import os
 import socket
 import ssl
 import sys
@@ -140,15 +141,21 @@ def _describeAnswer(data: bytes) -> str:
     return f"it answered {len(data)} bytes that are not HTTP: {data[:16].hex()}..."
 
 
-def _readAnswer(sock: socket.socket, timeout: float) -> bytes:
+def _readAnswer(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """
+    What the peer answered within C{timeout}, and whether the time ran out (a port that
+    accepts and then says nothing, rather than one that closes).
+    """
     sock.settimeout(timeout)
     chunks: list[bytes] = []
     size = 0
     deadline = time.monotonic() + timeout
+    timedOut = False
     while size < 65536:
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
+            timedOut = True
             break
         except OSError:
             break
@@ -165,8 +172,9 @@ def _readAnswer(sock: socket.socket, timeout: float) -> bytes:
         elif len(whole) == 4 and not whole.startswith(b"HTTP"):
             break  # a pool ID
         if time.monotonic() > deadline:
+            timedOut = True
             break
-    return b"".join(chunks)
+    return b"".join(chunks), timedOut
 
 
 def _contentLength(head: bytes) -> int | None:
@@ -233,14 +241,21 @@ def _handshake(
     ).encode("ascii", "replace")
     try:
         sock.sendall(request)
-        answer = _readAnswer(sock, timeout)
+        answer, timedOut = _readAnswer(sock, timeout)
     except OSError as e:
-        answer = b""
         report.add("handshake", False, f"the connection failed: {e.strerror or e}")
-        sock.close()
         return None
     finally:
         sock.close()
+    if not answer and timedOut:
+        report.add(
+            "handshake",
+            False,
+            f"the port accepted the connection but sent nothing within {timeout:g}s",
+            "Something listens there but does not speak HTTP first: not a NodePass server "
+            "(or one stuck); check what runs on that port.",
+        )
+        return None
     if answer.startswith(b"HTTP/1.1 401") or answer.startswith(b"HTTP/1.0 401"):
         report.add(
             "handshake",
@@ -322,20 +337,79 @@ def _tlsCheck(report: Report, config: Config, ip: str, mode: str, timeout: float
             return report.add("tls", False, detail, "The server's certificate has expired.")
     except Exception:
         pass
-    pin = config.first("pin") if hasattr(config, "first") else ""
-    if pin and pin.lower() != fingerprint(der).lower():
+    pin = getattr(config, "pin", "")
+    if pin and pin != fingerprint(der):
         return report.add(
             "tls",
             False,
-            f"{detail}; pin {pin} does not match",
-            "The server presents another certificate than the pinned one.",
+            f"{detail}; the pin {pin} does not match",
+            "The server presents another certificate than the pinned one: check that this is "
+            "the right server, or pin its new certificate.",
         )
+    if mode == "2":
+        problem = _verify(der, config.serverName or config.tunnel.host)
+        if problem is not None:
+            return report.add(
+                "tls",
+                False,
+                f"{detail}; not trusted here: {problem}",
+                "With tls=2 the client checks the server's certificate against this machine's "
+                "trusted CAs and the server name: install a certificate from a CA it trusts, "
+                "or use tls=1 with pin=<fingerprint>.",
+            )
     report.add("tls", True, f"mode {mode}: {detail}")
     return report.add(
         "pool",
         len(ident) == 4,
         f"a pool connection came up (id {ident.hex()})" if len(ident) == 4 else "no pool id",
     )
+
+
+def _verify(der: bytes, name: str) -> str | None:
+    """
+    Why a certificate fails the checks a tls=2 client makes (this machine's trusted CAs, the
+    server name), or L{None} when it passes.  Checked on the certificate already received:
+    a second connection could find the server in another phase of its cycle.
+    """
+    import ipaddress
+
+    from OpenSSL import crypto
+    from service_identity import VerificationError
+    from service_identity.cryptography import (
+        verify_certificate_hostname,
+        verify_certificate_ip_address,
+    )
+
+    store = crypto.X509Store()
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.cafile or paths.openssl_cafile
+    capath = paths.capath or paths.openssl_capath
+    try:
+        store.load_locations(
+            cafile if cafile and os.path.isfile(cafile) else None,
+            capath if capath and os.path.isdir(capath) else None,
+        )
+    except crypto.Error:
+        pass  # no trust store here: nothing verifies, which is what a tls=2 client finds
+    certificate = crypto.X509.from_cryptography(_load(der))
+    try:
+        crypto.X509StoreContext(store, certificate).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        return f"the certificate chain does not verify ({e})"
+    try:
+        try:
+            verify_certificate_ip_address(_load(der), str(ipaddress.ip_address(name)))
+        except ValueError:
+            verify_certificate_hostname(_load(der), name)
+    except VerificationError as e:
+        return f"the certificate is not for {name} ({e})"
+    return None
+
+
+def _load(der: bytes) -> Any:
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der)
 
 
 def _poolCheck(report: Report, config: Config, ip: str, timeout: float) -> bool:

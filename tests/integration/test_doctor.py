@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,52 @@ def test_master(tmp_path: Path, masters: list[Master]) -> None:
     assert good.healthy, good.steps
     bad = doctor.diagnose(url, key="0" * 32)
     assert steps(bad)["key"] == (False, "the master refused the key (401)")
+
+
+def test_pinMismatch(server: tuple[NodePass, int], echoTarget: TCPServer) -> None:
+    _, tunnel = server
+    pin = "sha256:" + ":".join(["00"] * 32)
+    url = f"client://right@{LOOPBACK}:{tunnel}/{LOOPBACK}:{echoTarget.port}?mode=2&tls=1&pin={pin}"
+    ok, detail = steps(doctor.diagnose(url))["tls"]
+    assert not ok and f"the pin {pin} does not match" in detail
+
+
+def test_certificateFromAnotherCA(tmp_path: Path, echoTarget: TCPServer) -> None:
+    """
+    tls=2 with a certificate from a CA this machine does not trust: the doctor says so.
+    """
+    from tests.test_tls import makeCA, makeLeaf
+
+    leaf = makeLeaf(makeCA("Another CA"))
+    crt, key = tmp_path / "server.crt", tmp_path / "server.key"
+    crt.write_bytes(leaf.certPEM)
+    key.write_bytes(leaf.keyPEM)
+    tunnel, entry = freePort(udp=False), freePort(udp=False)
+    proc = NodePass(
+        f"server://right@{LOOPBACK}:{tunnel}/{LOOPBACK}:{entry}?mode=1&tls=2&crt={crt}&key={key}"
+    )
+    try:
+        waitFor(lambda: canConnect(tunnel), 15, "the server's tunnel port")
+        url = f"client://right@localhost:{tunnel}/{LOOPBACK}:{echoTarget.port}?mode=2"
+        ok, detail = steps(doctor.diagnose(url))["tls"]
+        assert not ok and "not trusted here" in detail and "certificate" in detail, detail
+    finally:
+        proc.proc.kill()
+        proc.proc.wait(10)
+
+
+def test_portThatNeverAnswers() -> None:
+    held = threading.Event()
+
+    def silent(conn: socket.socket) -> None:
+        held.wait(30)  # accept, then say nothing until the test is over
+
+    with TCPServer(silent) as quiet:
+        try:
+            report = doctor.diagnose(
+                f"client://k@{LOOPBACK}:{quiet.port}/{LOOPBACK}:1?mode=2", timeout=1
+            )
+        finally:
+            held.set()
+    ok, detail = steps(report)["handshake"]
+    assert not ok and "accepted the connection but sent nothing within 1s" in detail
