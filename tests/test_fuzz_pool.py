@@ -258,7 +258,7 @@ def test_authenticatingServerParksOnlyOnTheProof(data: bytes, cuts: list[int]) -
         assert _closed(control) and CONTROL_ID not in pool.idle
         return
     if data[: poolModule.AUTH_PROOF] == proof:
-        assert pool.idle.get(CONTROL_ID) is control
+        assert CONTROL_ID in pool.idle and pool.idle[CONTROL_ID] is control
         assert b"".join(control.pending) == data[poolModule.AUTH_PROOF :]
     else:
         assert _closed(control)
