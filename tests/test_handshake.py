@@ -899,7 +899,7 @@ class ThrottledWireTests(SynchronousTestCase):
 
     def test_slowedThenRefused(self) -> None:
         statuses = []
-        for n in range(1, 10):
+        for n in range(1, self.throttle.blockAfter):
             status, _, transport = self.attempt("198.51.100.7", "wrong")
             if n >= self.throttle.slowAfter:
                 self.assertEqual(transport.value(), b"")  # held back
@@ -907,7 +907,7 @@ class ThrottledWireTests(SynchronousTestCase):
                 status, _, _ = parseResponse(transport.value())
             statuses.append(status)
         self.assertEqual(set(statuses), {b"HTTP/1.1 401 Unauthorized"})
-        status, _, _ = self.attempt("198.51.100.7", "wrong")  # the 10th: blocked from now on
+        status, _, _ = self.attempt("198.51.100.7", "wrong")  # the last: blocked from now on
         self.assertEqual(status, b"HTTP/1.1 401 Unauthorized")
         status, headers, _ = self.attempt("198.51.100.7", KEY)  # even the right key
         self.assertEqual(status, b"HTTP/1.1 429 Too Many Requests")

@@ -19,7 +19,7 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.logger import LogEvent, Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
@@ -46,6 +46,7 @@ from nodepass.master.webhooks import (
     signature,
     treqPoster,
 )
+from nodepass.throttle import FailureThrottle
 
 SECRET = "whsec-7f3a9c0e51b2d4e6"
 KEY = "5f0c2a9e4b7d41c8a3e6f1029d8b7c6e"
@@ -741,6 +742,9 @@ class APITests(DispatcherCase):
             webhooks=self.webhooks,
         )
         api.ready = True
+        # Wrong keys here check the answers, not the throttle (ThrottleTests in
+        # test_master_app): a wrong key is never held back.
+        api.badKeys = FailureThrottle(self.clock, Logger(), "x", slowAfter=10**6, blockAfter=10**6)
         self.stub: Any = StubTreq(api.resource())
         self.bodies: list[bytes] = []
 
