@@ -138,6 +138,8 @@ def test_liveConnectionsListedAndClosed(
         assert code == 204
         user.settimeout(10)
         assert user.recv(65536) == b""
+        gone = [c["id"] for c in master.ok("GET", f"/instances/{id}/connections")]
+        assert entry["id"] not in gone
         code, body, _ = master.call("DELETE", f"/instances/{id}/connections/{entry['id']}")
         assert (code, body) == (404, {"error": "Connection not found"})
     finally:
