@@ -55,6 +55,9 @@ REPORT_FD = 4
 #: SIGKILL's number: the status of an instance stopped with C{force}, as a killed child's.
 KILLED = 9
 
+#: The AMP error code of a command whose box could not be parsed or handled.
+BAD_COMMAND = b"BAD_COMMAND"
+
 
 def settingsFromJSON(text: str) -> Settings:
     """
@@ -120,6 +123,67 @@ class HostProtocol(amp.AMP):
         self._onLost = onLost
         self.slots: dict[str, _Slot] = {}
         self._gone = False
+
+    # -- robustness against bad boxes ---------------------------------------------------------
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        """
+        Only commands reach the dispatcher: the host asks nothing that is answered (its
+        reports need no answer), so an answer, an error or a box with none of AMP's keys can
+        only be a broken master's, and is dropped with a line instead of ending the channel
+        (which would end the host and every instance in it).
+        """
+        if amp.COMMAND not in box:
+            log.warn("Instance host: a box that is not a command was ignored")
+            return
+        super().ampBoxReceived(box)
+
+    def locateResponder(self, name: bytes) -> Any:
+        """
+        The responder of a command, guarded: a box whose arguments do not parse (missing,
+        not UTF-8, not a number) or whose handling fails gets an error answer for that
+        command alone.  Unguarded, AMP would answer such a box by closing the channel, which
+        ends the host.
+        """
+        if not name.isascii():
+            # No command of ours has such a name (and AMP's lookup would raise on it):
+            # answered as an unknown command.
+            return None
+        responder = super().locateResponder(name)
+        if responder is None:
+            return None
+
+        def guarded(box: amp.AmpBox) -> Deferred[Any]:
+            def failed(failure: Failure) -> Failure:
+                if failure.check(amp.RemoteAmpError):
+                    return failure
+                command = name.decode("ascii", "replace")
+                log.warn(
+                    "Instance host: command {command} refused: {reason}",
+                    command=command,
+                    reason=failure.getErrorMessage(),
+                )
+                return Failure(
+                    amp.RemoteAmpError(BAD_COMMAND, f"{command}: {failure.getErrorMessage()}")
+                )
+
+            return maybeDeferred(responder, box).addErrback(failed)
+
+        return guarded
+
+    def unhandledError(self, failure: Failure) -> None:
+        """
+        A command that asked for no answer failed (its box was bad, or it is not one the
+        host serves): that command alone is lost, with a line.  Anything else is AMP's own
+        trouble, and ends the channel as AMP does.
+        """
+        if failure.check(amp.RemoteAmpError):
+            log.warn(
+                "Instance host: a command without an answer failed: {reason}",
+                reason=failure.getErrorMessage(),
+            )
+            return
+        super().unhandledError(failure)
 
     # -- reports -------------------------------------------------------------------------------
 
