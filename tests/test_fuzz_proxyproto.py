@@ -66,6 +66,8 @@ def test_v2HeaderCarriesTheAddresses(
     body = data[16:]
     assert command == 0x21 and len(body) == length
     source, destination = _normal(srcHost), _normal(dstHost)
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if source.version == destination.version == 4:
         assert family == 0x11 and length == 12
         src, dst = ipaddress.IPv4Address(body[:4]), ipaddress.IPv4Address(body[4:8])
