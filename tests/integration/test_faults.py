@@ -367,9 +367,7 @@ def test_peerKilledMidTransfer(kind: str) -> None:
             died = time.monotonic()
             killed(client)
             check()
-            cleaned = settle(
-                server.proc.pid, lambda n: n <= serverAlone, 15, "the server to let go"
-            )
+            settle(server.proc.pid, lambda n: n <= serverAlone, 15, "the server to let go")
             record(name, serverCleanupAfterClientKill=round(time.monotonic() - died, 2))
             assert server.proc.poll() is None
             restarted = time.monotonic()
@@ -392,7 +390,6 @@ def test_peerKilledMidTransfer(kind: str) -> None:
             waitWorks(pair.entry, what="traffic with the new server")
             record(name, trafficBackAfterServerRestart=round(time.monotonic() - restarted, 2))
             assert works(pair.entry, 1 << 20)
-            del cleaned
         tcpTarget.close()
 
 
@@ -414,7 +411,7 @@ def test_serverRestartedWhileClientHoldsConnections() -> None:
             stream.close()
         restarted = time.monotonic()
         pair.startServer()
-        recovered = waitWorks(pair.entry, what="traffic after the restart")
+        waitWorks(pair.entry, what="traffic after the restart")
         record(
             "server restarted",
             heldSessions=5,
@@ -423,7 +420,6 @@ def test_serverRestartedWhileClientHoldsConnections() -> None:
         for size in (1, 65536, 4 << 20):
             payload = os.urandom(size)
             assert roundTrip(pair.entry, payload, 15) == payload
-        del recovered
 
 
 def test_targetDownAndBack() -> None:
@@ -462,7 +458,6 @@ def test_halfOpenPeerIsDetected() -> None:
         serverAlone = quietFds(server.proc.pid)
         client = pair.startClient()
         waitWorks(pair.entry)
-        stopped = time.monotonic()
         client.proc.send_signal(signal.SIGSTOP)
         try:
             detected = settle(
@@ -478,15 +473,14 @@ def test_halfOpenPeerIsDetected() -> None:
         finally:
             client.proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
-        back = waitWorks(pair.entry, what="traffic after SIGCONT")
+        waitWorks(pair.entry, what="traffic after SIGCONT")
         record(
             "half-open peer",
             detectedAfter=round(detected, 2),
             trafficBackAfterSIGCONT=round(time.monotonic() - resumed, 2),
         )
         assert detected >= 2.0, "a stopped peer is given 3 report intervals"
-        assert "error" in output.split("Marking tunnel handshake")[-1], output
-        del stopped, back
+        assert "Server error: control connection timed out after 3s" in output, output
 
 
 def test_slowReaderKeepsMemoryBounded() -> None:
@@ -746,7 +740,7 @@ def test_poolCountTrueAfterPeerCloses() -> None:
                 sock.close()
             goLike.pool = []
             closed = time.monotonic()
-            back = settle(server.proc.pid, lambda n: n <= base, 5, "the pool to shrink")
+            settle(server.proc.pid, lambda n: n <= base, 5, "the pool to shrink")
 
             def noCloseWait() -> bool:
                 return tcpStates(pair.tunnel).get("08", 0) == 0
@@ -756,7 +750,6 @@ def test_poolCountTrueAfterPeerCloses() -> None:
             record("pool count after a peer's close", parked=100, trueWithin=round(took, 2))
             assert took < 1.0, took
             assert server.proc.poll() is None
-            del back
         finally:
             goLike.close()
 
@@ -912,7 +905,6 @@ def test_masterKilledDuringWriteBurst(tmp_path: Path, masters: list[Master]) -> 
         thread.join(30)
     again = startMaster(masters, tmp_path, master.port, twistd=False)
     again.key = master.key
-    recovered = time.monotonic()
     present = {i["id"] for i in again.ok("GET", "/instances")}
     missing = [id for id in acked if id not in present]
     record(
@@ -925,7 +917,6 @@ def test_masterKilledDuringWriteBurst(tmp_path: Path, masters: list[Master]) -> 
     )
     assert not missing, missing
     assert len(acked) + len(failed) == 200
-    del recovered
 
 
 def test_stateDirectoryUnwritable(tmp_path: Path, masters: list[Master]) -> None:
@@ -978,11 +969,10 @@ def test_stateDirectoryUnwritable(tmp_path: Path, masters: list[Master]) -> None
     present = {i["id"] for i in master.ok("GET", "/instances")}
     assert {before, *kept} <= present
     key = master.key
-    code, _ = master.terminate()
+    master.terminate()
     again = startMaster(masters, tmp_path, master.port, env=env, twistd=False)
     again.key = key
     assert {before, *kept} <= {i["id"] for i in again.ok("GET", "/instances")}
-    del code
 
 
 def test_diskFull(tmp_path: Path, masters: list[Master]) -> None:
