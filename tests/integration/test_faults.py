@@ -447,40 +447,46 @@ def test_targetDownAndBack() -> None:
     target.close()
 
 
-def test_halfOpenPeerIsDetected() -> None:
+@pytest.mark.parametrize("frozen", ["client", "server"])
+def test_halfOpenPeerIsDetected(frozen: str) -> None:
     """
-    SIGSTOP the client (its sockets stay open, no FIN): the server's control read timeout
-    (3 x NP_REPORT_INTERVAL) ends the session and its pool; after SIGCONT the client
-    notices and the tunnel carries traffic again.
+    SIGSTOP one peer (its sockets stay open, no FIN): the other's control read timeout
+    (3 x NP_REPORT_INTERVAL) ends the session and closes its pool; after SIGCONT the frozen
+    peer notices and the tunnel carries traffic again.
     """
     with TCPServer(echo) as target, pairOf(target.port) as pair:
         server = pair.startServer()
         serverAlone = quietFds(server.proc.pid)
         client = pair.startClient()
         waitWorks(pair.entry)
-        client.proc.send_signal(signal.SIGSTOP)
+        clientHeld = steadyFds(client.proc.pid)
+        victim, watcher = (client, server) if frozen == "client" else (server, client)
+        if frozen == "client":
+            gaveUp: Callable[[int], bool] = lambda n: n <= serverAlone  # noqa: E731
+        else:
+            gaveUp = lambda n: n < clientHeld  # noqa: E731
+        victim.proc.send_signal(signal.SIGSTOP)
         try:
             detected = settle(
-                server.proc.pid,
-                lambda n: n <= serverAlone,
+                watcher.proc.pid,
+                gaveUp,
                 15,
-                f"the server to give up (from {serverAlone} fds)",
-                lambda: (
-                    server.stdout[-3000:] + os.popen(f"ls -l /proc/{server.proc.pid}/fd").read()
-                ),
+                f"the {'server' if frozen == 'client' else 'client'} to give up",
+                lambda: watcher.stdout[-3000:],
             )
-            output = server.stdout
+            output = watcher.stdout
         finally:
-            client.proc.send_signal(signal.SIGCONT)
+            victim.proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
         waitWorks(pair.entry, what="traffic after SIGCONT")
         record(
-            "half-open peer",
+            f"half-open peer ({frozen} frozen)",
             detectedAfter=round(detected, 2),
             trafficBackAfterSIGCONT=round(time.monotonic() - resumed, 2),
         )
-        assert detected >= 2.0, "a stopped peer is given 3 report intervals"
-        assert "Server error: control connection timed out after 3s" in output, output
+        assert detected >= 1.5, "a stopped peer is given 3 report intervals of silence"
+        role = "Server" if frozen == "client" else "Client"
+        assert f"{role} error: control connection timed out after 3s" in output, output
 
 
 def test_slowReaderKeepsMemoryBounded() -> None:
@@ -757,7 +763,7 @@ def test_poolCountTrueAfterPeerCloses() -> None:
 # -- bad tunnel keys --------------------------------------------------------------------
 
 
-def test_badKeysAreThrottled() -> None:
+def test_badKeysAreThrottled() -> None:  # the tunnel port
     """
     12 handshakes with a wrong key from 127.0.0.1: the first 10 get 401 (some held back),
     the last ones 429 with Retry-After; a right key from 127.0.0.2 is answered at once; the
@@ -1114,3 +1120,52 @@ def test_corruptDatabase(tmp_path: Path, masters: list[Master]) -> None:
     assert ids <= present, (len(ids - present), again.output)
     if restored:
         assert list(tmp_path.glob("nodepass.db.corrupt-*")), "the damaged file is kept"
+
+
+def test_badAPIKeysAreThrottled(tmp_path: Path, masters: list[Master]) -> None:
+    """
+    12 requests with a wrong X-API-Key from 127.0.0.1: 401s (some held back), then 429 with
+    Retry-After; the right key from 127.0.0.2 is served at once; the key never in the log.
+    """
+    master = startMaster(masters, tmp_path, twistd=False)
+
+    def get(key: str, source: str = LOOPBACK) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection(
+            LOOPBACK, master.port, timeout=15, source_address=(source, 0)
+        )
+        connection.request("GET", "/api/v1/instances", headers={"X-API-Key": key})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response
+
+    wrong = "0" * 32
+    started = time.monotonic()
+    answers: list[int] = []
+    first = [threading.Thread(target=lambda: answers.append(get(wrong).status)) for _ in range(10)]
+    for thread in first:
+        thread.start()
+    for thread in first:
+        thread.join(20)
+    later = [get(wrong) for _ in range(2)]
+    took = time.monotonic() - started
+    assert sorted(answers) == [401] * 10, answers
+    assert [r.status for r in later] == [429, 429]
+    retry = int(later[-1].getheader("Retry-After") or 0)
+    assert 1 <= retry <= 61, retry
+    right = time.monotonic()
+    assert get(master.key, source="127.0.0.2").status == 200
+    rightTook = time.monotonic() - right
+    assert rightTook < 1.0
+    lines = [line for line in master.output.splitlines() if "127.0.0.1" in line and "key" in line]
+    record(
+        "bad API keys",
+        attempts=12,
+        answers=answers + [r.status for r in later],
+        retryAfter=retry,
+        seconds=round(took, 2),
+        logLines=len(lines),
+        rightKeyFromOtherAddress=round(rightTook, 3),
+    )
+    assert len(lines) <= 3, lines
+    assert wrong not in master.output
