@@ -5,8 +5,10 @@ generated requests (valid ones, and ones that break the schema), with the key.  
 must be no 5xx and conform to the document: a documented status code, the documented
 content type, a body that matches the documented schema.
 
-Budget: at most L{POSITIVE} + L{NEGATIVE} generated requests per operation, plus each
-documented example once; the whole run must stay under L{BUDGET} seconds.
+Budget: at most L{POSITIVE} + L{NEGATIVE} generated requests per operation, L{ON_LIVE} more
+of each kind per live id for the operations on one instance or webhook (random ids only
+ever meet "not found"), plus the documented examples; the whole run must stay under
+L{BUDGET} seconds.
 
 What is adapted, each for the reason given where it is done (nothing else is left out):
   - C{GET /events} answers 200 with an endless event stream, so its 200 answers are checked
@@ -15,7 +17,11 @@ What is adapted, each for the reason given where it is done (nothing else is lef
   - C{PATCH /instances/********} with C{"action": "restart"} regenerates the API key, which
     would lock the rest of the run out: that one body is not sent;
   - instance URLs and C{tcping} targets are kept on 127.0.0.1 (no socket elsewhere from a
-    test): the documented examples name C{0.0.0.0} and C{server.example}.
+    test): the documented examples name C{0.0.0.0} and C{server.example};
+  - a probe's (C{/health}, C{/ready}) 503 is its documented "degraded" answer, so for it
+    the no-5xx check is the one not applied (the document's checks still are);
+  - one known mismatch, a line break in a path answered by werkzeug's HTML 404, is counted
+    apart and documented by a strict xfail (L{test_lineBreakInAPathIsAJSONAnswer}).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.support import freePort
 from tests.test_master_service import Master, startMaster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -46,6 +53,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 #: Generated requests per operation: valid ones, then ones that break the schema.
 POSITIVE = 15
 NEGATIVE = 10
+#: The same for each live id (an instance or a webhook that exists, the key holder).
+ON_LIVE = 8
 #: Seconds the whole run may take.
 BUDGET = 180.0
 #: The id of the instance that stands for the API key (master spec §5).
@@ -91,12 +100,13 @@ def _adapt(case: Any) -> Any:
 def _regeneratesKey(case: Any) -> bool:
     path = case.path_parameters or {}
     body = case.body if isinstance(case.body, dict) else {}
-    action = next(
-        (v for k, v in body.items() if isinstance(k, str) and k.lower() == "action"), None
-    )
+    # The master reads fields ignoring case, and the last of equal names wins (Go's rule).
+    actions = [v for k, v in body.items() if isinstance(k, str) and k.lower() == "action"]
+    action = actions[-1] if actions else None
     return (
         case.operation.method.upper() == "PATCH"
-        and path.get("id") == KEY_HOLDER
+        # The value may already be percent-encoded (*: %2A), as it will be sent.
+        and unquote(str(path.get("id", ""))) == KEY_HOLDER
         and isinstance(action, str)
         and action == "restart"
     )
@@ -114,6 +124,7 @@ class Run:
         self.session = requests.Session()
         self.calls: dict[str, int] = {}
         self.statuses: dict[int, int] = {}
+        self.byOperation: dict[str, dict[int, int]] = {}
         self.failures: list[str] = []
         self.withheld = 0
         self.noNegative: list[str] = []
@@ -136,6 +147,8 @@ class Run:
             )
             status = response.status_code
             self.statuses[status] = self.statuses.get(status, 0) + 1
+            byOperation = self.byOperation.setdefault(label, {})
+            byOperation[status] = byOperation.get(status, 0) + 1
             checks = CHECKS
             if label in PROBES and status == 503:
                 # A probe's 503 is its documented answer (degraded: the fuzzing leaves
@@ -175,6 +188,33 @@ class Run:
             contentType = response.headers.get("Content-Type", "")
             assert contentType.startswith("text/event-stream"), contentType
             assert "text/event-stream" in documented["200"].get("content", {})
+
+
+def _liveIds(run: Run, operation: Any) -> list[str]:
+    """
+    Ids that exist, for an operation on one instance or one webhook: a fresh instance (a
+    forwarder on 127.0.0.1) or webhook made for it, and for instances the key holder.
+    """
+    if "{id}" not in operation.path:
+        return []
+    if operation.path.startswith("/instances/"):
+        port = freePort(udp=False)
+        url = f"client://127.0.0.1:{port}/127.0.0.1:{port + 1 if port < 65535 else 1}?mode=1"
+        answer = run.session.post(
+            run.base + "/instances", json={"url": url}, headers=run.headers, timeout=20
+        )
+        assert answer.status_code == 201, answer.text
+        return [answer.json()["id"], KEY_HOLDER]
+    if operation.path.startswith("/webhooks/"):
+        answer = run.session.post(
+            run.base + "/webhooks",
+            json={"url": "http://127.0.0.1:9/hook", "events": ["create"]},
+            headers=run.headers,
+            timeout=20,
+        )
+        assert answer.status_code == 201, answer.text
+        return [answer.json()["id"]]
+    return []
 
 
 def _operations(schema: Any) -> list[Any]:
@@ -257,10 +297,27 @@ def test_everyOperationAnswersAsDocumented(master: Master) -> None:
     run = Run(master)
     for operation in operations:
         strategies = [
-            (operation.as_strategy(GenerationMode.POSITIVE), POSITIVE),
-            (operation.as_strategy(GenerationMode.NEGATIVE), NEGATIVE),
+            (operation.as_strategy(GenerationMode.POSITIVE), POSITIVE, False),
+            (operation.as_strategy(GenerationMode.NEGATIVE), NEGATIVE, True),
         ]
-        for strategy, budget in strategies:
+        # Random ids only ever reach the 404 of an unknown id: the same requests again
+        # against a live instance (or webhook), and against the key holder, so the bodies
+        # and actions are checked where they take effect.
+        for fixed in _liveIds(run, operation):
+            path = {"id": fixed}
+            strategies += [
+                (
+                    operation.as_strategy(GenerationMode.POSITIVE, path_parameters=path),
+                    ON_LIVE,
+                    False,
+                ),
+                (
+                    operation.as_strategy(GenerationMode.NEGATIVE, path_parameters=path),
+                    ON_LIVE,
+                    True,
+                ),
+            ]
+        for strategy, budget, negative in strategies:
 
             @settings(
                 max_examples=budget,
@@ -277,9 +334,10 @@ def test_everyOperationAnswersAsDocumented(master: Master) -> None:
             try:
                 check()
             except Unsatisfiable:
-                # Nothing in this operation can break the schema (no parameters, no body):
-                # there is no negative request to make.  Counted and printed, not hidden.
-                assert strategy is strategies[1][0], operation.label
+                # Nothing in this operation can break the schema (no parameters, no body,
+                # or only the id, which is fixed here): there is no negative request to
+                # make.  Counted and printed, not hidden.
+                assert negative, operation.label
                 run.noNegative.append(operation.label)
         for example in schema.get_strategies_from_examples(operation):
 
@@ -303,9 +361,11 @@ def test_everyOperationAnswersAsDocumented(master: Master) -> None:
         f"schemathesis: {len(operations)} operations, {calls} requests "
         f"({run.withheld} key-regenerating withheld, {run.known} werkzeug HTML 404s for a "
         f"line break in a path; no negative case for "
-        f"{len(run.noNegative)}: {', '.join(run.noNegative)}), statuses {sorted(run.statuses.items())}, "
+        f"{', '.join(sorted(set(run.noNegative)))}), statuses {sorted(run.statuses.items())}, "
         f"{elapsed:.1f} s"
     )
+    for label, statuses in sorted(run.byOperation.items()):
+        print(f"  {label}: {sorted(statuses.items())}")
     assert run.failures == [], "\n".join(run.failures[:40])
     assert set(run.calls) == {op.label for op in operations}
     assert elapsed < BUDGET
