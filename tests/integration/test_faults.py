@@ -308,6 +308,23 @@ class Stream:
 # -- the data plane -----------------------------------------------------------------------
 
 
+def echoes() -> tuple[TCPServer, UDPEcho]:
+    """
+    A TCP and a UDP echo server on one port number (an instance dials its target over both).
+    """
+    for _ in range(20):
+        port = freePort()
+        try:
+            udp = UDPEcho(port=port)
+        except OSError:
+            continue
+        try:
+            return TCPServer(echo, port=port), udp
+        except OSError:
+            udp.close()
+    raise AssertionError("no port free for both TCP and UDP")
+
+
 @pytest.mark.parametrize("kind", ["tcp", "udp"])
 def test_peerKilledMidTransfer(kind: str) -> None:
     """
@@ -317,80 +334,75 @@ def test_peerKilledMidTransfer(kind: str) -> None:
     byte of another.
     """
     name = f"peer killed mid-transfer ({kind})"
-    with TCPServer(echo) as tcpTarget, UDPEcho() as udpTarget:
-        target = tcpTarget.port if kind == "tcp" else udpTarget.port
-        if kind == "udp":
-            # Both echo servers on one port number: the instance dials TCP and UDP alike.
-            tcpTarget.close()
-            tcpTarget = TCPServer(echo, port=udpTarget.port)
-        with pairOf(target) as pair:
-            server = pair.startServer()
-            serverAlone = quietFds(server.proc.pid)
-            client = pair.startClient()
-            waitWorks(pair.entry, what="the first traffic")
-            clientHeld = quietFds(client.proc.pid)
+    tcpTarget, udpTarget = echoes()
+    target = tcpTarget.port
+    with tcpTarget, udpTarget, pairOf(target) as pair:
+        server = pair.startServer()
+        serverAlone = quietFds(server.proc.pid)
+        client = pair.startClient()
+        waitWorks(pair.entry, what="the first traffic")
+        clientHeld = quietFds(client.proc.pid)
 
-            def flow(tag: int) -> Callable[[], None]:
-                """
-                Start a user flow; return what checks it after the peer died.
-                """
-                if kind == "tcp":
-                    stream = Stream(pair.entry, tag)
-                    waitFor(lambda: stream.received > 1 << 20, 10, "bytes flowing")
+        def flow(tag: int) -> Callable[[], None]:
+            """
+            Start a user flow; return what checks it after the peer died.
+            """
+            if kind == "tcp":
+                stream = Stream(pair.entry, tag)
+                waitFor(lambda: stream.received > 1 << 20, 10, "bytes flowing")
 
-                    def ended() -> None:
-                        waitFor(stream.ended.is_set, 10, "the user's session to end")
-                        assert not stream.foreign
-                        assert stream.received <= stream.sent
-                        stream.close()
+                def ended() -> None:
+                    waitFor(stream.ended.is_set, 10, "the user's session to end")
+                    assert not stream.foreign
+                    assert stream.received <= stream.sent
+                    stream.close()
 
-                    return ended
-                dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                dgram.settimeout(0.2)
-                mine = b"%04d" % tag
-                waitFor(lambda: udpWorks(pair.entry), 10, "datagrams flowing")
-                for n in range(50):
-                    dgram.sendto(mine + b"%06d" % n, (LOOPBACK, pair.entry))
-                got: list[bytes] = []
-                with contextlib.suppress(OSError):
-                    while len(got) < 50:
-                        got.append(dgram.recvfrom(65536)[0])
+                return ended
+            dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            dgram.settimeout(0.2)
+            mine = b"%04d" % tag
+            waitFor(lambda: udpWorks(pair.entry), 10, "datagrams flowing")
+            for n in range(50):
+                dgram.sendto(mine + b"%06d" % n, (LOOPBACK, pair.entry))
+            got: list[bytes] = []
+            with contextlib.suppress(OSError):
+                while len(got) < 50:
+                    got.append(dgram.recvfrom(65536)[0])
 
-                def endedUDP() -> None:
-                    assert got and all(d.startswith(mine) for d in got), got[:3]
-                    dgram.close()
+            def endedUDP() -> None:
+                assert got and all(d.startswith(mine) for d in got), got[:3]
+                dgram.close()
 
-                return endedUDP
+            return endedUDP
 
-            # 1. the client dies: the server drops its sessions and pool.
-            check = flow(1)
-            died = time.monotonic()
-            killed(client)
-            check()
-            settle(server.proc.pid, lambda n: n <= serverAlone, 15, "the server to let go")
-            record(name, serverCleanupAfterClientKill=round(time.monotonic() - died, 2))
-            assert server.proc.poll() is None
-            restarted = time.monotonic()
-            pair.startClient()
-            waitWorks(pair.entry, what="traffic with the new client")
-            check = flow(2)
-            record(name, trafficBackAfterClientRestart=round(time.monotonic() - restarted, 2))
+        # 1. the client dies: the server drops its sessions and pool.
+        check = flow(1)
+        died = time.monotonic()
+        killed(client)
+        check()
+        settle(server.proc.pid, lambda n: n <= serverAlone, 15, "the server to let go")
+        record(name, serverCleanupAfterClientKill=round(time.monotonic() - died, 2))
+        assert server.proc.poll() is None
+        restarted = time.monotonic()
+        pair.startClient()
+        waitWorks(pair.entry, what="traffic with the new client")
+        check = flow(2)
+        record(name, trafficBackAfterClientRestart=round(time.monotonic() - restarted, 2))
 
-            # 2. the server dies: the client drops its sessions and pool, and retries.
-            assert pair.client is not None
-            clientPid = pair.client.proc.pid
-            died = time.monotonic()
-            killed(server)
-            check()
-            settle(clientPid, lambda n: n < clientHeld, 15, "the client to let go")
-            record(name, clientCleanupAfterServerKill=round(time.monotonic() - died, 2))
-            assert pair.client.proc.poll() is None
-            restarted = time.monotonic()
-            pair.startServer()
-            waitWorks(pair.entry, what="traffic with the new server")
-            record(name, trafficBackAfterServerRestart=round(time.monotonic() - restarted, 2))
-            assert works(pair.entry, 1 << 20)
-        tcpTarget.close()
+        # 2. the server dies: the client drops its sessions and pool, and retries.
+        assert pair.client is not None
+        clientPid = pair.client.proc.pid
+        died = time.monotonic()
+        killed(server)
+        check()
+        settle(clientPid, lambda n: n < clientHeld, 15, "the client to let go")
+        record(name, clientCleanupAfterServerKill=round(time.monotonic() - died, 2))
+        assert pair.client.proc.poll() is None
+        restarted = time.monotonic()
+        pair.startServer()
+        waitWorks(pair.entry, what="traffic with the new server")
+        record(name, trafficBackAfterServerRestart=round(time.monotonic() - restarted, 2))
+        assert works(pair.entry, 1 << 20)
 
 
 def test_serverRestartedWhileClientHoldsConnections() -> None:
@@ -451,30 +463,35 @@ def test_targetDownAndBack() -> None:
 def test_halfOpenPeerIsDetected(frozen: str) -> None:
     """
     SIGSTOP one peer (its sockets stay open, no FIN): the other's control read timeout
-    (3 x NP_REPORT_INTERVAL) ends the session and closes its pool; after SIGCONT the frozen
-    peer notices and the tunnel carries traffic again.
+    (3 x NP_REPORT_INTERVAL) ends the session (a server also closes its pool: fds back to
+    the no-client level); after SIGCONT the frozen peer notices and the tunnel carries
+    traffic again.
     """
     with TCPServer(echo) as target, pairOf(target.port) as pair:
         server = pair.startServer()
         serverAlone = quietFds(server.proc.pid)
         client = pair.startClient()
         waitWorks(pair.entry)
-        clientHeld = steadyFds(client.proc.pid)
         victim, watcher = (client, server) if frozen == "client" else (server, client)
-        if frozen == "client":
-            gaveUp: Callable[[int], bool] = lambda n: n <= serverAlone  # noqa: E731
-        else:
-            gaveUp = lambda n: n < clientHeld  # noqa: E731
+        role = "Server" if frozen == "client" else "Client"
+        line = f"{role} error: control connection timed out after 3s"
+        mark = len(watcher.stdout)
+        stopped = time.monotonic()
         victim.proc.send_signal(signal.SIGSTOP)
         try:
-            detected = settle(
-                watcher.proc.pid,
-                gaveUp,
-                15,
-                f"the {'server' if frozen == 'client' else 'client'} to give up",
-                lambda: watcher.stdout[-3000:],
-            )
-            output = watcher.stdout
+            waitFor(lambda: line in watcher.stdout[mark:], 15, f"{line!r}:\n{watcher.stdout}")
+            detected = time.monotonic() - stopped
+            if frozen == "client":
+                # Within AUTH_TIMEOUT: a pool connection the client opened just before it
+                # froze still owes its proof and outlives the session that long (see
+                # test_unprovenPoolConnectionClosesWithTheSession).
+                settle(
+                    server.proc.pid,
+                    lambda n: n <= serverAlone,
+                    15,
+                    f"the server to close its pool (from {serverAlone} fds)",
+                    lambda: server.stdout[-3000:],
+                )
         finally:
             victim.proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
@@ -485,8 +502,6 @@ def test_halfOpenPeerIsDetected(frozen: str) -> None:
             trafficBackAfterSIGCONT=round(time.monotonic() - resumed, 2),
         )
         assert detected >= 1.5, "a stopped peer is given 3 report intervals of silence"
-        role = "Server" if frozen == "client" else "Client"
-        assert f"{role} error: control connection timed out after 3s" in output, output
 
 
 def test_slowReaderKeepsMemoryBounded() -> None:
@@ -1169,3 +1184,43 @@ def test_badAPIKeysAreThrottled(tmp_path: Path, masters: list[Master]) -> None:
     )
     assert len(lines) <= 3, lines
     assert wrong not in master.output
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "nodepass/tunnel/pool.py ServerPool: close() (Pool.close -> flush) closes only parked "
+        "connections; one still owing its key proof stays open until AUTH_TIMEOUT (10 s) "
+        "after the session that accepted it ended"
+    ),
+)
+def test_unprovenPoolConnectionClosesWithTheSession() -> None:
+    """
+    A connection from the client's address that got its ID and nonce and never proves the
+    key is closed when the session ends (here: the client killed), not 10 s later.
+    """
+    with TCPServer(echo) as target, pairOf(target.port) as pair:
+        server = pair.startServer()
+        serverAlone = quietFds(server.proc.pid)
+        client = pair.startClient()
+        waitWorks(pair.entry)
+        rogue = socket.create_connection((LOOPBACK, pair.tunnel), timeout=10)
+        try:
+            header = b""
+            while len(header) < 20:
+                chunk = rogue.recv(20 - len(header))
+                assert chunk, "closed before the ID and nonce"
+                header += chunk
+            killed(client)
+            waitFor(lambda: "Server restart" in server.stdout, 10, "the session to end")
+            ended = time.monotonic()
+            closed = closedByPeer(rogue, 3)
+            record(
+                "unproven pool connection at the session's end",
+                closedWithinSeconds=round(time.monotonic() - ended, 2) if closed else None,
+                serverFds=fds(server.proc.pid),
+                serverAlone=serverAlone,
+            )
+            assert closed, "the unproven connection outlived its session by 3 s"
+        finally:
+            rogue.close()
