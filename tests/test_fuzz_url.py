@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +131,9 @@ def urls(draw: Any, keys: Any = KEYS) -> tuple[str, str]:
     key = draw(st.one_of(st.just(""), keys))
     userinfo = ""
     if key:
-        encoded = _quote(key) if draw(st.booleans()) else key
+        # A raw key never holds "?": that case is the known leak of
+        # test_aKeyWithAQuestionMarkIsMasked (strict xfail), not to be found again here.
+        encoded = _quote(key) if "?" in key or draw(st.booleans()) else key
         userinfo = encoded + draw(st.sampled_from(["", ":pw", ":"])) + "@"
     host = draw(HOSTS)
     port = draw(PORTS)
@@ -292,3 +295,26 @@ def test_anyKeyTextRoundTrips(key: str) -> None:
     if key:
         assert (config.key, config.keyGiven) == (key, True)
     assert parse(render(config)).key == config.key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="nodepass/url.py _redact masks only up to the last '@' before the first '?', so a "
+    "key typed with an unescaped '?' is printed in the error",
+)
+def test_aKeyWithAQuestionMarkIsMasked() -> None:
+    """
+    Found by test_theKeyNeverShowsInAnError: C{server://se?cret@127.0.0.1:10101/...} (a key
+    typed with a raw C{?}) fails as a bad host:port, and the error repeats the key.
+    """
+    for url, secrets in (
+        ("server://se?cret@127.0.0.1:10101/127.0.0.1:8080", ["se?cret"]),
+        ("server://user:pa?ss@127.0.0.1:1/127.0.0.1:2", ["user:pa", "pa?ss"]),
+    ):
+        try:
+            parse(url)
+        except URLError as error:
+            for secret in secrets:
+                assert secret not in str(error), str(error)
+        else:
+            raise AssertionError(f"{url} was accepted")
