@@ -626,13 +626,13 @@ def _present(values: dict[str, list[str]], key: str) -> bool:
 def _redact(text: str) -> str:
     """
     Mask the userinfo of a URL so error messages never carry the key.  To
-    be safe with keys that contain an unescaped C{/}, everything up to the
-    last C{@} before the query is masked.
+    be safe with keys typed with an unescaped C{/} or C{?}, everything up to
+    the last C{@} of the whole text is masked (an C{@} in a query value is
+    masked with it: harmless in an error message).
     """
     start = text.find("://")
     start = 0 if start < 0 else start + 3
-    end = text.find("?", start)
-    at = text.rfind("@", start, len(text) if end < 0 else end)
+    at = text.rfind("@", start)
     if at < 0:
         return text
     return text[:start] + MASKED_KEY + text[at:]
