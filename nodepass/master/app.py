@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request as ServerRequest
+from werkzeug.exceptions import NotFound as Unrouted
 
 from nodepass import COMPATIBLE_VERSION
 from nodepass.master.auth import API_KEY_HEADER, CorsPolicy
@@ -390,6 +391,14 @@ class MasterAPI:
         return resource
 
     # -- dispatch ------------------------------------------------------------------------------
+
+    @app.handle_errors(Unrouted)
+    def unrouted(self, request: IRequest, failure: Any) -> Any:
+        """
+        A path Klein's route cannot match (a line break in it): dispatched like any other,
+        so it gets the API's own answer (and headers), never werkzeug's HTML page.
+        """
+        return self.dispatch(request)
 
     @app.route("/", branch=True, strict_slashes=False)
     def dispatch(self, request: IRequest) -> Any:

@@ -260,12 +260,6 @@ def _knownHTML404(case: Any, response: Any) -> bool:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nodepass/master/app.py: a path with %0A is answered by werkzeug's HTML 404 page "
-    "(Klein's branch route cannot match a line break), with Server: TwistedWeb/<version>, "
-    "not the API's JSON 404",
-)
 def test_lineBreakInAPathIsAJSONAnswer(master: Master) -> None:
     """
     Found by schemathesis: C{DELETE /api/v1/instances/a%0Ab/connections/x} (any path below
