@@ -991,3 +991,16 @@ class PoolAuthTests(SynchronousTestCase):
         serverConn.dataReceived(clientTransport.value())
         self.assertEqual(list(server.idle), [CONTROL_ID])
         self.assertEqual(list(client.idle), [CONTROL_ID])
+
+
+class PoolAuthCloseTests(SynchronousTestCase):
+    def test_closeEndsConnectionsOwingTheirProof(self) -> None:
+        """
+        A connection that has its ID and nonce but has not proved the key yet belongs to the
+        pool's session: closing the pool closes it too, not AUTH_TIMEOUT later.
+        """
+        pool = ServerPool(Clock(), 16, randomBytes=Randoms(bytes(16)), authKey=b"k")
+        pending, _ = accept(pool)
+        self.assertEqual(pending.state, "auth")
+        pool.close()
+        self.assertTrue(pending.closed)

@@ -532,6 +532,15 @@ class ServerPool(Pool):
         self._expected.pop(conn, None)
         super().lost(conn)
 
+    def close(self) -> None:
+        """
+        Also close the connections still owing their key proof: they belong to this pool's
+        session and must not outlive it.
+        """
+        super().close()
+        for conn in list(self._expected):
+            conn.close()
+
     def identified(self, conn: PoolConnection, ident: str, nonce: bytes = b"") -> None:
         raise AssertionError("the server side never reads an ID")
 
