@@ -1189,14 +1189,6 @@ def test_badAPIKeysAreThrottled(tmp_path: Path, masters: list[Master]) -> None:
     assert wrong not in master.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "nodepass/tunnel/pool.py ServerPool: close() (Pool.close -> flush) closes only parked "
-        "connections; one still owing its key proof stays open until AUTH_TIMEOUT (10 s) "
-        "after the session that accepted it ended"
-    ),
-)
 def test_unprovenPoolConnectionClosesWithTheSession() -> None:
     """
     A connection from the client's address that got its ID and nonce and never proves the
