@@ -2,7 +2,7 @@
 """Benchmark: the whole data plane in one interleaved run, against haproxy and direct.
 
     python bench/dataplane.py --quick       # smoke run, about a minute
-    python bench/dataplane.py               # 3 rounds, about 11 minutes
+    python bench/dataplane.py               # 3 rounds, about 9-10 minutes
     python bench/dataplane.py --json bench/results/dp.json --markdown dp.md \\
         --chart docs/img/dataplane.png
 
