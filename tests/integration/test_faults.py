@@ -197,7 +197,9 @@ class Pair:
             self.env,
         )
         self.started.append(self.server)
-        waitFor(lambda: canConnect(self.tunnel), 15, "the tunnel port")
+        # Every listener (tunnel and entry ports) is bound once it waits for a handshake.
+        server = self.server
+        waitFor(lambda: "Pending tunnel handshake" in server.stdout, 15, "the server to be up")
         return self.server
 
     def startClient(self) -> NodePass:
@@ -360,7 +362,7 @@ def test_peerKilledMidTransfer(kind: str) -> None:
     target = tcpTarget.port
     with tcpTarget, udpTarget, pairOf(target) as pair:
         server = pair.startServer()
-        serverAlone = quietFds(server.proc.pid)
+        serverAlone = steadyFds(server.proc.pid)
         client = pair.startClient()
         waitWorks(pair.entry, what="the first traffic")
         clientHeld = quietFds(client.proc.pid)
@@ -497,7 +499,7 @@ def test_halfOpenPeerIsDetected(frozen: str) -> None:
     """
     with TCPServer(echo) as target, pairOf(target.port) as pair:
         server = pair.startServer()
-        serverAlone = quietFds(server.proc.pid)
+        serverAlone = steadyFds(server.proc.pid)
         client = pair.startClient()
         waitWorks(pair.entry)
         victim, watcher = (client, server) if frozen == "client" else (server, client)
@@ -1229,7 +1231,7 @@ def test_unprovenPoolConnectionClosesWithTheSession() -> None:
     """
     with TCPServer(echo) as target, pairOf(target.port) as pair:
         server = pair.startServer()
-        serverAlone = quietFds(server.proc.pid)
+        serverAlone = steadyFds(server.proc.pid)
         client = pair.startClient()
         waitWorks(pair.entry)
         rogue = socket.create_connection((LOOPBACK, pair.tunnel), timeout=10)
