@@ -108,9 +108,19 @@ class Master:
             return code == 401
 
         waitFor(ready, timeout, "the master to restore its state")
-        for line in self._lines:
-            if KEY_LINE in line:
-                self.key = line.split(KEY_LINE, 1)[1].strip()
+
+        def keyLine() -> bool:
+            # The key line comes before the API opens, but the reader thread may still be
+            # on its way to it: wait for it (or for the line saying the key was loaded).
+            for line in list(self._lines):
+                if KEY_LINE in line:
+                    self.key = line.split(KEY_LINE, 1)[1].strip()
+                    return True
+                if "API Key loaded" in line:
+                    return True
+            return False
+
+        waitFor(keyLine, timeout, f"the API key line in the output:\n{self.output}")
 
     def connection(self, timeout: float = 15.0) -> http.client.HTTPConnection:
         if self.tls:
