@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.protocol import Protocol
 from twisted.logger import LogEvent, Logger, globalLogPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,3 +361,50 @@ def assertForwards(
             data = os.urandom(length)
             dgram.sendto(data, (LOOPBACK, port))
             assert dgram.recvfrom(65536)[0] == data
+
+
+class ReactorLoop:
+    """
+    A private epoll reactor for one test, iterated (never run) until something happens:
+    services and protocols under test run in the test's own thread, with no global reactor.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet.epollreactor import EPollReactor
+
+        self.reactor: Any = EPollReactor()
+        # Iterated, never run: start the thread pool its name resolver uses.
+        self.threads = self.reactor.getThreadPool()
+        self.threads.start()
+
+    def until(self, condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached within {timeout}s: {what or condition}")
+            self.reactor.iterate(0.01)
+
+    def close(self) -> None:
+        from twisted.python.failure import Failure
+
+        reactor = self.reactor
+        for selectable in reactor.removeAll():
+            selectable.connectionLost(Failure(ConnectionError("test over")))
+        for call in reactor.getDelayedCalls():
+            call.cancel()
+        self.threads.stop()
+        reactor.waker.connectionLost(None)
+        reactor._poller.close()
+
+
+class EchoProtocol(Protocol):
+    """
+    Echoes every byte back, and keeps what it saw in C{seen}.
+    """
+
+    def __init__(self, seen: list[bytes]) -> None:
+        self.seen = seen
+
+    def dataReceived(self, data: bytes) -> None:
+        self.seen.append(data)
+        self.transport.write(data)  # type: ignore[union-attr]

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python.failure import Failure
@@ -21,6 +20,8 @@ from twisted.python.failure import Failure
 from nodepass.service import NodePassService, buildService
 from nodepass.settings import Settings
 from nodepass.url import parse
+from tests.support import EchoProtocol as Echo
+from tests.support import ReactorLoop as Loop
 
 pytestmark = pytest.mark.integration
 
@@ -32,44 +33,6 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
-
-
-class Loop:
-    """
-    A private epoll reactor, iterated until something happens.
-    """
-
-    def __init__(self) -> None:
-        self.reactor: Any = EPollReactor()
-        # Iterated, never run: start the thread pool its name resolver uses.
-        self.threads = self.reactor.getThreadPool()
-        self.threads.start()
-
-    def until(self, condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not reached within {timeout}s: {what or condition}")
-            self.reactor.iterate(0.01)
-
-    def close(self) -> None:
-        reactor = self.reactor
-        for selectable in reactor.removeAll():
-            selectable.connectionLost(Failure(ConnectionError("test over")))
-        for call in reactor.getDelayedCalls():
-            call.cancel()
-        self.threads.stop()
-        reactor.waker.connectionLost(None)
-        reactor._poller.close()
-
-
-class Echo(Protocol):
-    def __init__(self, seen: list[bytes]) -> None:
-        self.seen = seen
-
-    def dataReceived(self, data: bytes) -> None:
-        self.seen.append(data)
-        self.transport.write(data)  # type: ignore[union-attr]
 
 
 class User(Protocol):

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
@@ -29,6 +28,7 @@ from nodepass._compat import fasttls as compat
 from nodepass.service import buildService
 from nodepass.settings import Settings
 from nodepass.url import parse
+from tests.support import ReactorLoop as Loop
 
 pytestmark = pytest.mark.integration
 
@@ -46,35 +46,6 @@ def freePort() -> int:
 def pattern(size: int, seed: int) -> bytes:
     block = bytes((seed + i * 7) % 251 for i in range(65536))
     return (block * (size // len(block) + 1))[:size]
-
-
-class Loop:
-    """
-    A private epoll reactor and a way to run it until something happens.
-    """
-
-    def __init__(self) -> None:
-        self.reactor: Any = EPollReactor()
-        # The reactor is iterated, never run: start the thread pool its name resolver uses.
-        self.threads = self.reactor.getThreadPool()
-        self.threads.start()
-
-    def until(self, condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not reached within {timeout}s: {what or condition}")
-            self.reactor.iterate(0.01)
-
-    def close(self) -> None:
-        reactor = self.reactor
-        for selectable in reactor.removeAll():
-            selectable.connectionLost(Failure(ConnectionError("test over")))
-        for call in reactor.getDelayedCalls():
-            call.cancel()
-        self.threads.stop()
-        reactor.waker.connectionLost(None)
-        reactor._poller.close()
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
