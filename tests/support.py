@@ -408,3 +408,23 @@ class EchoProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.seen.append(data)
         self.transport.write(data)  # type: ignore[union-attr]
+
+
+class RecordingUser(Protocol):
+    """
+    A user's connection: records what arrives, whether it connected, and how it ended.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.connected = False
+        self.lost: Any = None
+
+    def connectionMade(self) -> None:
+        self.connected = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason

@@ -24,6 +24,7 @@ from nodepass.settings import Settings
 from nodepass.url import parse
 from tests.support import EchoProtocol as Echo
 from tests.support import ReactorLoop as Loop
+from tests.support import RecordingUser as User
 
 pytestmark = pytest.mark.integration
 
@@ -55,22 +56,6 @@ def freePort(host: str) -> int:
 class EchoUDP(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.transport.write(data, addr)  # type: ignore[union-attr]
-
-
-class User(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.connected = False
-        self.lost: Failure | None = None
-
-    def connectionMade(self) -> None:
-        self.connected = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self.lost = reason
 
 
 class UDPUser(DatagramProtocol):

@@ -22,6 +22,7 @@ from nodepass.settings import Settings
 from nodepass.url import parse
 from tests.support import EchoProtocol as Echo
 from tests.support import ReactorLoop as Loop
+from tests.support import RecordingUser as User
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +34,6 @@ def freePort() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
-
-
-class User(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.connected = False
-        self.lost: Failure | None = None
-
-    def connectionMade(self) -> None:
-        self.connected = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self.lost = reason
 
 
 class Pair:
