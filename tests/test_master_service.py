@@ -55,6 +55,7 @@ class Master:
         env: dict[str, str] | None = None,
         tls: bool = False,
         twistd: bool = True,
+        prefix: list[str] | None = None,
     ) -> None:
         self.directory = directory
         self.twistd = twistd
@@ -72,7 +73,8 @@ class Master:
         else:
             argv = [sys.executable, "-m", "nodepass", self.url]
         self.proc = subprocess.Popen(
-            argv,
+            # A wrapper command (setpriv, unshare) may come before the interpreter.
+            [*(prefix or []), *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -121,7 +123,7 @@ class Master:
             return False
 
         try:
-            waitFor(keyLine, 5, "the API key line")
+            waitFor(keyLine, 10, "the API key line")
         except AssertionError:
             pass  # a restart at a level that does not print the "loaded" line: no key line
 

@@ -23,7 +23,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,6 @@ import pytest
 from nodepass.tunnel.handshake import token
 from tests.support import (
     LOOPBACK,
-    ROOT,
     NodePass,
     TCPServer,
     UDPEcho,
@@ -853,55 +851,6 @@ def test_badKeysAreThrottled() -> None:  # the tunnel port
 # -- the master ------------------------------------------------------------------------
 
 
-class WrappedMaster(Master):
-    """
-    A master (``python -m nodepass master://...``) started through a wrapper command:
-    C{prefix} comes before the interpreter (setpriv, unshare), C{shell} runs it inside
-    ``sh -c`` with C{"$@"} standing for the master's argv.
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        port: int,
-        prefix: list[str],
-        env: dict[str, str] | None = None,
-        query: str = "log=info",
-    ) -> None:
-        self.directory = directory
-        self.twistd = False
-        self.port = port
-        self.tls = False
-        self.url = f"master://{LOOPBACK}:{port}/api?{query}"
-        environ = dict(os.environ)
-        environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
-        environ.update(NP_REPORT_INTERVAL="1s", NP_SHUTDOWN_TIMEOUT="2s")
-        environ.pop("NP_STATE_DIR", None)
-        environ.update(env or {})
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "nodepass", self.url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=str(directory),
-            env=environ,
-        )
-        self._lines: list[str] = []
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-        self.key = ""
-
-
-def withKey(master: Master) -> Master:
-    """
-    C{master} with its key: C{Master.waitReady} reads it from the output, which may still
-    be on its way from the reader thread when the API already answers.
-    """
-    waitFor(lambda: KEY_LINE in master.output, 10, f"the key line:\n{master.output}")
-    master.key = master.output.split(KEY_LINE, 1)[1].split()[0]
-    return master
-
-
 def health(master: Master) -> tuple[int, Any]:
     connection = master.connection()
     try:
@@ -926,7 +875,7 @@ def test_masterKilledDuringWriteBurst(tmp_path: Path, masters: list[Master]) -> 
     200 API writes (instance creations) from 4 threads; kill -9 of the master half way:
     after a restart on the same state, every write that got a 2xx is there.
     """
-    master = withKey(startMaster(masters, tmp_path, env={"NP_INSTANCE_HOSTS": "1"}, twistd=False))
+    master = startMaster(masters, tmp_path, env={"NP_INSTANCE_HOSTS": "1"}, twistd=False)
     urls = [forwarderURL() for _ in range(200)]
     acked: list[str] = []
     failed: list[str] = []
@@ -990,10 +939,9 @@ def test_stateDirectoryUnwritable(tmp_path: Path, masters: list[Master]) -> None
     if probe.returncode != 0:
         pytest.skip(f"cannot drop CAP_DAC_OVERRIDE here: {probe.stderr!r}")
     env = {"NP_STATE_DIR": str(state), "NP_INSTANCE_HOSTS": "1", "NP_RELOAD_INTERVAL": "1s"}
-    master = WrappedMaster(tmp_path, freePort(udp=False), prefix, env)
+    master = Master(tmp_path, freePort(udp=False), env=env, twistd=False, prefix=prefix)
     masters.append(master)
     master.waitReady()
-    withKey(master)
     before = master.ok("POST", "/instances", {"url": forwarderURL()}, 201)["id"]
     assert health(master)[0] == 200
     files = [state, *state.iterdir()]
@@ -1058,10 +1006,9 @@ def test_diskFull(tmp_path: Path, masters: list[Master]) -> None:
         "sh",
     ]
     env = {"NP_STATE_DIR": str(state), "NP_INSTANCE_HOSTS": "1"}
-    master = WrappedMaster(tmp_path, freePort(udp=False), prefix, env)
+    master = Master(tmp_path, freePort(udp=False), env=env, twistd=False, prefix=prefix)
     masters.append(master)
     master.waitReady()
-    withKey(master)
     ids = [master.ok("POST", "/instances", {"url": forwarderURL()}, 201)["id"] for _ in range(3)]
     inside = Path(f"/proc/{master.proc.pid}/root") / str(state).lstrip("/")
     assert (inside / "nodepass.db").exists()
@@ -1119,7 +1066,7 @@ def test_corruptDatabase(tmp_path: Path, masters: list[Master]) -> None:
     with a line naming the file; it never starts with less than it had, silently.
     """
     env = {"NP_INSTANCE_HOSTS": "1", "NP_RELOAD_INTERVAL": "1s"}
-    master = withKey(startMaster(masters, tmp_path, env=env, twistd=False))
+    master = startMaster(masters, tmp_path, env=env, twistd=False)
     ids = {
         master.ok(
             "POST",
@@ -1180,7 +1127,7 @@ def test_badAPIKeysAreThrottled(tmp_path: Path, masters: list[Master]) -> None:
     12 requests with a wrong X-API-Key from 127.0.0.1: 401s (some held back), then 429 with
     Retry-After; the right key from 127.0.0.2 is served at once; the key never in the log.
     """
-    master = withKey(startMaster(masters, tmp_path, twistd=False))
+    master = startMaster(masters, tmp_path, twistd=False)
 
     def get(key: str, source: str = LOOPBACK) -> http.client.HTTPResponse:
         connection = http.client.HTTPConnection(
