@@ -15,7 +15,6 @@ L{nodepass.master.supervisor.ProcessRunner}, and asking for its connections answ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodepass.master.childside import ANSWER_FD, COMMAND_FD, CONTROL_VARIABLE
-from nodepass.master.hostproto import CloseConnection, ListConnections
+from nodepass.master.hostproto import CloseConnection, ListConnections, allConnections
 from nodepass.master.supervisor import (
     ChildHandle,
     IInstanceHandle,
@@ -37,18 +36,20 @@ from nodepass.master.supervisor import (
     ProcessRunner,
 )
 
-__all__ = ["ControlledRunner"]
+__all__ = ["ChildPipe", "ControlledRunner"]
 
 
-class _Pipe:
+class ChildPipe:
     """
-    The AMP protocol's transport on the master's side: writes go to the child's fd 3.
+    The master's side of an AMP channel to a child (an instance host, or an isolated
+    instance): writes go to the child's descriptor 3, closing closes it.
     """
 
     disconnecting = False
 
-    def __init__(self, transport: IProcessTransport) -> None:
+    def __init__(self, transport: IProcessTransport, peer: str) -> None:
         self._transport = transport
+        self._peer = peer
 
     def write(self, data: bytes) -> None:
         self._transport.writeToChild(COMMAND_FD, data)
@@ -64,7 +65,7 @@ class _Pipe:
             pass
 
     def getPeer(self) -> str:
-        return "isolated-instance"
+        return self._peer
 
     def getHost(self) -> str:
         return "master"
@@ -84,7 +85,7 @@ class _ControlledProcess(ProcessProtocol):
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
         self.process.makeConnection(transport)
-        self.amp.makeConnection(_Pipe(transport))  # type: ignore[arg-type]
+        self.amp.makeConnection(ChildPipe(transport, "isolated-instance"))  # type: ignore[arg-type]
         self.open = True
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -122,18 +123,9 @@ class _ControlledHandle(ChildHandle):
         return d.addErrback(lambda _: None)  # the child went away: it has no connections
 
     def connections(self) -> Deferred[list[dict[str, Any]]]:
-        async def pages() -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = []
-            start = 0
-            while start >= 0:
-                answer = await self._call(ListConnections, id="", start=start)
-                if answer is None:
-                    break
-                found.extend(json.loads(answer["page"]))
-                start = answer["next"]
-            return found
-
-        return Deferred.fromCoroutine(pages())
+        return Deferred.fromCoroutine(
+            allConnections(lambda start: self._call(ListConnections, id="", start=start))
+        )
 
     def closeConnection(self, connection: str) -> Deferred[bool]:
         d = self._call(CloseConnection, id="", connection=connection)

@@ -27,6 +27,7 @@ Only this module and the standard library are imported here, so the host stays s
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from twisted.protocols import amp
@@ -40,6 +41,7 @@ __all__ = [
     "ResetCounters",
     "StartInstance",
     "StopInstance",
+    "allConnections",
     "connectionsPage",
 ]
 
@@ -105,6 +107,24 @@ def connectionsPage(entries: list[Any], start: int) -> dict[str, Any]:
         size += len(text) + 1
         index += 1
     return {"page": "[" + ",".join(page) + "]", "next": index if index < len(entries) else -1}
+
+
+async def allConnections(
+    ask: Callable[[int], Awaitable[Mapping[str, Any] | None]],
+) -> list[Any]:
+    """
+    Every page of L{ListConnections}, asked through C{ask(start)}; an answer of L{None} (the
+    other side went away) ends the list there.
+    """
+    found: list[Any] = []
+    start = 0
+    while start >= 0:
+        answer = await ask(start)
+        if answer is None:
+            break
+        found.extend(json.loads(answer["page"]))
+        start = answer["next"]
+    return found
 
 
 class Ping(amp.Command):

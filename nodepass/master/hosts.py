@@ -22,7 +22,6 @@ Faults:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -41,6 +40,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nodepass.master.childcontrol import ChildPipe, ControlledRunner
 from nodepass.master.host import COMMAND_FD, REPORT_FD, settingsToJSON
 from nodepass.master.hostproto import (
     CloseConnection,
@@ -51,6 +51,7 @@ from nodepass.master.hostproto import (
     ResetCounters,
     StartInstance,
     StopInstance,
+    allConnections,
 )
 from nodepass.master.supervisor import (
     ExitStatus,
@@ -90,36 +91,6 @@ def _cancel(result: object, call: IDelayedCall) -> object:
     if call.active():
         call.cancel()
     return result
-
-
-class _PipeTransport:
-    """
-    The AMP protocol's transport: writes go to the host's command descriptor.
-    """
-
-    disconnecting = False
-
-    def __init__(self, process: Any) -> None:
-        self._process = process
-
-    def write(self, data: bytes) -> None:
-        self._process.writeToChild(COMMAND_FD, data)
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
-        self.disconnecting = True
-        try:
-            self._process.closeChildFD(COMMAND_FD)
-        except OSError:
-            pass
-
-    def getPeer(self) -> str:
-        return "instance-host"
-
-    def getHost(self) -> str:
-        return "master"
 
 
 class _MasterAMP(amp.AMP):
@@ -179,18 +150,12 @@ class HostedInstance:
         The instance's open connections, every page of them (see L{ListConnections}).
         """
 
-        async def pages() -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = []
-            start = 0
-            while start >= 0 and self.host is not None and not self.ended:
-                answer = await self.host.call(ListConnections, id=self.instanceId, start=start)
-                if answer is None:
-                    break  # the host went away: its instances have no connections left
-                found.extend(json.loads(answer["page"]))
-                start = answer["next"]
-            return found
+        def ask(start: int) -> Deferred[Any]:
+            if self.host is None or self.ended:
+                return succeed(None)  # the host went away: no connections left
+            return self.host.call(ListConnections, id=self.instanceId, start=start)
 
-        return Deferred.fromCoroutine(pages())
+        return Deferred.fromCoroutine(allConnections(ask))
 
     def closeConnection(self, connection: str) -> Deferred[bool]:
         if self.host is None or self.ended:
@@ -241,7 +206,7 @@ class HostProcess(ProcessProtocol):
         assert self.transport is not None
         self.pid = self.transport.pid
         self.transport.closeStdin()
-        self.amp.makeConnection(_PipeTransport(self.transport))  # type: ignore[arg-type]
+        self.amp.makeConnection(ChildPipe(self.transport, "instance-host"))  # type: ignore[arg-type]
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == REPORT_FD:
@@ -351,8 +316,6 @@ class HostPool(Service):
         self.settingsJSON = settingsToJSON(settings)
         self.count = count
         if isolated is None:
-            from nodepass.master.childcontrol import ControlledRunner
-
             isolated = ControlledRunner(reactor, environ)
         self.isolated = isolated
         testHooks = self.environ.get(TEST_HOOKS_VARIABLE, "") not in ("", "0")
